@@ -1,0 +1,203 @@
+"""The `sedeploy` command line: a thin click layer over the library.
+
+Each command parses and validates its options, calls the library, and prints. Heavy imports
+(torch, onnx) happen inside the commands that need them, so `sedeploy --help` and
+`sedeploy infer` start without torch. Bad input raises UserError: one line on stderr, exit 2,
+no traceback unless --debug.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional
+
+import click
+
+from .errors import UserError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="sedeploy")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """sedeploy: train, export, verify, explain and measure SE-attention image classifiers.
+
+    \b
+    Typical flow:
+      sedeploy train --dataset fashion-mnist --epochs 10 --out runs/fm
+      sedeploy export --ckpt runs/fm/best.pt
+      sedeploy infer shirt.png --model runs/fm/model.onnx --heatmaps heat/
+      sedeploy bench --ckpt runs/fm/best.pt
+    """
+    ctx.obj = {"debug": debug}
+
+
+def _dump_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+# ---------------------------------------------------------------- train
+def _train_options(f):
+    opts = [
+        click.option("--model", "model", default="se_cnn", show_default=True, help="Model name (cnn, se_cnn)."),
+        click.option("--dataset", default="cifar10", show_default=True, help="cifar10 or fashion-mnist."),
+        click.option("--data-dir", default=None, help="Dataset root [cifar10: ./data; fashion-mnist: Debian's copy]."),
+        click.option("--download", is_flag=True, help="Let torchvision download the dataset (needs internet)."),
+        click.option("--epochs", type=int, default=50, show_default=True),
+        click.option("--batch-size", type=int, default=64, show_default=True),
+        click.option("--lr", type=float, default=1e-3, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
+        click.option("--workers", type=int, default=2, show_default=True,
+                     help="DataLoader workers (reference pipeline only)."),
+        click.option("--limit-train", type=int, default=None, help="Quick run: train on this many samples."),
+        click.option("--limit-test", type=int, default=None, help="Quick run: test on this many samples."),
+        click.option("--augment", default=None, help="reference, light or none [cifar10: reference, "
+                                                   "fashion-mnist: light]."),
+        click.option("--pipeline", default="fast", show_default=True,
+                     help="fast (batched tensor augmentation) or reference (PIL per image in a DataLoader)."),
+        click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA."),
+        click.option("--no-progress", is_flag=True, help="No progress bar."),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _train_config(kw: dict, out: str, resume: Optional[str] = None):
+    from .training.loop import TrainConfig
+    return TrainConfig(model=kw["model"], dataset=kw["dataset"], data_dir=kw["data_dir"], download=kw["download"],
+                       epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], seed=kw["seed"],
+                       device=kw["device"], workers=kw["workers"], out=out, resume=resume,
+                       limit_train=kw["limit_train"], limit_test=kw["limit_test"], augment=kw["augment"],
+                       pipeline=kw["pipeline"], amp=not kw["no_amp"])
+
+
+@cli.command(context_settings=CONTEXT)
+@_train_options
+@click.option("--out", default="runs/train", show_default=True, help="Output directory.")
+@click.option("--resume", default=None, help="Continue from this last.pt.")
+def train(out: str, resume: Optional[str], **kw) -> None:
+    """Train a model with the reference recipe; writes best.pt, last.pt, history and plots.
+
+    \b
+    Examples:
+      sedeploy train --dataset fashion-mnist --epochs 10 --out runs/fm
+      sedeploy train --dataset cifar10 --download                    # the full reference run
+      sedeploy train --dataset fashion-mnist --limit-train 5000 --epochs 1   # quick check
+      sedeploy train --resume runs/fm/last.pt --epochs 20 --dataset fashion-mnist --out runs/fm
+      torchrun --nproc_per_node 2 -m sedeploy train --dataset fashion-mnist   # data-parallel
+    """
+    from .training.loop import fit
+    r = fit(_train_config(kw, out, resume), progress=not kw["no_progress"])
+    summary = {"out": str(r.out), "best_acc": r.best_acc, "final": r.final, "params": r.params,
+               "seconds_per_epoch": r.seconds_per_epoch}
+    if kw["as_json"]:
+        _dump_json(summary)
+    else:
+        click.echo(f"best test accuracy {r.best_acc:.2f}%  -> {r.out}/best.pt (curves: {r.out}/curves.png)")
+
+
+@cli.command(context_settings=CONTEXT)
+@_train_options
+@click.option("--out", default="runs/compare", show_default=True, help="Output directory (one folder per model).")
+def compare(out: str, **kw) -> None:
+    """Train cnn and se_cnn with the same seed and recipe; print the reference's table.
+
+    \b
+    Examples:
+      sedeploy compare --dataset fashion-mnist --epochs 10 --out runs/compare
+    """
+    from .training.compare import compare as run_compare, format_table
+    rows = run_compare(_train_config(kw, out), progress=not kw["no_progress"])
+    if kw["as_json"]:
+        _dump_json(rows)
+    else:
+        click.echo(format_table(rows))
+
+
+@cli.command("bench-train", context_settings=CONTEXT)
+@click.option("--dataset", default="fashion-mnist", show_default=True)
+@click.option("--data-dir", default=None)
+@click.option("--model", "model", default="se_cnn", show_default=True)
+@click.option("--augment", default="reference", show_default=True, help="Augmentation for both pipelines.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batches", type=int, default=60, show_default=True, help="Timed batches per pipeline.")
+@click.option("--workers", type=int, default=2, show_default=True, help="DataLoader workers (reference).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--rgb", is_flag=True, help="Replicate grey images to 3 channels (CIFAR-shaped input).")
+@click.option("--json", "as_json", is_flag=True)
+def bench_train(as_json: bool, **kw) -> None:
+    """Training throughput: the reference PIL/DataLoader pipeline vs sedeploy's batch pipeline.
+
+    Both run the same model, augmentation and batch size with full training steps, in one run.
+
+    \b
+    Examples:
+      sedeploy bench-train --dataset fashion-mnist --rgb --batches 60
+    """
+    from .training.speed import bench_pipelines
+    res = bench_pipelines(**kw)
+    if as_json:
+        _dump_json(res)
+    else:
+        for r in res["rows"]:
+            click.echo(f"{r['pipeline']:>10}: {r['images_per_s']:8.0f} img/s  "
+                       f"({r['batches']} batches of {res['batch_size']})")
+        click.echo(f"speed-up: {res['speedup']:.2f}x  ({res['machine']})")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--ckpt", required=True, help="Checkpoint (best.pt).")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--out", default="features", show_default=True, help="Output directory for PNGs.")
+@click.option("--channels", type=int, default=9, show_default=True, help="First N channels per block.")
+def features(ckpt: str, images: List[str], out: str, channels: int) -> None:
+    """The reference's feature-map view: each image beside the first N channels of every conv block.
+
+    \b
+    Examples:
+      sedeploy features --ckpt runs/fm/best.pt demo/images/*.png --out demo/features
+    """
+    from .training.features import feature_maps
+    for p in feature_maps(ckpt, list(images), out, channels):
+        click.echo(str(p))
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point: one-line errors for bad input, full tracebacks only with --debug."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        rv = cli.main(args=args, prog_name="sedeploy", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx else "sedeploy"
+        click.echo(f"error: {e.format_message()} (see `{cmd} --help`)", err=True)
+        sys.exit(2)
+    except UserError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001
+        if debug:
+            raise
+        click.echo(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""User-facing errors and atomic file writing (no torch; the runtime uses both).
+
+A `UserError` carries a one-line message that names the problem and the fix; the CLI prints it
+without a traceback and exits non-zero. Outputs are written atomically (temporary file in the
+same directory, fsync, rename), so a crash never leaves a half-written file or a damaged
+previous version.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+class UserError(Exception):
+    """Bad input: shown to the user as one line, exit status 2."""
+
+    exit_code = 2
+
+
+@contextlib.contextmanager
+def atomic_path(dest: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success it is renamed onto `dest`.
+
+    On any exception the temporary file is removed and `dest` is untouched.
+    """
+    dest = Path(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=str(dest.parent))
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write(dest: PathLike, writer: Callable[[Path], None]) -> Path:
+    """Call writer(tmp_path) and move the result onto dest atomically."""
+    with atomic_path(dest) as tmp:
+        writer(tmp)
+    return Path(dest)
+
+
+def atomic_write_text(dest: PathLike, text: str) -> Path:
+    return atomic_write(dest, lambda p: p.write_text(text))
+
+
+def ensure_writable_dir(path: PathLike, what: str = "output directory") -> Path:
+    """Create `path` if needed and check that files can be written there."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {what} {path}: {e.strerror}; choose another with --out") from None
+    if not path.is_dir():
+        raise UserError(f"{what} {path} is not a directory; choose another with --out")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} is not writable; choose another with --out")
+    return path

@@ -1,0 +1,112 @@
+"""Self-describing checkpoints (after nanoGPT's train.py), saved atomically, loaded untrusted.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so that
+`torch.load(weights_only=True)` accepts it: a checkpoint from someone else cannot run code.
+It carries everything needed to rebuild and use the model without the training code's
+arguments: model name and config, class names, mean/std, input size, dataset, epoch, metrics,
+versions. `last.pt` adds optimizer, scheduler and RNG state for an exact resume.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import platform
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import UserError, atomic_write
+from ..models import create_model
+
+FORMAT = "sedeploy-checkpoint"
+FORMAT_VERSION = 1
+
+
+def versions() -> Dict[str, str]:
+    v = {"sedeploy": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import torchvision
+        v["torchvision"] = torchvision.__version__
+    except Exception:  # noqa: BLE001 - optional
+        pass
+    return v
+
+
+def make_checkpoint(model: nn.Module, model_name: str, model_config: Dict[str, Any], *, classes, mean, std,
+                    input_size, dataset: str, epoch: int, metrics: Dict[str, Any],
+                    extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    ckpt = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_name": model_name,
+        "model_config": dict(model_config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "classes": list(classes),
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "input_size": [int(i) for i in input_size],
+        "dataset": dataset,
+        "epoch": int(epoch),
+        "metrics": dict(metrics),
+        "versions": versions(),
+    }
+    if extra:
+        ckpt.update(extra)
+    return ckpt
+
+
+def save_checkpoint(ckpt: Dict[str, Any], path: Path) -> Path:
+    """Atomic: a crash during the save leaves the previous file intact."""
+    return atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+
+
+def load_checkpoint(path, map_location: str = "cpu") -> Dict[str, Any]:
+    """Load an untrusted checkpoint with weights_only=True; bad files raise UserError."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist; pass the best.pt/last.pt written by `sedeploy train`")
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a directory; pass the .pt file inside it")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e).splitlines()[0] if str(e) else "unsupported content"
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            msg = "it contains code or objects that weights_only loading refuses (an untrusted pickle)"
+        raise UserError(f"refusing to load {path}: {msg}; only plain sedeploy checkpoints are accepted") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}); "
+                        f"pass a file written by `sedeploy train`") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path} is not a sedeploy checkpoint (no '{FORMAT}' header); "
+                        f"pass a file written by `sedeploy train`")
+    return ckpt
+
+
+def build_model(ckpt: Dict[str, Any], path: str = "checkpoint") -> nn.Module:
+    """Rebuild the model from a checkpoint dict; unknown names or mismatched weights raise UserError."""
+    try:
+        model = create_model(ckpt["model_name"], **ckpt.get("model_config", {}))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: {e}") from None
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError) as e:
+        first = str(e).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else (first[0] if first else "")
+        raise UserError(f"{path}: weights do not fit model {ckpt['model_name']!r} with its config "
+                        f"({detail[:160]})") from None
+    return model.eval()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
