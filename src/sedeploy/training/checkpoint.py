@@ -27,10 +27,10 @@ FORMAT_VERSION = 1
 
 
 def versions() -> Dict[str, str]:
-    v = {"sedeploy": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    v = {"sedeploy": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
     try:
         import torchvision
-        v["torchvision"] = torchvision.__version__
+        v["torchvision"] = str(torchvision.__version__)
     except Exception:  # noqa: BLE001 - optional
         pass
     return v
@@ -74,12 +74,11 @@ def load_checkpoint(path, map_location: str = "cpu") -> Dict[str, Any]:
         raise UserError(f"checkpoint {path} is a directory; pass the .pt file inside it")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        msg = str(e).splitlines()[0] if str(e) else "unsupported content"
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            msg = "it contains code or objects that weights_only loading refuses (an untrusted pickle)"
-        raise UserError(f"refusing to load {path}: {msg}; only plain sedeploy checkpoints are accepted") from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        text = str(e)
+        if "GLOBAL" in text or "global" in text:  # a class or function reference: code, refused
+            raise UserError(f"refusing to load {path}: it contains code or objects that weights_only loading "
+                            f"refuses (an untrusted pickle); only plain sedeploy checkpoints are accepted") from None
         raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}); "
                         f"pass a file written by `sedeploy train`") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -174,6 +174,7 @@ class TrainResult:
     history: Dict[str, Any]
     params: int
     seconds_per_epoch: float
+    model: nn.Module  # the trained model (unwrapped from DDP), in eval mode
 
 
 def _log(msg: str, d: Dist) -> None:
@@ -321,7 +322,7 @@ def fit(cfg: TrainConfig, progress: bool = True, on_epoch: Optional[Callable[[in
 
     final = history["epochs"][-1] if history["epochs"] else {}
     result = TrainResult(out, best_acc, final, history, n_params,
-                         sum(epoch_times) / max(len(epoch_times), 1))
+                         sum(epoch_times) / max(len(epoch_times), 1), getattr(model, "module", model).eval())
     if d.main:
         from .plots import plot_history
         plot_history(history, out)

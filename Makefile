@@ -1,0 +1,43 @@
+# sedeploy: the README's two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SEDEPLOY := $(VENV)/bin/sedeploy
+DEMO ?= demo
+FMNIST := /usr/share/datasets/fashion-mnist
+# The torch/torchvision pair that imports together on these machines (see README).
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install dataset demo test test-all bench lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[full,dev]'
+	touch $@
+
+# Fashion-MNIST from Debian's package (real data, offline).
+dataset:
+	@if [ -f $(FMNIST)/t10k-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST present in $(FMNIST)"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }; fi
+
+# The main job end to end on real data: train -> (export -> infer -> bench as those land).
+demo: install dataset
+	$(SEDEPLOY) train --dataset fashion-mnist --model se_cnn --epochs 2 --limit-train 20000 \
+	  --out $(DEMO)/run --no-progress
+	@echo "demo: checkpoint, curves and logs in $(DEMO)/run"
+
+test: install
+	$(VENV)/bin/pytest -q
+
+# fast subset (no slow tests)
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not slow"
+
+clean:
+	rm -rf $(DEMO) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Export: TorchScript and simplified ONNX with SE weights as outputs, verified against PyTorch."""

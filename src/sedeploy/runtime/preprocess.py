@@ -1,0 +1,128 @@
+"""Image loading and preprocessing for the edge runtime: Pillow and numpy only, no torch.
+
+Any image Pillow reads becomes the model's input as the model's own metadata says:
+1. decode, refusing decompression bombs (more than MAX_PIXELS) and truncated files;
+2. apply the EXIF orientation;
+3. bring the mode to the model's channels: 16/32-bit and float images are scaled to 8 bits;
+   palette, CMYK, YCbCr, LAB, 1-bit images are converted; transparency (RGBA, LA, palette with
+   transparency) is composited on a background (black by default: the zero signal these models
+   saw around objects); then 'L' for 1-channel models, 'RGB' for 3-channel ones;
+4. resize the whole image to the model's H x W with PIL bilinear (aspect not kept, exactly as
+   torchvision's Resize((H, W)) on a PIL image, and as sedeploy resized Fashion-MNIST for training);
+5. scale to [0, 1], normalize with the metadata's mean/std, lay out as float32 (C, H, W).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import UserError
+
+MAX_PIXELS = 40_000_000  # refuse larger images: a decompression bomb, or not something to classify
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+BACKGROUNDS = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 128)}
+
+
+class ImageError(UserError):
+    """One image could not be used; in a batch the others still run."""
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float images -> 'L' (8 bits)."""
+    a = np.asarray(im)
+    if im.mode == "F":
+        a = a.astype(np.float64)
+        a = a * 255.0 if a.size and np.nanmax(a) <= 1.0 else a
+    else:  # I;16*, I: treat as 16-bit range
+        a = a.astype(np.float64) / 257.0
+    return Image.fromarray(np.clip(np.nan_to_num(a), 0, 255).round().astype(np.uint8), "L")
+
+
+def to_model_mode(im: Image.Image, channels: int, background: Tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
+    """Bring any Pillow mode to 'L' (channels=1) or 'RGB' (channels=3)."""
+    if im.mode.startswith("I") or im.mode == "F":
+        im = _to_8bit(im)
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, background + (255,))
+        im = Image.alpha_composite(bg, rgba).convert("RGB")
+    if im.mode not in ("L", "RGB"):
+        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, 1
+    target = "L" if channels == 1 else "RGB"
+    return im if im.mode == target else im.convert(target)
+
+
+def load_image(path: Union[str, os.PathLike], channels: int, background: Tuple[int, int, int] = (0, 0, 0),
+               max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode `path` into an 'L' or 'RGB' PIL image, EXIF orientation applied. Raises ImageError."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory, not an image")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes), not an image")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageError(f"{path}: {w}x{h} pixels exceeds the {max_pixels:,}-pixel limit "
+                                 f"(decompression bomb?); downscale it first")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return to_model_mode(im, channels, background)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path}: image is too large (decompression bomb); downscale it first") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: corrupt or truncated image ({str(e).splitlines()[0][:100]})") from None
+
+
+def resize(im: Image.Image, size_hw: Tuple[int, int]) -> Image.Image:
+    h, w = size_hw
+    return im if im.size == (w, h) else im.resize((w, h), Image.BILINEAR)
+
+
+def normalize(im: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """PIL 'L'/'RGB' -> float32 (C, H, W), (x/255 - mean) / std."""
+    a = np.asarray(im, dtype=np.float32) / 255.0
+    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)             # (C, H, W)
+    m = np.asarray(mean, dtype=np.float32)[:, None, None]
+    s = np.asarray(std, dtype=np.float32)[:, None, None]
+    return np.ascontiguousarray((a - m) / s, dtype=np.float32)
+
+
+def preprocess(im: Image.Image, input_size: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """A decoded image -> the model's float32 (C, H, W) input."""
+    c, h, w = input_size
+    return normalize(resize(to_model_mode(im, c), (h, w)), mean, std)
+
+
+def expand_inputs(items: Sequence[str]):
+    """Files, directories (their images, sorted) and globs -> (paths, errors as ImageError)."""
+    import glob
+    paths, errors = [], []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                errors.append(ImageError(f"{p}: directory has no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)"))
+            paths += found
+        elif any(ch in item for ch in "*?[") and not p.exists():
+            found = sorted(Path(q) for q in glob.glob(item, recursive=True) if Path(q).is_file())
+            if not found:
+                errors.append(ImageError(f"{item}: pattern matches no files"))
+            paths += found
+        else:
+            paths.append(p)  # missing files are reported when loaded
+    return paths, errors

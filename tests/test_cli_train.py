@@ -1,0 +1,79 @@
+"""CLI paths for training: help, a quick run, and every bad input as a one-line error."""
+import json
+
+import pytest
+
+from conftest import assert_one_line_error
+
+
+def test_help_lists_commands(run_cli):
+    r = run_cli("--help")
+    assert r.code == 0
+    for c in ("train", "compare", "features", "bench-train"):
+        assert c in r.out
+    r = run_cli("train", "--help")
+    assert r.code == 0 and "Examples" in r.out
+
+
+def test_train_quick_json(run_cli, fmnist_dir, tmp_path):
+    r = run_cli("train", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir, "--epochs", "1",
+                "--limit-train", "128", "--limit-test", "64", "--out", tmp_path, "--no-progress", "--json")
+    assert r.code == 0, r.err
+    s = json.loads(r.out[r.out.index("{"):])
+    assert s["params"] == 1_150_026 and 0 <= s["best_acc"] <= 100
+    assert (tmp_path / "best.pt").exists()
+
+
+def test_features_png(run_cli, trained_fm, tmp_path):
+    from PIL import Image
+    img = tmp_path / "x.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(img)
+    r = run_cli("features", "--ckpt", trained_fm / "best.pt", img, "--out", tmp_path / "f", "--channels", "4")
+    assert r.code == 0, r.err
+    png = tmp_path / "f" / "x_features.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--model", "resnet"], ["unknown model", "cnn, se_cnn"]),
+    (["--dataset", "imagenet"], ["unknown dataset", "cifar10, fashion-mnist"]),
+    (["--epochs", "0"], ["--epochs"]),
+    (["--batch-size", "-1"], ["--batch-size"]),
+    (["--augment", "heavy"], ["reference, light, none"]),
+    (["--device", "tpu"], ["auto, cpu or cuda"]),
+    (["--epochs", "many"], ["--epochs"]),
+])
+def test_train_bad_options(run_cli, tmp_path, args, needles):
+    r = run_cli("train", "--dataset", "fashion-mnist", "--out", tmp_path, *args)
+    assert_one_line_error(r, *needles)
+
+
+def test_train_missing_data_dir(run_cli, tmp_path):
+    r = run_cli("train", "--dataset", "fashion-mnist", "--data-dir", tmp_path / "nope", "--out", tmp_path / "o")
+    assert_one_line_error(r, "does not exist")
+    r = run_cli("train", "--dataset", "cifar10", "--data-dir", tmp_path, "--out", tmp_path / "o")
+    assert_one_line_error(r, "CIFAR-10 not found", "--download")
+
+
+def test_train_unwritable_out(run_cli, fmnist_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run_cli("train", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir, "--out", blocker / "sub")
+    assert_one_line_error(r, "cannot create output directory")
+
+
+def test_resume_not_a_checkpoint(run_cli, fmnist_dir, tmp_path):
+    bad = tmp_path / "last.pt"
+    bad.write_text("not a checkpoint")
+    r = run_cli("train", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir, "--out", tmp_path / "o",
+                "--resume", bad)
+    assert_one_line_error(r, "not a readable PyTorch checkpoint")
+    r = run_cli("train", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir, "--out", tmp_path / "o",
+                "--resume", tmp_path / "missing.pt")
+    assert_one_line_error(r, "does not exist")
+
+
+def test_resume_from_best_refused(run_cli, trained_fm, fmnist_dir, tmp_path):
+    r = run_cli("train", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir, "--out", tmp_path,
+                "--resume", trained_fm / "best.pt")
+    assert_one_line_error(r, "resume from last.pt")
