@@ -168,6 +168,52 @@ def features(ckpt: str, images: List[str], out: str, channels: int) -> None:
         click.echo(str(p))
 
 
+def _parse_batch(value: str) -> Optional[int]:
+    if value == "dynamic":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"--batch must be 'dynamic' or a positive integer, got {value!r}") from None
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--ckpt", required=True, help="Checkpoint written by `sedeploy train` (best.pt).")
+@click.option("--out", default=None, help="Output directory [default: the checkpoint's directory].")
+@click.option("--formats", default="onnx,torchscript", show_default=True, help="Comma-separated: onnx, torchscript.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (11..20).")
+@click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxsim simplification.")
+@click.option("--logits-only", is_flag=True, help="Export logits only, without SE weights and feature map.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--overhead", is_flag=True, help="Also measure the latency cost of the extra outputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, no_simplify: bool,
+           logits_only: bool, force: bool, overhead: bool, as_json: bool) -> None:
+    """Export a checkpoint to simplified ONNX and TorchScript, verified against PyTorch.
+
+    Writes model.onnx, model.ts and export.json next to the checkpoint (or in --out). The graphs
+    output logits, the SE channel weights (se1, se2, se3) and the last feature map, with class
+    names, normalization and provenance in their metadata.
+
+    \b
+    Examples:
+      sedeploy export --ckpt runs/fm/best.pt
+      sedeploy export --ckpt best.pt --out exports/ --formats onnx --opset 17 --force
+      sedeploy export --ckpt best.pt --batch 1 --no-simplify
+    """
+    from .export.exporter import ExportOptions, export_checkpoint
+    opts = ExportOptions(formats=tuple(f.strip() for f in formats.split(",") if f.strip()), opset=opset,
+                         batch=_parse_batch(batch), simplify=not no_simplify, force=force, extras=not logits_only)
+    log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
+    manifest = export_checkpoint(ckpt, out, opts, log=log)
+    if overhead:
+        from .export.overhead import measure_overhead
+        manifest["overhead"] = measure_overhead(ckpt, log=log)
+    if as_json:
+        _dump_json(manifest)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: one-line errors for bad input, full tracebacks only with --debug."""
     args = list(sys.argv[1:] if argv is None else argv)

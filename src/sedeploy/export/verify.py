@@ -1,0 +1,59 @@
+"""Verification run by every export: onnx.checker (full), then eager PyTorch vs TorchScript vs ONNX
+(raw and simplified, through onnxruntime) on a fixed batch, every output compared."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import onnx
+import torch
+
+from ..errors import UserError
+from ..parity import ParityRow, compare
+
+
+def check_onnx(path: Path) -> None:
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise UserError(f"onnx.checker rejects {path.name}: {str(e).splitlines()[0][:200]}") from None
+
+
+def run_onnx(path: Path, x: np.ndarray, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Dict[str, np.ndarray]:
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=list(providers))
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x})))
+
+
+def run_torch(module: torch.nn.Module, x: np.ndarray, names: List[str]) -> Dict[str, np.ndarray]:
+    with torch.no_grad():
+        outs = module(torch.from_numpy(x))
+    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+    return {n: o.numpy() for n, o in zip(names, outs)}
+
+
+def verification_batch(ckpt: dict, n: int = 16, seed: int = 0) -> tuple:
+    """-> (float32 batch, description): real test images if the dataset is on disk, else seeded noise."""
+    try:
+        from ..training.data import load_dataset
+        _, data = load_dataset(ckpt["dataset"], None, splits=("test",))
+        imgs = data["test"].images[:n].float().div(255)
+        mean = torch.tensor(ckpt["mean"]).view(1, -1, 1, 1)
+        std = torch.tensor(ckpt["std"]).view(1, -1, 1, 1)
+        if list(imgs.shape[1:]) == list(ckpt["input_size"]):
+            return ((imgs - mean) / std).numpy().astype(np.float32), f"{len(imgs)} {ckpt['dataset']} test images"
+    except UserError:
+        pass
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, *ckpt["input_size"])).astype(np.float32), f"{n} seeded random inputs"
+
+
+def parity_all(reference: Dict[str, np.ndarray], candidates: Dict[str, Dict[str, np.ndarray]]) -> List[ParityRow]:
+    rows: List[ParityRow] = []
+    for backend, got in candidates.items():
+        rows += compare(reference, got, backend)
+    return rows
