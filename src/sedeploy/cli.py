@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import click
@@ -212,6 +213,102 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
         manifest["overhead"] = measure_overhead(ckpt, log=log)
     if as_json:
         _dump_json(manifest)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", "model", default=None,
+              help="ONNX model [default: $SEDEPLOY_MODEL, ./model.onnx, or the newest model.onnx under ./runs, "
+                   "./demo, ./exports].")
+@click.option("--provider", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--topk", type=int, default=5, show_default=True)
+@click.option("--heatmaps", "heatmaps", default=None, help="Write attention heatmaps into this directory.")
+@click.option("--channels", type=int, default=6, show_default=True, help="Top channels shown/reported per image.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads [default: all cores].")
+@click.option("--graph-opt", default="all", show_default=True, help="Graph optimization: none, basic, extended, all.")
+@click.option("--background", default="black", show_default=True,
+              help="Colour that transparent pixels are composited on: black, white, grey.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image (JSON lines).")
+def infer(images: List[str], model: Optional[str], provider: str, topk: int, heatmaps: Optional[str], channels: int,
+          batch_size: int, threads: Optional[int], graph_opt: str, background: str, as_json: bool) -> int:
+    """Classify images with an exported ONNX model (onnxruntime only, no torch); optional heatmaps.
+
+    IMAGES are files, directories (their images) or globs. Exit status 1 when some images failed
+    (the others still get results), 2 on bad options or a bad model.
+
+    \b
+    Examples:
+      sedeploy infer frog.png
+      sedeploy infer photos/ --model runs/fm/model.onnx --topk 3 --heatmaps heat/
+      sedeploy infer 'shots/*.jpg' --provider cuda --json > predictions.jsonl
+    """
+    from .errors import ensure_writable_dir
+    from .runtime.predictor import Predictor
+    from .runtime.preprocess import ImageError, expand_inputs
+    for name, v in (("--channels", channels), ("--topk", topk), ("--batch-size", batch_size)):
+        if v <= 0:
+            raise UserError(f"{name} must be positive, got {v}")
+    predictor = Predictor(model, provider, threads, graph_opt, background)
+    paths, failures = expand_inputs(images)
+    outdir = ensure_writable_dir(heatmaps, "heatmap directory") if heatmaps else None
+    if outdir is not None and predictor.info.feature_map is None:
+        raise UserError(f"{predictor.path} has no feature_map output; re-export without --logits-only for heatmaps")
+    if not as_json:
+        click.echo(f"model {predictor.path} ({predictor.info.meta.get('model_name', '?')}), "
+                   f"provider {predictor.provider}", err=True)
+    for e in failures:
+        click.echo(f"error: {e}", err=True)
+    stems: dict = {}
+    ok = 0
+    for r in predictor.predict_iter(paths, topk, batch_size):
+        if isinstance(r, ImageError):
+            failures.append(r)
+            click.echo(f"error: {r}", err=True)
+            if as_json:
+                click.echo(json.dumps({"image": str(r).split(":")[0], "error": str(r)}))
+            continue
+        ok += 1
+        rec = r.to_dict()
+        rec["provider"] = predictor.provider
+        if outdir is not None:
+            stem = Path(r.image).stem
+            stems[stem] = stems.get(stem, 0) + 1
+            if stems[stem] > 1:
+                stem = f"{stem}_{stems[stem]}"
+            rec["heatmaps"] = predictor.write_heatmaps(r, outdir, stem, channels)
+        if as_json:
+            click.echo(json.dumps(rec))
+        else:
+            tops = "  ".join(f"{t.label} {100 * t.prob:5.1f}%" for t in r.top)
+            click.echo(f"{r.image}: {tops}")
+    if outdir is not None and not as_json:
+        click.echo(f"heatmaps for {ok} image(s) in {outdir}/ (*_heatmap.png, *_channels.png, *_se.png)", err=True)
+    if failures:
+        click.echo(f"{len(failures)} input(s) failed, {ok} succeeded", err=True)
+        return 1
+    return 0
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--model", "model", default=None, help="ONNX model [found as `infer` finds it].")
+@click.option("--dataset", default=None, help="Dataset [default: the model's own].")
+@click.option("--data-dir", default=None)
+@click.option("--n", "n", type=int, default=1000, show_default=True, help="Test images.")
+@click.option("--fraction", type=float, default=0.2, show_default=True, help="Share of pixels masked.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def faithfulness(as_json: bool, **kw) -> None:
+    """Deletion test: does masking the pixels a heatmap ranks highest hurt the prediction more than random?
+
+    \b
+    Examples:
+      sedeploy faithfulness --model runs/fm/model.onnx --n 1000 --fraction 0.2
+    """
+    from .faithfulness import deletion_eval
+    res = deletion_eval(log=(lambda m: click.echo(m, err=True)) if as_json else click.echo, **kw)
+    if as_json:
+        _dump_json(res)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
