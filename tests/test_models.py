@@ -77,3 +77,20 @@ def test_feature_map_is_se_reweighted():
 def test_bad_input_size():
     with pytest.raises(ValueError, match="divisible"):
         create_model("cnn", input_size=30)
+
+
+def test_pool_then_scale_is_exactly_scale_then_pool():
+    """The blocks reweight after pooling: identical to the reference order (SE before the pool)."""
+    torch.manual_seed(1)
+    m = create_model("se_cnn").eval()
+    x = torch.randn(8, 3, 32, 32)
+    h = x
+    for b in m.blocks:                                  # the reference order, written out
+        a = b.relu(b.bn(b.conv(h)))
+        h = b.pool(b.se(a))
+    assert torch.equal(m.head(h), m(x))
+    m.train()
+    torch.manual_seed(2)
+    out = m(x)
+    out.sum().backward()
+    assert all(p.grad is not None for p in m.parameters())

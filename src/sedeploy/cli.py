@@ -188,9 +188,14 @@ def _parse_batch(value: str) -> Optional[int]:
 @click.option("--logits-only", is_flag=True, help="Export logits only, without SE weights and feature map.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--overhead", is_flag=True, help="Also measure the latency cost of the extra outputs.")
+@click.option("--int8", is_flag=True, help="Also write model.int8.onnx (static int8, onnxruntime).")
+@click.option("--calib", type=int, default=512, show_default=True, help="Training images to calibrate int8 on.")
+@click.option("--half", is_flag=True, help="Also write model.fp16.onnx (float16 graph, float32 I/O) for CUDA.")
+@click.option("--data-dir", default=None, help="Dataset root for int8 calibration and verification images.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, no_simplify: bool,
-           logits_only: bool, force: bool, overhead: bool, as_json: bool) -> None:
+           logits_only: bool, force: bool, overhead: bool, int8: bool, calib: int, half: bool,
+           data_dir: Optional[str], as_json: bool) -> None:
     """Export a checkpoint to simplified ONNX and TorchScript, verified against PyTorch.
 
     Writes model.onnx, model.ts and export.json next to the checkpoint (or in --out). The graphs
@@ -202,10 +207,12 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
       sedeploy export --ckpt runs/fm/best.pt
       sedeploy export --ckpt best.pt --out exports/ --formats onnx --opset 17 --force
       sedeploy export --ckpt best.pt --batch 1 --no-simplify
+      sedeploy export --ckpt best.pt --int8 --half --force     # + model.int8.onnx, model.fp16.onnx
     """
     from .export.exporter import ExportOptions, export_checkpoint
     opts = ExportOptions(formats=tuple(f.strip() for f in formats.split(",") if f.strip()), opset=opset,
-                         batch=_parse_batch(batch), simplify=not no_simplify, force=force, extras=not logits_only)
+                         batch=_parse_batch(batch), simplify=not no_simplify, force=force, extras=not logits_only,
+                         int8=int8, calib=calib, half=half, data_dir=data_dir)
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     manifest = export_checkpoint(ckpt, out, opts, log=log)
     if overhead:
@@ -311,6 +318,49 @@ def faithfulness(as_json: bool, **kw) -> None:
         _dump_json(res)
 
 
+def _int_list(value: str, what: str) -> tuple:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, e.g. 1,8,64; got {value!r}") from None
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--model", "model", default=None, help="ONNX model [found as `infer` finds it].")
+@click.option("--ckpt", default=None, help="Checkpoint for the PyTorch rows [export.json's, or best.pt beside the model].")
+@click.option("--batch-sizes", default="1,8,64", show_default=True)
+@click.option("--backends", default=",".join(("pytorch", "torchscript", "ort-cpu", "ort-cpu-int8", "pytorch-cuda",
+                                               "ort-cuda", "ort-cuda-fp16")), show_default=True)
+@click.option("--threads", type=int, default=None, help="CPU threads for torch and onnxruntime [all cores].")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs per row.")
+@click.option("--min-time", type=float, default=1.0, show_default=True, help="Seconds of timed runs per row.")
+@click.option("--data", default=None, help="Dataset for accuracy [the model's own].")
+@click.option("--data-dir", default=None)
+@click.option("--limit", type=int, default=None, help="Test images for accuracy [all].")
+@click.option("--json", "json_path", default=None, help="Also write the results as JSON to this file.")
+@click.option("--csv", "csv_path", default=None, help="Also write the rows as CSV to this file.")
+def bench(model, ckpt, batch_sizes, backends, threads, warmup, min_time, data, data_dir, limit, json_path,
+          csv_path) -> None:
+    """Benchmark every backend x batch size: latency, throughput, size, accuracy, parity.
+
+    \b
+    Examples:
+      sedeploy bench                                   # the model `infer` would use
+      sedeploy bench --model runs/fm/model.onnx --batch-sizes 1,64 --threads 2
+      sedeploy bench --backends ort-cpu,ort-cpu-int8 --json bench.json --csv bench.csv
+    """
+    from .bench import BenchConfig, format_table, run_bench, write_csv, write_json
+    cfg = BenchConfig(model=model, ckpt=ckpt, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
+                      backends=tuple(b.strip() for b in backends.split(",") if b.strip()), threads=threads,
+                      warmup=warmup, min_time=min_time, data=data, data_dir=data_dir, limit=limit)
+    res = run_bench(cfg, log=lambda m: click.echo(m, err=True))
+    click.echo(format_table(res))
+    if json_path:
+        write_json(res, json_path)
+    if csv_path:
+        write_csv(res, csv_path)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: one-line errors for bad input, full tracebacks only with --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -337,7 +387,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     except Exception as e:  # noqa: BLE001
         if debug:
             raise
-        click.echo(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        click.echo(f"error: {type(e).__name__}: {first[:300]} (run with --debug for the traceback)", err=True)
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 

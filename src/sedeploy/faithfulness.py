@@ -4,7 +4,7 @@ For each test image: predict class k with probability p; rank the input pixels b
 (upsampled to the input size as the runtime draws it), set the top `fraction` of pixel positions
 to black (all channels), and measure the drop p - p'(k). Rankings compared: the SE-weighted map,
 the reference's spatial-mean map, and random pixels (the baseline a faithful map must beat).
-Data comes from sedeploy's dataset loaders (torch), the model runs on onnxruntime.
+Data comes from sedeploy.datasets and the model runs on onnxruntime: no torch anywhere.
 """
 from __future__ import annotations
 
@@ -31,17 +31,17 @@ def deletion_eval(model: Optional[str] = None, dataset: Optional[str] = None, da
                   log: Callable[[str], None] = print) -> Dict:
     if n <= 0 or not 0 < fraction < 1:
         raise UserError("--n must be positive and --fraction in (0, 1)")
-    from .training.data import load_dataset, subset
+    from .datasets import load_arrays
     pred = Predictor(model, "cpu")
     info = pred.info
     if info.feature_map is None:
         raise UserError(f"{pred.path} has no feature_map output; export it without --logits-only")
     ds_name = dataset or info.meta.get("dataset")
-    _, data = load_dataset(ds_name, data_dir, splits=("test",))
-    split = subset(data["test"], n, seed)
+    _, images, _ = load_arrays(ds_name, data_dir, "test")
+    images = images[np.random.default_rng(seed).permutation(len(images))[:n]]
     mean = np.asarray(info.mean, np.float32)[:, None, None]
     std = np.asarray(info.std, np.float32)[:, None, None]
-    x_all = (split.images.numpy().astype(np.float32) / 255 - mean) / std      # (N, C, H, W)
+    x_all = (images.astype(np.float32) / 255 - mean) / std                     # (N, C, H, W)
     black = (0 - mean) / std                                                    # (C, 1, 1)
     c, h, w = info.input_size
     rng = np.random.default_rng(seed)

@@ -45,6 +45,10 @@ class ExportOptions:
     extras: bool = True                 # SE weights + feature map outputs (False: logits only)
     verify_n: int = 16                  # verification batch size (dynamic exports)
     stem: str = "model"                 # output file stem (model.onnx, model.ts)
+    int8: bool = False                  # also write <stem>.int8.onnx (static int8)
+    calib: int = 512                    # training images for int8 calibration
+    half: bool = False                  # also write <stem>.fp16.onnx (float16, float32 I/O)
+    data_dir: Optional[str] = None      # dataset root (calibration / verification images)
 
 
 def validate_options(opts: ExportOptions) -> None:
@@ -55,6 +59,10 @@ def validate_options(opts: ExportOptions) -> None:
         raise UserError(f"--opset {opts.opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET}")
     if opts.batch is not None and opts.batch <= 0:
         raise UserError(f"--batch must be 'dynamic' or a positive integer, got {opts.batch}")
+    if (opts.int8 or opts.half) and "onnx" not in opts.formats:
+        raise UserError("--int8 and --half derive from the ONNX export; include onnx in --formats")
+    if opts.int8 and opts.calib <= 0:
+        raise UserError(f"--calib must be positive, got {opts.calib}")
 
 
 def build_metadata(ckpt: dict, model, names: List[str], sha: str, opset: Optional[int],
@@ -91,6 +99,10 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
     model = build_model(ckpt, str(ckpt_path))
     out = ensure_writable_dir(Path(out_dir) if out_dir else ckpt_path.parent)
     targets = {f: out / f"{opts.stem}{Path(FILENAMES[f]).suffix}" for f in opts.formats}
+    if opts.int8:
+        targets["int8"] = out / f"{opts.stem}.int8.onnx"
+    if opts.half:
+        targets["fp16"] = out / f"{opts.stem}.fp16.onnx"
     manifest_path = out / (FILENAMES["manifest"] if opts.stem == "model" else f"{opts.stem}.export.json")
     existing = [p for p in [*targets.values(), manifest_path] if p.exists()]
     if existing and not opts.force:
@@ -98,7 +110,7 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
 
     names = contract.output_names(model.num_se_blocks, opts.extras)
     wrapper = ExplainWrapper(model) if opts.extras else LogitsWrapper(model)
-    x, batch_desc = verification_batch(ckpt, opts.batch or opts.verify_n)
+    x, batch_desc = verification_batch(ckpt, opts.batch or opts.verify_n, opts.data_dir)
     example = torch.from_numpy(x[:opts.batch] if opts.batch else x[:2])
     sha = file_sha256(ckpt_path)
     timings: Dict[str, float] = {}
@@ -132,6 +144,9 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
                 check_onnx(final)
                 candidates["onnx simplified"] = run_onnx(final, x)
         rows = parity_all(reference, candidates)
+        variants = {}
+        if opts.int8 or opts.half:
+            variants = _variants(final, tmp, ckpt, opts, reference, x, timings, log)
         timings["verify_total"] = time.perf_counter() - t_start - sum(timings.values())
         log(f"parity vs eager PyTorch on {batch_desc} (pass: |diff| <= {ATOL:g} + {RTOL:g}*|ref|):")
         log(format_table(rows))
@@ -148,6 +163,9 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
         if "onnx" in opts.formats:
             os.replace(final, targets["onnx"])
             written["onnx"] = targets["onnx"]
+        for kind, path in variants.items():
+            os.replace(path, targets[kind])
+            written[kind] = targets[kind]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -172,3 +190,66 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
     log(f"wrote {manifest_path}; export took {timings['total']:.2f} s")
     manifest["manifest_path"] = str(manifest_path)
     return manifest
+
+
+def _variants(fp32: Path, tmp: Path, ckpt: dict, opts: ExportOptions, reference: Dict[str, np.ndarray],
+              x: np.ndarray, timings: Dict[str, float], log: Callable[[str], None]) -> Dict[str, Path]:
+    """int8 / fp16 variants of the verified fp32 graph, each checked against eager PyTorch."""
+    from ..parity import compare
+    from .quantize import calibration_images, convert_fp16, quantize_int8
+    out: Dict[str, Path] = {}
+    if opts.int8:
+        t = time.perf_counter()
+        meta = {"dataset": ckpt["dataset"], "mean": ckpt["mean"], "std": ckpt["std"]}
+        q = quantize_int8(fp32, tmp / "model.int8.onnx", calibration_images(meta, opts.calib, opts.data_dir))
+        timings["int8"] = time.perf_counter() - t
+        check_onnx(q)
+        got = run_onnx(q, x)
+        _check_contract(reference, got, "int8")
+        agree = float((got["logits"].argmax(1) == reference["logits"].argmax(1)).mean() * 100)
+        diff = float(np.abs(got["logits"] - reference["logits"]).max())
+        log(f"int8 ({opts.calib} calibration images): top-1 agreement with PyTorch {agree:.1f}% on {len(x)} inputs, "
+            f"max |logit diff| {diff:.3g}")
+        out["int8"] = q
+    if opts.half:
+        t = time.perf_counter()
+        h = convert_fp16(fp32, tmp / "model.fp16.onnx")
+        timings["fp16"] = time.perf_counter() - t
+        check_onnx(h)
+        got, how = _run_fp16(h, x)
+        _check_contract(reference, got, "fp16")
+        rows = compare(reference, got, f"fp16 ({how})", atol=FP16_ATOL, rtol=FP16_RTOL)
+        log(format_table(rows))
+        bad = [r for r in rows if not r.ok]
+        if bad:
+            raise UserError(f"fp16 parity failed: output {bad[0].output} differs by {bad[0].max_abs:.3g} "
+                            f"(tolerance {FP16_ATOL:g} + {FP16_RTOL:g}*|ref|); nothing was written")
+        out["fp16"] = h
+    return out
+
+
+FP16_ATOL, FP16_RTOL = 2e-2, 2e-2  # float16 keeps ~3 decimal digits
+
+
+def _check_contract(reference: Dict[str, np.ndarray], got: Dict[str, np.ndarray], what: str) -> None:
+    if list(got) != list(reference) or any(got[k].shape != reference[k].shape or got[k].dtype != np.float32
+                                           for k in reference):
+        raise UserError(f"{what} graph breaks the contract: outputs {list(got)} do not match "
+                        f"{list(reference)} as float32; nothing was written")
+
+
+def _run_fp16(path: Path, x: np.ndarray) -> Tuple[Dict[str, np.ndarray], str]:
+    """onnxruntime CUDA if present, else CPU, else onnx's reference evaluator (CPU has few fp16 kernels)."""
+    import onnxruntime as ort
+    providers = ["CUDAExecutionProvider"] if "CUDAExecutionProvider" in ort.get_available_providers() else []
+    for prov in providers + ["CPUExecutionProvider"]:
+        try:
+            return run_onnx(path, x, (prov,)), f"onnxruntime {prov.replace('ExecutionProvider', '')}"
+        except Exception:  # noqa: BLE001 - no fp16 kernel on this provider: next
+            continue
+    from onnx.reference import ReferenceEvaluator
+    import onnx
+    model = onnx.load(str(path))
+    ev = ReferenceEvaluator(model)
+    names = [o.name for o in model.graph.output]
+    return dict(zip(names, ev.run(None, {model.graph.input[0].name: x}))), "onnx reference evaluator"

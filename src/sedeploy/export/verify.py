@@ -36,11 +36,11 @@ def run_torch(module: torch.nn.Module, x: np.ndarray, names: List[str]) -> Dict[
     return {n: o.numpy() for n, o in zip(names, outs)}
 
 
-def verification_batch(ckpt: dict, n: int = 16, seed: int = 0) -> tuple:
+def verification_batch(ckpt: dict, n: int = 16, data_dir=None, seed: int = 0) -> tuple:
     """-> (float32 batch, description): real test images if the dataset is on disk, else seeded noise."""
     try:
         from ..training.data import load_dataset
-        _, data = load_dataset(ckpt["dataset"], None, splits=("test",))
+        _, data = load_dataset(ckpt["dataset"], data_dir, splits=("test",))
         imgs = data["test"].images[:n].float().div(255)
         mean = torch.tensor(ckpt["mean"]).view(1, -1, 1, 1)
         std = torch.tensor(ckpt["std"]).view(1, -1, 1, 1)

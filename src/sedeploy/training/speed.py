@@ -8,7 +8,6 @@ same model, augmentation and batch size after a warm-up.
 from __future__ import annotations
 
 import os
-import platform
 import time
 from typing import Any, Dict, Optional
 
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..models import create_model
+from ..timing import cpu_name
 from .augment import AUGMENT_PRESETS, BatchAugment, reference_transform
 from .data import CIFAR10_MEAN, CIFAR10_STD, Split, load_dataset
 from .loop import Dist, iterate_fast, iterate_reference, resolve_device
@@ -43,17 +43,6 @@ def _time_steps(model, batches, n: int, opt) -> float:
             torch.cuda.synchronize()
         done += len(y) if i >= WARMUP else 0
     return done / (time.perf_counter() - t0)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def bench_pipelines(dataset: str = "fashion-mnist", data_dir: Optional[str] = None, model: str = "se_cnn",

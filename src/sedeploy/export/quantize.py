@@ -1,0 +1,137 @@
+"""INT8 (onnxruntime static quantization) and FP16 variants of an exported fp32 ONNX model.
+
+INT8: static quantization calibrated on N training images, per-channel int8 weights and uint8
+activations (u8s8: the VNNI-friendly pair on x86), QDQ format so that onnxruntime fuses
+DQ -> op -> Q into QLinearConv / QGemm and lays convolutions out as NHWC. What makes it fast
+here (docs/BENCHMARKS.md has the measurements): quantize only the heavy ops (Conv, the
+classifier's Gemm and MaxPool that rides between them) and keep the SE branch (ReduceMean, the
+tiny MatMuls, Sigmoid) and the SE Mul in float: int8 broadcasting Mul and the extra (de)quantize
+pairs around it cost more than the SE branch's arithmetic. Graph outputs (logits, SE weights,
+feature map) stay float32 and the metadata is carried over with precision "int8".
+
+FP16: float16 weights and arithmetic with float32 inputs/outputs (keep_io_types), for CUDA.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence
+
+import numpy as np
+import onnx
+import onnx.helper
+
+from .. import contract
+from ..errors import UserError
+
+INT8_OP_TYPES = ("Conv", "Gemm", "MaxPool")
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a float32 array, in batches."""
+
+    def __init__(self, x: np.ndarray, input_name: str, batch: int = 64) -> None:
+        self._it = iter([{input_name: x[i:i + batch]} for i in range(0, len(x), batch)])
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # pragma: no cover - used by some calibrators
+        pass
+
+
+def calibration_images(meta: dict, n: int, data_dir: Optional[str] = None, seed: int = 0) -> np.ndarray:
+    """N normalized training images of the model's dataset (UserError if the data is not on disk)."""
+    from ..datasets import load_arrays
+    try:
+        _, x, _ = load_arrays(meta["dataset"], data_dir, "train")
+    except UserError as e:
+        raise UserError(f"int8 calibration needs {meta['dataset']} training images: {e}") from None
+    x = x[np.random.default_rng(seed).permutation(len(x))[:n]]
+    mean = np.asarray(meta["mean"], np.float32)[:, None, None]
+    std = np.asarray(meta["std"], np.float32)[:, None, None]
+    return ((x.astype(np.float32) / 255 - mean) / std).astype(np.float32)
+
+
+def _retag(path: Path, precision: str, extra: Optional[dict] = None) -> None:
+    m = onnx.load(str(path))
+    props = {p.key: p.value for p in m.metadata_props}
+    props[contract.META_PREFIX + "precision"] = json.dumps(precision)
+    del m.metadata_props[:]
+    for k, v in props.items():
+        m.metadata_props.add(key=k, value=v)
+    onnx.save(m, str(path))
+
+
+def quantize_int8(src: Path, dst: Path, calib: np.ndarray, op_types: Sequence[str] = INT8_OP_TYPES,
+                  per_channel: bool = True, fmt: str = "qdq", activation: str = "u8") -> Path:
+    """Static int8 quantization of src into dst, calibrated on `calib` (N, C, H, W)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    model = onnx.load(str(src))
+    outputs = {o.name for o in model.graph.output}
+    # keep every node that produces a graph output in float (SE weights, feature map, logits producer stays
+    # quantized only through its inputs)
+    exclude = [n.name for n in model.graph.node if set(n.output) & outputs and n.op_type not in ("Gemm",)]
+    with tempfile.TemporaryDirectory() as d:
+        pre = Path(d) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_optimization=False, skip_symbolic_shape=True)
+        quantize_static(
+            str(pre), str(dst), _Reader(calib, model.graph.input[0].name),
+            quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+            activation_type=QuantType.QUInt8 if activation == "u8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8, per_channel=per_channel, op_types_to_quantize=list(op_types),
+            nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": activation != "u8", "WeightSymmetric": True})
+    # carry the metadata over (quantize_static keeps metadata_props of pre-processed models unevenly)
+    q = onnx.load(str(dst))
+    del q.metadata_props[:]
+    q.metadata_props.extend(model.metadata_props)
+    onnx.save(q, str(dst))
+    _retag(dst, "int8")
+    return dst
+
+
+def convert_fp16(src: Path, dst: Path) -> Path:
+    """float16 graph with float32 inputs and outputs."""
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        raise UserError("--half needs onnxconverter-common: pip install onnxconverter-common") from None
+    import warnings
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]  # stale float32 shape annotations would contradict the fp16 types
+    _detach_outputs(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "number truncated to 1e-07": tiny weights flush, expected in fp16
+        half = float16.convert_float_to_float16(model, keep_io_types=True)
+    del half.metadata_props[:]
+    half.metadata_props.extend(model.metadata_props)
+    onnx.save(half, str(dst))
+    _retag(dst, "fp16")
+    return dst
+
+
+def _detach_outputs(model: onnx.ModelProto) -> None:
+    """Give every graph output that other nodes also consume its own Identity node.
+
+    The fp16 converter casts an output back to float32 in place; when the same tensor also feeds
+    the rest of the graph (an SE weight vector feeds its reweighting Mul), those consumers would
+    then receive float32 inside a float16 graph. After this pass they read an internal tensor.
+    """
+    outputs = {o.name for o in model.graph.output}
+    consumed = {i for n in model.graph.node for i in n.input}
+    for name in outputs & consumed:
+        internal = name + "__internal"
+        for n in model.graph.node:
+            n.output[:] = [internal if o == name else o for o in n.output]
+            n.input[:] = [internal if i == name else i for i in n.input]
+        model.graph.node.append(onnx.helper.make_node("Identity", [internal], [name], name=f"{name}__out"))
+
+
+def op_histogram(path: Path) -> dict:
+    counts: dict = {}
+    for n in onnx.load(str(path)).graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return dict(sorted(counts.items()))
