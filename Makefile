@@ -26,11 +26,21 @@ dataset:
 	  $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }; fi
 
-# The main job end to end on real data: train -> (export -> infer -> bench as those land).
+# The main job end to end on real data (Fashion-MNIST, CPU, a few minutes):
+# train -> export (+ int8, fp16; parity table) -> infer with heatmaps on real test images -> bench.
 demo: install dataset
-	$(SEDEPLOY) train --dataset fashion-mnist --model se_cnn --epochs 2 --limit-train 20000 \
-	  --out $(DEMO)/run --no-progress
-	@echo "demo: checkpoint, curves and logs in $(DEMO)/run"
+	$(SEDEPLOY) train --dataset fashion-mnist --model se_cnn --epochs 2 --limit-train 20000 --out $(DEMO)/run
+	$(SEDEPLOY) export --ckpt $(DEMO)/run/best.pt --int8 --half --force
+	$(SEDEPLOY) samples --n 6 --out $(DEMO)/images
+	$(SEDEPLOY) infer $(DEMO)/images --model $(DEMO)/run/model.onnx --topk 3 --heatmaps $(DEMO)/heatmaps
+	$(SEDEPLOY) bench --model $(DEMO)/run/model.onnx --batch-sizes 1,64 --min-time 0.5 \
+	  --json $(DEMO)/bench.json --csv $(DEMO)/bench.csv
+	@echo
+	@echo "demo done. Look at:"
+	@echo "  $(DEMO)/run/curves.png, $(DEMO)/run/loss_iterations.png   training curves"
+	@echo "  $(DEMO)/run/model.onnx (+ .int8.onnx, .fp16.onnx, model.ts, export.json)   exports"
+	@echo "  $(DEMO)/heatmaps/*_heatmap.png, *_channels.png, *_se.png   attention heatmaps"
+	@echo "  $(DEMO)/bench.json, $(DEMO)/bench.csv                      benchmark table"
 
 test: install
 	$(VENV)/bin/pytest -q

@@ -18,16 +18,17 @@ from sedeploy.export.quantize import calibration_images, op_histogram, quantize_
 from sedeploy.runtime.session import create_session, model_info
 from sedeploy.timing import interleaved
 
+HEAVY = ("Conv", "Relu", "MaxPool", "GlobalAveragePool", "Gemm")
 VARIANTS = {  # name: quantize_int8 kwargs
-    "qdq-all-ops (plain)": dict(op_types=("Conv", "Gemm", "MatMul", "MaxPool", "Mul", "Relu", "Sigmoid",
-                                          "ReduceMean", "Unsqueeze", "Flatten")),
-    "qoperator-all-ops": dict(op_types=("Conv", "Gemm", "MatMul", "MaxPool", "Mul", "Relu", "Sigmoid",
-                                        "ReduceMean", "Unsqueeze", "Flatten"), fmt="qop"),
-    "qdq conv+gemm": dict(op_types=("Conv", "Gemm")),
-    "qdq conv+gemm+maxpool (sedeploy)": dict(op_types=("Conv", "Gemm", "MaxPool")),
-    "  ... per-tensor weights": dict(op_types=("Conv", "Gemm", "MaxPool"), per_channel=False),
-    "  ... s8 activations": dict(op_types=("Conv", "Gemm", "MaxPool"), activation="s8"),
-    "  ... + SE Mul": dict(op_types=("Conv", "Gemm", "MaxPool", "Mul")),
+    "qdq, every op (plain)": dict(op_types=None, float_first_block=False),
+    "qoperator, every op": dict(op_types=None, fmt="qop", float_first_block=False),
+    "qdq conv+gemm only": dict(op_types=("Conv", "Gemm"), float_first_block=False),
+    "qdq heavy ops, SE in float": dict(op_types=HEAVY, float_first_block=False),
+    "qdq heavy ops, SE + block 1 float (sedeploy)": dict(op_types=HEAVY),
+    "  ... qoperator format": dict(op_types=HEAVY, fmt="qop"),
+    "  ... per-tensor weights": dict(op_types=HEAVY, per_channel=False),
+    "  ... s8 activations": dict(op_types=HEAVY, activation="s8"),
+    "  ... + SE Mul in int8": dict(op_types=HEAVY + ("Mul",)),
 }
 
 

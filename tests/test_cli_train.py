@@ -9,7 +9,7 @@ from conftest import assert_one_line_error
 def test_help_lists_commands(run_cli):
     r = run_cli("--help")
     assert r.code == 0
-    for c in ("train", "compare", "features", "bench-train"):
+    for c in ("train", "compare", "features", "bench-train", "export", "infer", "bench", "samples", "faithfulness"):
         assert c in r.out
     r = run_cli("train", "--help")
     assert r.code == 0 and "Examples" in r.out

@@ -262,3 +262,22 @@ def test_model_discovery(run_cli, fm_export, tmp_path, monkeypatch):
     assert_one_line_error(run_cli("infer", "x.png"), "no model found")
     (tmp_path / "model.onnx").write_bytes(model.read_bytes())
     assert run_cli("infer", "x.png").code == 0
+
+
+def test_faithfulness_eval(fm_export, fmnist_dir):
+    from sedeploy.faithfulness import _rank_mask, deletion_eval
+    m = _rank_mask(np.arange(20.0).reshape(4, 5), 0.2)
+    assert m.sum() == 4 and m.ravel()[-4:].all()                   # the 4 highest of 20
+    model, _ = fm_export
+    res = deletion_eval(str(model), "fashion-mnist", str(fmnist_dir), n=40, fraction=0.2, log=lambda s: None)
+    assert res["images"] == 40 and set(res["methods"]) == {"se", "spatial_mean", "random"}
+    for v in res["methods"].values():
+        assert -1 <= v["mean_drop"] <= 1 and v["sem"] >= 0
+
+
+def test_samples_cli(run_cli, fmnist_dir, tmp_path):
+    r = run_cli("samples", "--data-dir", fmnist_dir, "--n", "3", "--out", tmp_path)
+    assert r.code == 0, r.err
+    files = sorted(tmp_path.glob("*.png"))
+    assert len(files) == 3 and Image.open(files[0]).size == (28, 28)
+    assert_one_line_error(run_cli("samples", "--dataset", "mnist", "--out", tmp_path), "unknown dataset")

@@ -361,6 +361,26 @@ def bench(model, ckpt, batch_sizes, backends, threads, warmup, min_time, data, d
         write_csv(res, csv_path)
 
 
+@cli.command(context_settings=CONTEXT)
+@click.option("--dataset", default="fashion-mnist", show_default=True)
+@click.option("--data-dir", default=None)
+@click.option("--n", "n", type=int, default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", default="samples", show_default=True)
+def samples(dataset: str, data_dir: Optional[str], n: int, seed: int, out: str) -> None:
+    """Write N real test images as PNG (named <index>_<true class>.png) to try `infer` on.
+
+    \b
+    Examples:
+      sedeploy samples --n 6 --out demo/images && sedeploy infer demo/images
+    """
+    from .datasets import DATASETS, write_samples
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
+    for p in write_samples(dataset, Path(out), n, data_dir, seed):
+        click.echo(str(p))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: one-line errors for bad input, full tracebacks only with --debug."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -138,8 +138,8 @@ def fmnist_dirs(data_dir: Optional[Path]) -> List[Path]:
     return dirs + [DEBIAN_FMNIST]
 
 
-def read_fmnist(dirs: List[Path], split: str, size: int = 32) -> Tuple[np.ndarray, np.ndarray, Path]:
-    """-> (N, 1, size, size) uint8, (N,) int64, folder; missing files raise UserError."""
+def read_fmnist(dirs: List[Path], split: str, size: Optional[int] = 32) -> Tuple[np.ndarray, np.ndarray, Path]:
+    """-> (N, 1, size, size) uint8 (size None: native 28x28), (N,) int64, folder; missing files raise UserError."""
     img_f, lbl_f = (_find_idx(b, dirs) for b in _IDX[split])
     if img_f is None or lbl_f is None:
         where = ", ".join(str(d) for d in dirs)
@@ -148,17 +148,41 @@ def read_fmnist(dirs: List[Path], split: str, size: int = 32) -> Tuple[np.ndarra
     x, y = read_idx(img_f), read_idx(lbl_f).astype(np.int64)
     if x.ndim != 3 or len(x) != len(y):
         raise UserError(f"{img_f}: {x.shape} images do not match {len(y)} labels; reinstall the dataset")
-    return np.ascontiguousarray(resize_uint8(x, size)[:, None]), y, img_f.parent
+    x = resize_uint8(x, size) if size else x
+    return np.ascontiguousarray(x[:, None]), y, img_f.parent
 
 
-def load_arrays(name: str, data_dir: Optional[str] = None, split: str = "test") -> Tuple[DatasetInfo, np.ndarray,
-                                                                                           np.ndarray]:
-    """-> (info, images (N, C, H, W) uint8, labels (N,) int64) from files on disk, no download."""
+def load_arrays(name: str, data_dir: Optional[str] = None, split: str = "test", native: bool = False
+                ) -> Tuple[DatasetInfo, np.ndarray, np.ndarray]:
+    """-> (info, images (N, C, H, W) uint8, labels (N,) int64) from files on disk, no download.
+
+    native=True keeps the files' own size (Fashion-MNIST 28x28) instead of the model input size."""
     info = dataset_info(name)
     if name == "cifar10":
         x, y = read_cifar(Path(data_dir or "data"), split)
         info.source = str(Path(data_dir or "data") / "cifar-10-batches-py")
     else:
-        x, y, src = read_fmnist(fmnist_dirs(Path(data_dir) if data_dir else None), split, info.input_size[1])
+        x, y, src = read_fmnist(fmnist_dirs(Path(data_dir) if data_dir else None), split,
+                                None if native else info.input_size[1])
         info.source = str(src)
     return info, x, y
+
+
+def write_samples(name: str, out: Path, n: int = 8, data_dir: Optional[str] = None, seed: int = 0) -> List[Path]:
+    """Write n test images as PNG files named <index>_<class>.png (native size), for trying `infer`."""
+    from PIL import Image
+    from .errors import atomic_write, ensure_writable_dir
+    if n <= 0:
+        raise UserError(f"--n must be positive, got {n}")
+    info, x, y = load_arrays(name, data_dir, "test", native=True)
+    out = ensure_writable_dir(out)
+    idx = np.random.default_rng(seed).permutation(len(y))[:n]
+    written = []
+    for i in idx:
+        a = x[i]
+        im = Image.fromarray(a[0]) if a.shape[0] == 1 else Image.fromarray(a.transpose(1, 2, 0))
+        label = info.classes[int(y[i])].lower().replace("/", "-").replace(" ", "-")
+        dest = out / f"{int(i):05d}_{label}.png"
+        atomic_write(dest, lambda tmp, im=im: im.save(tmp, format="PNG"))
+        written.append(dest)
+    return written

@@ -3,10 +3,11 @@
 INT8: static quantization calibrated on N training images, per-channel int8 weights and uint8
 activations (u8s8: the VNNI-friendly pair on x86), QDQ format so that onnxruntime fuses
 DQ -> op -> Q into QLinearConv / QGemm and lays convolutions out as NHWC. What makes it fast
-here (docs/BENCHMARKS.md has the measurements): quantize only the heavy ops (Conv, the
-classifier's Gemm and MaxPool that rides between them) and keep the SE branch (ReduceMean, the
-tiny MatMuls, Sigmoid) and the SE Mul in float: int8 broadcasting Mul and the extra (de)quantize
-pairs around it cost more than the SE branch's arithmetic. Graph outputs (logits, SE weights,
+here (scripts/int8_search.py, docs/BENCHMARKS.md): quantize the heavy ops (Conv + its ReLU,
+MaxPool, the SE squeeze as QLinearGlobalAveragePool, the classifier's Gemm), keep the tiny SE
+excitation MLP and its reweighting Mul in float (the Mul runs after pooling, on a 4x smaller
+tensor), and keep the first block in float: its convolution has 9 (or 27) inputs per output, where
+the int8 kernel is twice slower than fp32. Graph outputs (logits, SE weights,
 feature map) stay float32 and the metadata is carried over with precision "int8".
 
 FP16: float16 weights and arithmetic with float32 inputs/outputs (keep_io_types), for CUDA.
@@ -25,7 +26,7 @@ import onnx.helper
 from .. import contract
 from ..errors import UserError
 
-INT8_OP_TYPES = ("Conv", "Gemm", "MaxPool")
+INT8_OP_TYPES = ("Conv", "Relu", "MaxPool", "GlobalAveragePool", "Gemm")
 
 
 class _Reader:
@@ -64,16 +65,27 @@ def _retag(path: Path, precision: str, extra: Optional[dict] = None) -> None:
     onnx.save(m, str(path))
 
 
-def quantize_int8(src: Path, dst: Path, calib: np.ndarray, op_types: Sequence[str] = INT8_OP_TYPES,
-                  per_channel: bool = True, fmt: str = "qdq", activation: str = "u8") -> Path:
-    """Static int8 quantization of src into dst, calibrated on `calib` (N, C, H, W)."""
+def quantize_int8(src: Path, dst: Path, calib: np.ndarray, op_types: Optional[Sequence[str]] = INT8_OP_TYPES,
+                  per_channel: bool = True, fmt: str = "qdq", activation: str = "u8",
+                  float_first_block: bool = True) -> Path:
+    """Static int8 quantization of src into dst, calibrated on `calib` (N, C, H, W).
+
+    float_first_block keeps every node before the second Conv in float: the first convolution
+    has only C_in x 9 (9 or 27) inputs per output, where onnxruntime's int8 kernel is slower than
+    its fp32 one (measured 1.4 ms vs 0.65 ms at batch 64), and it is the most precision-sensitive.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
     model = onnx.load(str(src))
     outputs = {o.name for o in model.graph.output}
     # keep every node that produces a graph output in float (SE weights, feature map, logits producer stays
     # quantized only through its inputs)
-    exclude = [n.name for n in model.graph.node if set(n.output) & outputs and n.op_type not in ("Gemm",)]
+    exclude = [n.name for n in model.graph.node if set(n.output) & outputs and n.op_type not in ("Gemm",)] \
+        if op_types else []
+    if float_first_block:
+        convs = [i for i, n in enumerate(model.graph.node) if n.op_type == "Conv"]
+        if len(convs) > 1:
+            exclude += [n.name for n in model.graph.node[:convs[1]]]
     with tempfile.TemporaryDirectory() as d:
         pre = Path(d) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_optimization=False, skip_symbolic_shape=True)
@@ -81,7 +93,8 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray, op_types: Sequence[st
             str(pre), str(dst), _Reader(calib, model.graph.input[0].name),
             quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
             activation_type=QuantType.QUInt8 if activation == "u8" else QuantType.QInt8,
-            weight_type=QuantType.QInt8, per_channel=per_channel, op_types_to_quantize=list(op_types),
+            weight_type=QuantType.QInt8, per_channel=per_channel,
+            op_types_to_quantize=list(op_types) if op_types else None,
             nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": activation != "u8", "WeightSymmetric": True})
     # carry the metadata over (quantize_static keeps metadata_props of pre-processed models unevenly)

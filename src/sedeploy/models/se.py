@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -22,7 +23,10 @@ class SEBlock(nn.Module):
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """Channel weights in (0, 1): (B, C, H, W) -> (B, C)."""
-        s = x.mean(dim=(2, 3))                                # squeeze: (B, C)
+        # squeeze: global average pool, (B, C, H, W) -> (B, C). adaptive_avg_pool2d exports as ONNX
+        # GlobalAveragePool, which onnxruntime runs in its blocked layout and quantizes to
+        # QLinearGlobalAveragePool (int8 in, int8 out); x.mean((2, 3)) would export as ReduceMean.
+        s = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))  # excite: (B, C)
 
     def forward_with_weights(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -262,7 +262,8 @@ def fit(cfg: TrainConfig, progress: bool = True, on_epoch: Optional[Callable[[in
         if progress and d.main:
             from tqdm import tqdm
             bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, file=sys.stderr,
-                       dynamic_ncols=True)
+                       dynamic_ncols=True, disable=None)          # None: off when stderr is not a terminal
+            bar = None if bar.disable else bar
         model.train()
         loss_sum, correct, count = 0.0, 0.0, 0.0
         for i, (x, y) in enumerate(batches, 1):

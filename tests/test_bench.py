@@ -1,0 +1,125 @@
+"""Bench: well-formed rows, JSON and CSV on a tiny budget; skipped/failed backends; int8/fp16 exports."""
+import csv
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import assert_one_line_error
+from sedeploy import contract
+from sedeploy.bench import BACKENDS, BenchConfig, model_flops, run_bench
+from sedeploy.export.exporter import ExportOptions, export_checkpoint
+
+
+@pytest.fixture(scope="module")
+def fm_full(trained_fm, tmp_path_factory, fmnist_dir):
+    """model.onnx + model.ts + model.int8.onnx + model.fp16.onnx of the tiny trained Fashion-MNIST model."""
+    d = tmp_path_factory.mktemp("bench")
+    man = export_checkpoint(str(trained_fm / "best.pt"), str(d),
+                            ExportOptions(int8=True, half=True, calib=128, data_dir=str(fmnist_dir)),
+                            log=lambda s: None)
+    return d, man
+
+
+def test_bench_rows_json_csv(run_cli, fm_full, fmnist_dir, tmp_path):
+    d, _ = fm_full
+    r = run_cli("bench", "--model", d / "model.onnx", "--batch-sizes", "1,4", "--warmup", "1", "--min-time", "0.01",
+                "--data-dir", fmnist_dir, "--json", tmp_path / "b.json", "--csv", tmp_path / "b.csv")
+    assert r.code == 0, r.err
+    res = json.loads((tmp_path / "b.json").read_text())
+    rows = res["rows"]
+    assert [(x["backend"], x["batch"]) for x in rows] == [(b, n) for b in BACKENDS for n in (1, 4)]
+    by = {(x["backend"], x["batch"]): x for x in rows}
+    for b in ("pytorch", "torchscript", "ort-cpu", "ort-cpu-int8"):
+        for n in (1, 4):
+            x = by[(b, n)]
+            assert x["status"] == "ok", x
+            assert x["p50_ms"] > 0 and x["p50_ms"] <= x["p90_ms"] <= x["p99_ms"]
+            assert x["images_per_s"] > 0 and x["size_mb"] > 0
+            assert 0 <= x["accuracy"] <= 100 and x["top1_agreement"] >= 50
+    assert by[("pytorch", 1)]["max_abs_diff"] == 0
+    assert by[("ort-cpu", 1)]["max_abs_diff"] < 1e-4 and by[("ort-cpu", 1)]["top1_agreement"] == 100
+    assert by[("ort-cpu", 1)]["accuracy"] == by[("pytorch", 1)]["accuracy"]
+    assert by[("ort-cpu-int8", 1)]["size_mb"] < by[("ort-cpu", 1)]["size_mb"] / 2
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert by[("ort-cuda", 1)]["status"].startswith("skipped: ") and "onnxruntime-gpu" in by[("ort-cuda", 1)]["status"]
+    assert "machine:" in r.out and "timing:" in r.out and "ort-cpu-int8" in r.out
+    with open(tmp_path / "b.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+
+
+def test_bench_missing_backends_are_skipped_not_fatal(tmp_path, fm_full):
+    d, _ = fm_full
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "model.onnx").write_bytes((d / "model.onnx").read_bytes())
+    res = run_bench(BenchConfig(model=str(lone / "model.onnx"), batch_sizes=(2,), warmup=0, min_time=0.0,
+                                backends=("pytorch", "torchscript", "ort-cpu", "ort-cpu-int8"), limit=50),
+                    log=lambda s: None)
+    st = {x["backend"]: x["status"] for x in res["rows"]}
+    assert st["pytorch"] == "skipped: no checkpoint (pass --ckpt)"
+    assert st["torchscript"].startswith("skipped: no model.ts")
+    assert st["ort-cpu-int8"].startswith("skipped: no model.int8.onnx")
+    assert st["ort-cpu"] == "ok"
+
+
+def test_bench_failed_backend_does_not_abort(tmp_path, fm_full):
+    d, _ = fm_full
+    broken = tmp_path / "b"
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes((d / "model.onnx").read_bytes())
+    (broken / "model.int8.onnx").write_bytes(b"not onnx")
+    res = run_bench(BenchConfig(model=str(broken / "model.onnx"), batch_sizes=(1,), warmup=0, min_time=0.0,
+                                backends=("ort-cpu-int8", "ort-cpu"), limit=20), log=lambda s: None)
+    st = {x["backend"]: x["status"] for x in res["rows"]}
+    assert st["ort-cpu-int8"].startswith("failed: ") and st["ort-cpu"] == "ok"
+
+
+def test_bench_bad_options(run_cli, fm_full):
+    d, _ = fm_full
+    assert_one_line_error(run_cli("bench", "--model", d / "model.onnx", "--backends", "tensorrt"), "unknown backend")
+    assert_one_line_error(run_cli("bench", "--model", d / "model.onnx", "--batch-sizes", "1,x"), "--batch-sizes")
+    assert_one_line_error(run_cli("bench", "--model", d / "model.onnx", "--batch-sizes", "0"), "positive")
+
+
+def test_int8_keeps_contract_metadata_and_top1(fm_full):
+    d, man = fm_full
+    fp = onnx.load(str(d / "model.onnx"))
+    q = onnx.load(str(d / "model.int8.onnx"))
+    assert [o.name for o in q.graph.output] == [o.name for o in fp.graph.output]
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in q.graph.output)
+    mq = contract.decode_metadata({p.key: p.value for p in q.metadata_props})
+    mf = contract.decode_metadata({p.key: p.value for p in fp.metadata_props})
+    assert mq["precision"] == "int8" and mq["classes"] == mf["classes"] and mq["mean"] == mf["mean"]
+    assert any(n.op_type in ("QLinearConv", "QuantizeLinear") for n in q.graph.node)
+    # agreement with fp32 on a small real batch
+    import onnxruntime as ort
+    from sedeploy.datasets import load_arrays
+    _, x, _ = load_arrays("fashion-mnist", None, "test")
+    x = ((x[:64].astype(np.float32) / 255 - 0.2860) / 0.3530).astype(np.float32)
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    a, b = run(d / "model.onnx"), run(d / "model.int8.onnx")
+    assert (a[0].argmax(1) == b[0].argmax(1)).mean() >= 0.9
+    for fa, fb in zip(a[1:4], b[1:4]):  # SE weights stay float and close
+        assert fb.dtype == np.float32 and np.abs(fa - fb).max() < 0.1
+    assert {f["format"] for f in man["files"]} == {"onnx", "torchscript", "int8", "fp16"}
+
+
+def test_fp16_graph_float32_io(fm_full):
+    d, _ = fm_full
+    h = onnx.load(str(d / "model.fp16.onnx"))
+    assert h.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in h.graph.output)
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in h.graph.initializer)
+    meta = contract.decode_metadata({p.key: p.value for p in h.metadata_props})
+    assert meta["precision"] == "fp16"
+
+
+def test_model_flops_reference():
+    cfg = dict(in_channels=3, input_size=32, widths=[32, 64, 128], hidden=512, num_classes=10, se=True)
+    # ~11.4 M multiply-adds for the reference SE-CNN (SPEC section 4)
+    assert 11.2e6 < model_flops(cfg) / 2 < 11.6e6
+    macs_fc = 2048 * 512 + 512 * 10
+    assert model_flops({**cfg, "se": False}) / 2 - (3 * 32 * 9 * 1024 + 32 * 64 * 9 * 256 + 64 * 128 * 9 * 64) == macs_fc
