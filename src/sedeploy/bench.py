@@ -282,7 +282,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             row = Row(name, b, "ok", **base, p50_ms=t["p50_ms"], p90_ms=t["p90_ms"], p99_ms=t["p99_ms"],
                       images_per_s=ips, accuracy=acc, max_abs_diff=diff, top1_agreement=agree,
                       gflops=flops * ips / 1e9)
-            if "cuda" not in name:
+            if name in ("pytorch", "torchscript", "ort-cpu"):  # fp32 on the CPU: the peak below applies
                 row.peak_pct = 100 * flops * ips / peak["peak_flops"] if peak["peak_flops"] else None
             rows.append(row)
             log(f"{name} batch {b}: p50 {t['p50_ms']:.3f} ms, {ips:,.0f} img/s")

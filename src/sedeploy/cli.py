@@ -106,7 +106,8 @@ def train(out: str, resume: Optional[str], **kw) -> None:
 @cli.command(context_settings=CONTEXT)
 @_train_options
 @click.option("--out", default="runs/compare", show_default=True, help="Output directory (one folder per model).")
-def compare(out: str, **kw) -> None:
+@click.option("--models", default="cnn,se_cnn", show_default=True, help="Models to train, in this order.")
+def compare(out: str, models: str, **kw) -> None:
     """Train cnn and se_cnn with the same seed and recipe; print the reference's table.
 
     \b
@@ -114,7 +115,8 @@ def compare(out: str, **kw) -> None:
       sedeploy compare --dataset fashion-mnist --epochs 10 --out runs/compare
     """
     from .training.compare import compare as run_compare, format_table
-    rows = run_compare(_train_config(kw, out), progress=not kw["no_progress"])
+    rows = run_compare(_train_config(kw, out), tuple(m.strip() for m in models.split(",") if m.strip()),
+                       progress=not kw["no_progress"])
     if kw["as_json"]:
         _dump_json(rows)
     else:

@@ -10,11 +10,15 @@ import json
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from ..errors import atomic_write_text, ensure_writable_dir
+from ..errors import UserError, atomic_write_text, ensure_writable_dir
 from .loop import TrainConfig, fit
 
 
 def compare(base: TrainConfig, models: Sequence[str] = ("cnn", "se_cnn"), progress: bool = True) -> List[Dict]:
+    from ..models import list_models
+    bad = [m for m in models if m not in list_models()]
+    if bad or not models:
+        raise UserError(f"unknown model {', '.join(bad) or '(none)'}; choose from: {', '.join(list_models())}")
     out = ensure_writable_dir(base.out)
     rows = []
     for name in models:
