@@ -14,9 +14,10 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[full,dev]'
+	@echo "installing into $(VENV): torch pair first (~70 s, ~5.5 GB), then sedeploy[full,dev]"
+	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq $(TORCH_PIN)
+	$(PY) -m pip install -qq -e '.[full,dev]'
 	touch $@
 
 # Fashion-MNIST from Debian's package (real data, offline).

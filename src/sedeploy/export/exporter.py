@@ -144,9 +144,6 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
                 check_onnx(final)
                 candidates["onnx simplified"] = run_onnx(final, x)
         rows = parity_all(reference, candidates)
-        variants = {}
-        if opts.int8 or opts.half:
-            variants = _variants(final, tmp, ckpt, opts, reference, x, timings, log)
         timings["verify_total"] = time.perf_counter() - t_start - sum(timings.values())
         log(f"parity vs eager PyTorch on {batch_desc} (pass: |diff| <= {ATOL:g} + {RTOL:g}*|ref|):")
         log(format_table(rows))
@@ -155,6 +152,7 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
             worst = max(failed, key=lambda r: r.max_abs)
             raise UserError(f"parity check failed: {worst.backend} output {worst.output} differs by "
                             f"{worst.max_abs:.3g} (tolerance {ATOL:g}); nothing was written")
+        variants = _variants(final, tmp, ckpt, opts, reference, x, timings, log) if opts.int8 or opts.half else {}
         # verified: move into place
         written = {}
         if "torchscript" in opts.formats:
