@@ -281,3 +281,15 @@ def test_samples_cli(run_cli, fmnist_dir, tmp_path):
     files = sorted(tmp_path.glob("*.png"))
     assert len(files) == 3 and Image.open(files[0]).size == (28, 28)
     assert_one_line_error(run_cli("samples", "--dataset", "mnist", "--out", tmp_path), "unknown dataset")
+
+
+def test_json_errors_name_the_image(run_cli, fm_export, tmp_path):
+    model, _ = fm_export
+    Image.new("L", (28, 28), 100).save(tmp_path / "ok.png")
+    (tmp_path / "odd:name.png").write_text("not an image")
+    r = run_cli("infer", tmp_path / "ok.png", tmp_path / "odd:name.png", tmp_path / "gone.png", "--model", model,
+                "--json")
+    assert r.code == 1
+    recs = [json.loads(line) for line in r.out.splitlines()]
+    assert [x["image"] for x in recs] == [str(tmp_path / n) for n in ("ok.png", "odd:name.png", "gone.png")]
+    assert "top" in recs[0] and "not an image" in recs[1]["error"] and "no such file" in recs[2]["error"]

@@ -268,6 +268,8 @@ def infer(images: List[str], model: Optional[str], provider: str, topk: int, hea
                    f"provider {predictor.provider}", err=True)
     for e in failures:
         click.echo(f"error: {e}", err=True)
+        if as_json:
+            click.echo(json.dumps({"image": e.path, "error": str(e)}))
     stems: dict = {}
     ok = 0
     for r in predictor.predict_iter(paths, topk, batch_size):
@@ -275,7 +277,7 @@ def infer(images: List[str], model: Optional[str], provider: str, topk: int, hea
             failures.append(r)
             click.echo(f"error: {r}", err=True)
             if as_json:
-                click.echo(json.dumps({"image": str(r).split(":")[0], "error": str(r)}))
+                click.echo(json.dumps({"image": r.path, "error": str(r)}))
             continue
         ok += 1
         rec = r.to_dict()

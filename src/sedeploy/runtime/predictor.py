@@ -125,6 +125,7 @@ class Predictor:
                 im = self.load(image)
                 pending.append((j, name, im, self.to_input(im)))
             except ImageError as e:
+                e.path = e.path or name
                 slots[j] = e
             if len(pending) >= batch_size:
                 flush()

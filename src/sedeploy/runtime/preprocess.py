@@ -28,7 +28,11 @@ BACKGROUNDS = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 
 
 
 class ImageError(UserError):
-    """One image could not be used; in a batch the others still run."""
+    """One image could not be used; in a batch the others still run. `path` names the input."""
+
+    def __init__(self, message: str, path: Union[str, os.PathLike, None] = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:
@@ -63,28 +67,28 @@ def load_image(path: Union[str, os.PathLike], channels: int, background: Tuple[i
     """Decode `path` into an 'L' or 'RGB' PIL image, EXIF orientation applied. Raises ImageError."""
     path = Path(path)
     if not path.exists():
-        raise ImageError(f"{path}: no such file")
+        raise ImageError(f"{path}: no such file", path)
     if path.is_dir():
-        raise ImageError(f"{path}: is a directory, not an image")
+        raise ImageError(f"{path}: is a directory, not an image", path)
     if path.stat().st_size == 0:
-        raise ImageError(f"{path}: empty file (0 bytes), not an image")
+        raise ImageError(f"{path}: empty file (0 bytes), not an image", path)
     try:
         with Image.open(path) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageError(f"{path}: {w}x{h} pixels exceeds the {max_pixels:,}-pixel limit "
-                                 f"(decompression bomb?); downscale it first")
+                                 f"(decompression bomb?); downscale it first", path)
             im.load()
             im = ImageOps.exif_transpose(im)
             return to_model_mode(im, channels, background)
     except ImageError:
         raise
     except Image.DecompressionBombError:
-        raise ImageError(f"{path}: image is too large (decompression bomb); downscale it first") from None
+        raise ImageError(f"{path}: image is too large (decompression bomb); downscale it first", path) from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image Pillow can read") from None
+        raise ImageError(f"{path}: not an image Pillow can read", path) from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: corrupt or truncated image ({str(e).splitlines()[0][:100]})") from None
+        raise ImageError(f"{path}: corrupt or truncated image ({str(e).splitlines()[0][:100]})", path) from None
 
 
 def resize(im: Image.Image, size_hw: Tuple[int, int]) -> Image.Image:
@@ -116,12 +120,12 @@ def expand_inputs(items: Sequence[str]):
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                errors.append(ImageError(f"{p}: directory has no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)"))
+                errors.append(ImageError(f"{p}: directory has no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)", p))
             paths += found
         elif any(ch in item for ch in "*?[") and not p.exists():
             found = sorted(Path(q) for q in glob.glob(item, recursive=True) if Path(q).is_file())
             if not found:
-                errors.append(ImageError(f"{item}: pattern matches no files"))
+                errors.append(ImageError(f"{item}: pattern matches no files", item))
             paths += found
         else:
             paths.append(p)  # missing files are reported when loaded
