@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # The torch/torchvision pair that imports together on these machines (see README).
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install dataset demo test test-all bench lint clean
+.PHONY: install dataset demo test test-fast lint clean
 
 install: $(VENV)/.installed
 
@@ -49,6 +49,10 @@ test: install
 # fast subset (no slow tests)
 test-fast: install
 	$(VENV)/bin/pytest -q -m "not slow"
+
+lint: install
+	$(PY) -m pip install -qq ruff
+	$(VENV)/bin/ruff check --select F,E9 src tests scripts
 
 clean:
 	rm -rf $(DEMO) runs .pytest_cache

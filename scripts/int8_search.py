@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from sedeploy.datasets import load_arrays
 from sedeploy.export.quantize import calibration_images, op_histogram, quantize_int8

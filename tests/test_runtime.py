@@ -2,7 +2,6 @@
 providers, bad input, CLI formats."""
 import io
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from sedeploy.errors import UserError
 from sedeploy.export.exporter import ExportOptions, export_checkpoint
 from sedeploy.runtime import heatmap as hm
 from sedeploy.runtime.predictor import Predictor
-from sedeploy.runtime.preprocess import ImageError, load_image, to_model_mode
+from sedeploy.runtime.preprocess import load_image, to_model_mode
 from sedeploy.training.checkpoint import build_model, load_checkpoint
 
 

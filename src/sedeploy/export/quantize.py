@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import onnx

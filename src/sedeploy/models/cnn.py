@@ -11,7 +11,7 @@ SE block's channel weights and the last block's SE-reweighted feature map before
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import List, Optional, Tuple
 
 import torch

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Dict, List, Sequence
 
 from ..errors import UserError, atomic_write_text, ensure_writable_dir
