@@ -38,6 +38,7 @@ class BenchConfig:
     data: Optional[str] = None                       # dataset for accuracy/parity (default: the model's)
     data_dir: Optional[str] = None
     limit: Optional[int] = None                      # test images for accuracy (default: all)
+    repeats: int = 3                                 # timing rounds over all rows; medians reported
 
 
 @dataclass
@@ -222,6 +223,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         raise UserError(f"--threads must be positive, got {cfg.threads}")
     if cfg.warmup < 0 or cfg.min_time < 0:
         raise UserError("--warmup and --min-time must not be negative")
+    if cfg.repeats <= 0:
+        raise UserError(f"--repeats must be positive, got {cfg.repeats}")
     model = find_model(cfg.model)
     sess, _ = create_session(model, "cpu", cfg.threads)
     info = model_info(sess, model)
@@ -243,6 +246,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         except Exception as e:  # noqa: BLE001 - parity columns stay empty, with the reason logged
             log(f"no PyTorch reference for parity ({str(e).splitlines()[0][:120]})")
     rows: List[Row] = []
+    ready = []  # (name, timed runner, row fields) of the backends that prepared and verified
     for name in cfg.backends:
         try:
             run, path = make_backend(name, model, ckpt, cfg.threads)
@@ -251,41 +255,55 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             log(f"{name}: skipped ({e})")
             continue
         except Exception as e:  # noqa: BLE001 - a failing backend does not abort the table
-            msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-            rows += [Row(name, b, f"failed: {msg}") for b in cfg.batch_sizes]
-            log(f"{name}: failed ({msg})")
+            rows += [Row(name, b, f"failed: {_first_line(e)}") for b in cfg.batch_sizes]
+            log(f"{name}: failed ({_first_line(e)})")
             continue
-        size = round(path.stat().st_size / 1e6, 3) if path else None
-        base = dict(file=path.name if path else "", size_mb=size)
+        base = dict(file=path.name if path else "", size_mb=round(path.stat().st_size / 1e6, 3) if path else None)
         try:
             logits = run(x_par)
-            acc = agree = diff = None
             if reference is not None:
-                diff = float(np.abs(logits.astype(np.float64) - reference).max())
-                agree = float(100 * (logits.argmax(1) == reference.argmax(1)).mean())
+                base["max_abs_diff"] = float(np.abs(logits.astype(np.float64) - reference).max())
+                base["top1_agreement"] = float(100 * (logits.argmax(1) == reference.argmax(1)).mean())
             if x_test is not None:
-                acc = float(100 * (_batched(run, x_test).argmax(1) == y_test).mean())
+                base["accuracy"] = float(100 * (_batched(run, x_test).argmax(1) == y_test).mean())
         except Exception as e:  # noqa: BLE001
-            msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-            rows += [Row(name, b, f"failed: {msg}", **base) for b in cfg.batch_sizes]
-            log(f"{name}: failed ({msg})")
+            rows += [Row(name, b, f"failed: {_first_line(e)}", **base) for b in cfg.batch_sizes]
+            log(f"{name}: failed ({_first_line(e)})")
             continue
-        timed = getattr(run, "device_run", run)
+        ready.append((name, getattr(run, "device_run", run), base))
+
+    # Timing: `repeats` rounds, each timing every backend x batch in turn for min_time; per row the
+    # median over rounds, so that a burst of load on this shared machine shifts no single backend.
+    inputs = {b: np.ascontiguousarray(np.resize(x_par, (b, *x_par.shape[1:]))) for b in cfg.batch_sizes}
+    samples: Dict[Tuple[str, int], List[dict]] = {}
+    errors: Dict[Tuple[str, int], str] = {}
+    for r in range(cfg.repeats):
+        for name, timed, _ in ready:
+            for b in cfg.batch_sizes:
+                if (name, b) in errors:
+                    continue
+                try:
+                    t = measure(lambda: timed(inputs[b]), warmup=cfg.warmup, min_time=cfg.min_time)
+                except Exception as e:  # noqa: BLE001
+                    errors[(name, b)] = _first_line(e)
+                    continue
+                samples.setdefault((name, b), []).append(t)
+                log(f"round {r + 1}/{cfg.repeats} {name} batch {b}: p50 {t['p50_ms']:.3f} ms")
+    for name, _, base in ready:
         for b in cfg.batch_sizes:
-            xb = np.ascontiguousarray(np.resize(x_par, (b, *x_par.shape[1:])))
-            try:
-                t = measure(lambda: timed(xb), warmup=cfg.warmup, min_time=cfg.min_time)
-            except Exception as e:  # noqa: BLE001
-                rows.append(Row(name, b, f"failed: {str(e).splitlines()[0][:160]}", **base))
+            if (name, b) in errors:
+                rows.append(Row(name, b, f"failed: {errors[(name, b)]}", **base))
                 continue
-            ips = b / (t["mean_ms"] / 1e3)
-            row = Row(name, b, "ok", **base, p50_ms=t["p50_ms"], p90_ms=t["p90_ms"], p99_ms=t["p99_ms"],
-                      images_per_s=ips, accuracy=acc, max_abs_diff=diff, top1_agreement=agree,
-                      gflops=flops * ips / 1e9)
-            if name in ("pytorch", "torchscript", "ort-cpu"):  # fp32 on the CPU: the peak below applies
-                row.peak_pct = 100 * flops * ips / peak["peak_flops"] if peak["peak_flops"] else None
+            med = {k: float(np.median([t[k] for t in samples[(name, b)]])) for k in ("p50_ms", "p90_ms", "p99_ms",
+                                                                                     "mean_ms")}
+            ips = b / (med["mean_ms"] / 1e3)
+            row = Row(name, b, "ok", **base, p50_ms=med["p50_ms"], p90_ms=med["p90_ms"], p99_ms=med["p99_ms"],
+                      images_per_s=ips, gflops=flops * ips / 1e9)
+            if name in ("pytorch", "torchscript", "ort-cpu") and peak["peak_flops"]:  # fp32 on the CPU
+                row.peak_pct = 100 * flops * ips / peak["peak_flops"]
             rows.append(row)
-            log(f"{name} batch {b}: p50 {t['p50_ms']:.3f} ms, {ips:,.0f} img/s")
+    order = {n: i for i, n in enumerate(cfg.backends)}
+    rows.sort(key=lambda r: (order[r.backend], cfg.batch_sizes.index(r.batch)))
     versions = {"sedeploy": __version__, "python": platform.python_version()}
     import onnxruntime
     versions["onnxruntime"] = onnxruntime.__version__
@@ -296,11 +314,16 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {threads} threads used",
         "versions": versions, "model": str(model), "checkpoint": str(ckpt) if ckpt else None,
         "data": data_desc, "flops_per_image": flops, "cpu_peak": peak,
-        "method": f"{cfg.warmup} warm-up runs, then repeated runs of one batch for >= {cfg.min_time:g} s "
-                  f"(>= 10 runs); p50/p90/p99 over the runs; images/s = batch / mean latency; "
+        "method": f"{cfg.repeats} rounds over all rows; per row and round {cfg.warmup} warm-up runs, then one "
+                  f"batch repeatedly for >= {cfg.min_time:g} s (>= 10 runs); p50/p90/p99 over the runs, median over "
+                  f"rounds; images/s = batch / mean latency; "
                   f"parity on {len(x_par)} {'test images' if x_test is not None else 'random inputs'} vs eager PyTorch",
     }
     return {"header": header, "rows": [asdict(r) for r in rows]}
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
 
 
 def _fmt(v, spec: str, empty: str = "-") -> str:

@@ -337,13 +337,15 @@ def _int_list(value: str, what: str) -> tuple:
                                                "ort-cuda", "ort-cuda-fp16")), show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads for torch and onnxruntime [all cores].")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs per row.")
-@click.option("--min-time", type=float, default=1.0, show_default=True, help="Seconds of timed runs per row.")
+@click.option("--min-time", type=float, default=1.0, show_default=True, help="Seconds of timed runs per row and round.")
+@click.option("--repeats", type=int, default=3, show_default=True,
+              help="Timing rounds over all rows (medians reported): robust to bursts of load.")
 @click.option("--data", default=None, help="Dataset for accuracy [the model's own].")
 @click.option("--data-dir", default=None)
 @click.option("--limit", type=int, default=None, help="Test images for accuracy [all].")
 @click.option("--json", "json_path", default=None, help="Also write the results as JSON to this file.")
 @click.option("--csv", "csv_path", default=None, help="Also write the rows as CSV to this file.")
-def bench(model, ckpt, batch_sizes, backends, threads, warmup, min_time, data, data_dir, limit, json_path,
+def bench(model, ckpt, batch_sizes, backends, threads, warmup, min_time, repeats, data, data_dir, limit, json_path,
           csv_path) -> None:
     """Benchmark every backend x batch size: latency, throughput, size, accuracy, parity.
 
@@ -356,7 +358,7 @@ def bench(model, ckpt, batch_sizes, backends, threads, warmup, min_time, data, d
     from .bench import BenchConfig, format_table, run_bench, write_csv, write_json
     cfg = BenchConfig(model=model, ckpt=ckpt, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
                       backends=tuple(b.strip() for b in backends.split(",") if b.strip()), threads=threads,
-                      warmup=warmup, min_time=min_time, data=data, data_dir=data_dir, limit=limit)
+                      warmup=warmup, min_time=min_time, repeats=repeats, data=data, data_dir=data_dir, limit=limit)
     res = run_bench(cfg, log=lambda m: click.echo(m, err=True))
     click.echo(format_table(res))
     if json_path:
