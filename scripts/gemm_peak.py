@@ -7,7 +7,6 @@ compare it with sedeploy.timing.cpu_peak_flops() (clock x cores x FMA units x la
 """
 import time
 
-import numpy as np
 import torch
 
 from sedeploy.timing import cpu_peak_flops

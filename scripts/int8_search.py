@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sedeploy.datasets import load_arrays
+from sedeploy.datasets import load_arrays, normalize_batch
 from sedeploy.export.quantize import calibration_images, op_histogram, quantize_int8
 from sedeploy.runtime.session import create_session, model_info
 from sedeploy.timing import interleaved
@@ -42,9 +42,7 @@ def main():
     info = model_info(sess, Path(a.model))
     calib = calibration_images(info.meta, a.calib)
     _, xt, yt = load_arrays(info.meta["dataset"], None, "test")
-    mean = np.asarray(info.mean, np.float32)[:, None, None]
-    std = np.asarray(info.std, np.float32)[:, None, None]
-    xt = ((xt.astype(np.float32) / 255 - mean) / std).astype(np.float32)
+    xt = normalize_batch(xt, info.mean, info.std)
 
     def predict(s):
         return np.concatenate([s.run(["logits"], {"input": xt[i:i + 500]})[0] for i in range(0, len(xt), 500)])

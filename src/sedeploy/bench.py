@@ -192,7 +192,7 @@ def make_backend(name: str, model: Path, ckpt: Optional[Path], threads: Optional
 # ---------------------------------------------------------------- data
 def test_data(meta: dict, cfg: BenchConfig) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], str]:
     """-> (normalized images, labels, description), or (None, None, why) when no data is on disk."""
-    from .datasets import load_arrays
+    from .datasets import load_arrays, normalize_batch
     name = cfg.data or meta.get("dataset")
     try:
         _, x, y = load_arrays(name, cfg.data_dir, "test")
@@ -200,11 +200,9 @@ def test_data(meta: dict, cfg: BenchConfig) -> Tuple[Optional[np.ndarray], Optio
         return None, None, f"no test data ({str(e).split(';')[0]})"
     if cfg.limit:
         x, y = x[:cfg.limit], y[:cfg.limit]
-    mean = np.asarray(meta["mean"], np.float32)[:, None, None]
-    std = np.asarray(meta["std"], np.float32)[:, None, None]
     if list(x.shape[1:]) != list(meta["input_size"]):
         return None, None, f"{name} images {list(x.shape[1:])} do not fit the model input {meta['input_size']}"
-    return ((x.astype(np.float32) / 255 - mean) / std).astype(np.float32), y, f"{len(y)} {name} test images"
+    return normalize_batch(x, meta["mean"], meta["std"]), y, f"{len(y)} {name} test images"
 
 
 def _batched(run: Runner, x: np.ndarray, bs: int = 250) -> np.ndarray:

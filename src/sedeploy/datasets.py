@@ -168,6 +168,13 @@ def load_arrays(name: str, data_dir: Optional[str] = None, split: str = "test", 
     return info, x, y
 
 
+def normalize_batch(images: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 (N, C, H, W) -> float32 (x / 255 - mean) / std, the models' input."""
+    m = np.asarray(mean, np.float32)[:, None, None]
+    s = np.asarray(std, np.float32)[:, None, None]
+    return ((images.astype(np.float32) / 255 - m) / s).astype(np.float32)
+
+
 def write_samples(name: str, out: Path, n: int = 8, data_dir: Optional[str] = None, seed: int = 0) -> List[Path]:
     """Write n test images as PNG files named <index>_<class>.png (native size), for trying `infer`."""
     from PIL import Image

@@ -31,7 +31,7 @@ def deletion_eval(model: Optional[str] = None, dataset: Optional[str] = None, da
                   log: Callable[[str], None] = print) -> Dict:
     if n <= 0 or not 0 < fraction < 1:
         raise UserError("--n must be positive and --fraction in (0, 1)")
-    from .datasets import load_arrays
+    from .datasets import load_arrays, normalize_batch
     pred = Predictor(model, "cpu")
     info = pred.info
     if info.feature_map is None:
@@ -41,7 +41,7 @@ def deletion_eval(model: Optional[str] = None, dataset: Optional[str] = None, da
     images = images[np.random.default_rng(seed).permutation(len(images))[:n]]
     mean = np.asarray(info.mean, np.float32)[:, None, None]
     std = np.asarray(info.std, np.float32)[:, None, None]
-    x_all = (images.astype(np.float32) / 255 - mean) / std                     # (N, C, H, W)
+    x_all = normalize_batch(images, info.mean, info.std)                        # (N, C, H, W)
     black = (0 - mean) / std                                                    # (C, 1, 1)
     c, h, w = info.input_size
     rng = np.random.default_rng(seed)

@@ -44,15 +44,13 @@ class _Reader:
 
 def calibration_images(meta: dict, n: int, data_dir: Optional[str] = None, seed: int = 0) -> np.ndarray:
     """N normalized training images of the model's dataset (UserError if the data is not on disk)."""
-    from ..datasets import load_arrays
+    from ..datasets import load_arrays, normalize_batch
     try:
         _, x, _ = load_arrays(meta["dataset"], data_dir, "train")
     except UserError as e:
         raise UserError(f"int8 calibration needs {meta['dataset']} training images: {e}") from None
     x = x[np.random.default_rng(seed).permutation(len(x))[:n]]
-    mean = np.asarray(meta["mean"], np.float32)[:, None, None]
-    std = np.asarray(meta["std"], np.float32)[:, None, None]
-    return ((x.astype(np.float32) / 255 - mean) / std).astype(np.float32)
+    return normalize_batch(x, meta["mean"], meta["std"])
 
 
 def _retag(path: Path, precision: str, extra: Optional[dict] = None) -> None:

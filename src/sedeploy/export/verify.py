@@ -38,14 +38,11 @@ def run_torch(module: torch.nn.Module, x: np.ndarray, names: List[str]) -> Dict[
 
 def verification_batch(ckpt: dict, n: int = 16, data_dir=None, seed: int = 0) -> tuple:
     """-> (float32 batch, description): real test images if the dataset is on disk, else seeded noise."""
+    from ..datasets import load_arrays, normalize_batch
     try:
-        from ..training.data import load_dataset
-        _, data = load_dataset(ckpt["dataset"], data_dir, splits=("test",))
-        imgs = data["test"].images[:n].float().div(255)
-        mean = torch.tensor(ckpt["mean"]).view(1, -1, 1, 1)
-        std = torch.tensor(ckpt["std"]).view(1, -1, 1, 1)
-        if list(imgs.shape[1:]) == list(ckpt["input_size"]):
-            return ((imgs - mean) / std).numpy().astype(np.float32), f"{len(imgs)} {ckpt['dataset']} test images"
+        _, x, _ = load_arrays(ckpt["dataset"], data_dir, "test")
+        if list(x.shape[1:]) == list(ckpt["input_size"]):
+            return normalize_batch(x[:n], ckpt["mean"], ckpt["std"]), f"{len(x[:n])} {ckpt['dataset']} test images"
     except UserError:
         pass
     rng = np.random.default_rng(seed)
