@@ -11,7 +11,6 @@ import pytest
 
 from sedeploy.cli import main
 
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> None:

@@ -84,7 +84,7 @@ def test_bench_bad_options(run_cli, fm_full):
     assert_one_line_error(run_cli("bench", "--model", d / "model.onnx", "--batch-sizes", "0"), "positive")
 
 
-def test_int8_keeps_contract_metadata_and_top1(fm_full):
+def test_int8_keeps_contract_metadata_and_top1(fm_full, fmnist_dir):
     d, man = fm_full
     fp = onnx.load(str(d / "model.onnx"))
     q = onnx.load(str(d / "model.int8.onnx"))
@@ -96,9 +96,13 @@ def test_int8_keeps_contract_metadata_and_top1(fm_full):
     assert any(n.op_type in ("QLinearConv", "QuantizeLinear") for n in q.graph.node)
     # agreement with fp32 on a small real batch
     import onnxruntime as ort
-    from sedeploy.datasets import load_arrays
-    _, x, _ = load_arrays("fashion-mnist", None, "test")
-    x = ((x[:64].astype(np.float32) / 255 - 0.2860) / 0.3530).astype(np.float32)
+    from sedeploy.datasets import load_arrays, normalize_batch
+    from sedeploy.errors import UserError
+    try:  # real Fashion-MNIST test images when Debian's package is installed, else the synthetic set
+        _, x, _ = load_arrays("fashion-mnist", None, "test")
+    except UserError:
+        _, x, _ = load_arrays("fashion-mnist", str(fmnist_dir), "test")
+    x = normalize_batch(x[:64], [0.2860], [0.3530])
     run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})
     a, b = run(d / "model.onnx"), run(d / "model.int8.onnx")
     assert (a[0].argmax(1) == b[0].argmax(1)).mean() >= 0.9
