@@ -42,9 +42,5 @@ def set_metadata(model: onnx.ModelProto, metadata: Dict[str, str]) -> None:
     model.producer_name = "sedeploy"
 
 
-def get_metadata(model: onnx.ModelProto) -> Dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
-
-
 def node_count(model: onnx.ModelProto) -> int:
     return len(model.graph.node)

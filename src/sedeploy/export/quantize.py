@@ -53,14 +53,12 @@ def calibration_images(meta: dict, n: int, data_dir: Optional[str] = None, seed:
     return normalize_batch(x, meta["mean"], meta["std"])
 
 
-def _retag(path: Path, precision: str, extra: Optional[dict] = None) -> None:
-    m = onnx.load(str(path))
-    props = {p.key: p.value for p in m.metadata_props}
-    props[contract.META_PREFIX + "precision"] = json.dumps(precision)
-    del m.metadata_props[:]
-    for k, v in props.items():
-        m.metadata_props.add(key=k, value=v)
-    onnx.save(m, str(path))
+def _copy_metadata(src: onnx.ModelProto, dst: onnx.ModelProto, precision: str) -> None:
+    """dst gets src's metadata_props, with sedeploy.precision set to `precision`."""
+    key = contract.META_PREFIX + "precision"
+    del dst.metadata_props[:]
+    dst.metadata_props.extend(p for p in src.metadata_props if p.key != key)
+    dst.metadata_props.add(key=key, value=json.dumps(precision))
 
 
 def quantize_int8(src: Path, dst: Path, calib: np.ndarray, op_types: Optional[Sequence[str]] = INT8_OP_TYPES,
@@ -97,10 +95,8 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray, op_types: Optional[Se
             extra_options={"ActivationSymmetric": activation != "u8", "WeightSymmetric": True})
     # carry the metadata over (quantize_static keeps metadata_props of pre-processed models unevenly)
     q = onnx.load(str(dst))
-    del q.metadata_props[:]
-    q.metadata_props.extend(model.metadata_props)
+    _copy_metadata(model, q, "int8")
     onnx.save(q, str(dst))
-    _retag(dst, "int8")
     return dst
 
 
@@ -117,10 +113,8 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "number truncated to 1e-07": tiny weights flush, expected in fp16
         half = float16.convert_float_to_float16(model, keep_io_types=True)
-    del half.metadata_props[:]
-    half.metadata_props.extend(model.metadata_props)
+    _copy_metadata(model, half, "fp16")
     onnx.save(half, str(dst))
-    _retag(dst, "fp16")
     return dst
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 from .. import contract
 from ..errors import UserError, atomic_write
 from . import heatmap as hm
-from .preprocess import BACKGROUNDS, ImageError, load_image, normalize, resize
+from .preprocess import BACKGROUNDS, ImageError, load_image, preprocess, to_model_mode
 from .session import ModelInfo, create_session, find_model, model_info
 
 ImageLike = Union[str, os.PathLike, Image.Image]
@@ -62,13 +62,11 @@ class Predictor:
     # -- preprocessing
     def load(self, image: ImageLike) -> Image.Image:
         if isinstance(image, Image.Image):
-            from .preprocess import to_model_mode
             return to_model_mode(image, self.info.input_size[0], self.background)
         return load_image(image, self.info.input_size[0], self.background)
 
     def to_input(self, im: Image.Image) -> np.ndarray:
-        c, h, w = self.info.input_size
-        return normalize(resize(im, (h, w)), self.info.mean, self.info.std)
+        return preprocess(im, self.info.input_size, self.info.mean, self.info.std)
 
     # -- inference
     def run(self, batch: np.ndarray) -> Dict[str, np.ndarray]:

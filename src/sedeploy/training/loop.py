@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -182,8 +182,7 @@ def _log(msg: str, d: Dist) -> None:
         print(msg, flush=True)
 
 
-def fit(cfg: TrainConfig, progress: bool = True, on_epoch: Optional[Callable[[int, Dict], None]] = None
-        ) -> TrainResult:
+def fit(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     """Train per cfg, write checkpoints, history and plots to cfg.out; returns the summary."""
     validate(cfg)
     device = resolve_device(cfg.device)
@@ -265,7 +264,8 @@ def fit(cfg: TrainConfig, progress: bool = True, on_epoch: Optional[Callable[[in
                        dynamic_ncols=True, disable=None)          # None: off when stderr is not a terminal
             bar = None if bar.disable else bar
         model.train()
-        loss_sum, correct, count = 0.0, 0.0, 0.0
+        loss_sum, count = 0.0, 0.0
+        correct = torch.zeros((), dtype=torch.int64, device=device)  # summed on the device: no extra sync
         for i, (x, y) in enumerate(batches, 1):
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                 logits = model(x)
@@ -277,7 +277,7 @@ def fit(cfg: TrainConfig, progress: bool = True, on_epoch: Optional[Callable[[in
             li = loss.item()
             history["iter_loss"].append(li)
             loss_sum += li * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            correct += (logits.argmax(1) == y).sum()
             count += len(y)
             if bar is not None:
                 bar.update(1)
@@ -286,7 +286,7 @@ def fit(cfg: TrainConfig, progress: bool = True, on_epoch: Optional[Callable[[in
                 _log(f"  epoch {epoch} batch {i}/{n_batches} loss {li:.4f}", d)
         if bar is not None:
             bar.close()
-        loss_sum, correct, count = _all_sum([loss_sum, correct, count], d, device)
+        loss_sum, correct, count = _all_sum([loss_sum, float(correct.item()), count], d, device)
         train_m = {"loss": loss_sum / max(count, 1), "acc": 100.0 * correct / max(count, 1)}
         if cfg.pipeline == "fast":
             tb = iterate_fast(test_split, aug, 256, g_order, g_aug, device, d, False)
@@ -318,8 +318,6 @@ def fit(cfg: TrainConfig, progress: bool = True, on_epoch: Optional[Callable[[in
                 last["scaler"] = scaler.state_dict()
             save_checkpoint(last, out / "last.pt")
             write_history(history, out)
-        if on_epoch is not None:
-            on_epoch(epoch, row)
 
     final = history["epochs"][-1] if history["epochs"] else {}
     result = TrainResult(out, best_acc, final, history, n_params,
