@@ -15,7 +15,7 @@ from sedeploy.errors import UserError
 from sedeploy.export.exporter import ExportOptions, export_checkpoint
 from sedeploy.export.torchscript import load_torchscript
 from sedeploy.models import create_model, list_models, model_config
-from sedeploy.training.checkpoint import make_checkpoint, save_checkpoint
+from sedeploy.checkpoint import make_checkpoint, save_checkpoint
 from sedeploy.training.data import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 
 ATOL = 1e-4  # fp32; observed differences are ~1e-6

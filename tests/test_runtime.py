@@ -20,7 +20,7 @@ from sedeploy.export.exporter import ExportOptions, export_checkpoint
 from sedeploy.runtime import heatmap as hm
 from sedeploy.runtime.predictor import Predictor
 from sedeploy.runtime.preprocess import load_image, to_model_mode
-from sedeploy.training.checkpoint import build_model, load_checkpoint
+from sedeploy.checkpoint import build_model, load_checkpoint
 
 
 @pytest.fixture(scope="module")

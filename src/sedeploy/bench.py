@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import __version__
 from .errors import UserError, atomic_write_text
 from .timing import cpu_name, cpu_peak_flops, measure
 
@@ -175,7 +173,7 @@ def make_backend(name: str, model: Path, ckpt: Optional[Path], threads: Optional
             return _torch_runner(m, "cpu", threads), ts
         if ckpt is None:
             raise _Skip("no checkpoint (pass --ckpt)")
-        from .training.checkpoint import build_model, load_checkpoint
+        from .checkpoint import build_model, load_checkpoint
         m = build_model(load_checkpoint(ckpt), str(ckpt))
         return _torch_runner(m, "cuda" if name.endswith("cuda") else "cpu", threads), ckpt
     files = {"ort-cpu": model.name, "ort-cpu-int8": model.stem + ".int8.onnx", "ort-cuda": model.name,
@@ -302,12 +300,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             rows.append(row)
     order = {n: i for i, n in enumerate(cfg.backends)}
     rows.sort(key=lambda r: (order[r.backend], cfg.batch_sizes.index(r.batch)))
-    versions = {"sedeploy": __version__, "python": platform.python_version()}
-    import onnxruntime
-    versions["onnxruntime"] = onnxruntime.__version__
     import sys
-    if "torch" in sys.modules:
-        versions["torch"] = str(sys.modules["torch"].__version__)
+    from .versions import versions as version_dict
+    versions = version_dict("onnxruntime", *(["torch"] if "torch" in sys.modules else []))
     header = {
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {threads} threads used",
         "versions": versions, "model": str(model), "checkpoint": str(ckpt) if ckpt else None,

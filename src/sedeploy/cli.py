@@ -166,7 +166,7 @@ def features(ckpt: str, images: List[str], out: str, channels: int) -> None:
     Examples:
       sedeploy features --ckpt runs/fm/best.pt demo/images/*.png --out demo/features
     """
-    from .training.features import feature_maps
+    from .features import feature_maps
     for p in feature_maps(ckpt, list(images), out, channels):
         click.echo(str(p))
 

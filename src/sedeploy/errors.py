@@ -36,10 +36,19 @@ def atomic_path(dest: PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp creates 0600; a shared output must get what open() would give it: 0666 & ~umask
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, dest)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter before Python 3.13)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(dest: PathLike, writer: Callable[[Path], None]) -> Path:

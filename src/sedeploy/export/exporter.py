@@ -22,8 +22,9 @@ import torch
 
 from .. import __version__, contract
 from ..errors import UserError, atomic_write_text, ensure_writable_dir
+from ..versions import versions
 from ..parity import ATOL, RTOL, format_table
-from ..training.checkpoint import build_model, file_sha256, load_checkpoint
+from ..checkpoint import build_model, file_sha256, load_checkpoint
 from .onnx_export import export_onnx, node_count
 from .simplify import simplify_onnx
 from .torchscript import export_torchscript, load_torchscript
@@ -67,16 +68,7 @@ def validate_options(opts: ExportOptions) -> None:
 
 def build_metadata(ckpt: dict, model, names: List[str], sha: str, opset: Optional[int],
                    precision: str = "fp32") -> Dict[str, object]:
-    import onnx
-    import onnxruntime
     n_se = model.num_se_blocks
-    versions = {"sedeploy": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
-                "onnxruntime": onnxruntime.__version__}
-    try:
-        import onnxsim
-        versions["onnxsim"] = onnxsim.__version__
-    except ImportError:
-        pass
     return {
         "format_version": contract.FORMAT_VERSION,
         "classes": ckpt["classes"], "mean": ckpt["mean"], "std": ckpt["std"], "input_size": ckpt["input_size"],
@@ -84,7 +76,7 @@ def build_metadata(ckpt: dict, model, names: List[str], sha: str, opset: Optiona
         "output_names": names, "se_outputs": [n for n in names if n in contract.se_output_names(n_se)],
         "feature_map": contract.FEATURE_MAP if contract.FEATURE_MAP in names else None,
         "dataset": ckpt["dataset"], "test_accuracy": ckpt.get("metrics", {}).get("test_acc"),
-        "checkpoint_sha256": sha, "versions": versions, "opset": opset,
+        "checkpoint_sha256": sha, "versions": versions("torch", "onnx", "onnxruntime", "onnxsim"), "opset": opset,
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "precision": precision,
     }
 

@@ -14,14 +14,14 @@ from ..timing import interleaved
 def measure_overhead(ckpt_path: str, batches: Sequence[int] = (1, 64), rounds: int = 30,
                      log: Callable[[str], None] = print) -> Dict[str, dict]:
     import onnxruntime as ort
+    from ..runtime.session import session_options
     from .exporter import ExportOptions, export_checkpoint
     res: Dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as d:
         for stem, extras in (("full", True), ("logits", False)):
             export_checkpoint(ckpt_path, d, ExportOptions(formats=("onnx",), extras=extras, stem=stem),
                               log=lambda m: None)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
+        so = session_options()
         sess = {k: ort.InferenceSession(str(Path(d) / f"{k}.onnx"), so, providers=["CPUExecutionProvider"])
                 for k in ("full", "logits")}
         shape = [d_ if isinstance(d_, int) else 1 for d_ in sess["full"].get_inputs()[0].shape]

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import UserError, atomic_write_text, ensure_writable_dir
 from ..models import count_parameters, create_model, list_models, model_config
 from .augment import AUGMENT_PRESETS, BatchAugment, PILDataset, reference_transform
-from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .data import DATASETS, Split, load_dataset, subset
 
 DEFAULT_AUGMENT = {"cifar10": "reference", "fashion-mnist": "light"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import platform
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -18,22 +17,12 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from .. import __version__
-from ..errors import UserError, atomic_write
-from ..models import create_model
+from .errors import UserError, atomic_write
+from .models import create_model
+from .versions import versions
 
 FORMAT = "sedeploy-checkpoint"
 FORMAT_VERSION = 1
-
-
-def versions() -> Dict[str, str]:
-    v = {"sedeploy": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
-    try:
-        import torchvision
-        v["torchvision"] = str(torchvision.__version__)
-    except Exception:  # noqa: BLE001 - optional
-        pass
-    return v
 
 
 def make_checkpoint(model: nn.Module, model_name: str, model_config: Dict[str, Any], *, classes, mean, std,
@@ -53,7 +42,7 @@ def make_checkpoint(model: nn.Module, model_name: str, model_config: Dict[str, A
         "dataset": dataset,
         "epoch": int(epoch),
         "metrics": dict(metrics),
-        "versions": versions(),
+        "versions": versions("torch", "torchvision"),
     }
     if extra:
         ckpt.update(extra)
