@@ -20,7 +20,9 @@ def test_train_quick_json(run_cli, fmnist_dir, tmp_path):
                 "--limit-train", "128", "--limit-test", "64", "--out", tmp_path, "--no-progress", "--json")
     assert r.code == 0, r.err
     s = json.loads(r.out[r.out.index("{"):])
-    assert s["params"] == 1_150_026 and 0 <= s["best_acc"] <= 100
+    hist = json.loads((tmp_path / "history.json").read_text())["epochs"]
+    assert s["params"] == 1_150_026 and s["selected"]["split"] == "val" and s["selected"]["epoch"] == 1
+    assert s["test_acc"] == hist[0]["test_acc"] and s["selected"]["val_acc"] == hist[0]["val_acc"]
     assert (tmp_path / "best.pt").exists()
 
 
@@ -35,12 +37,14 @@ def test_features_png(run_cli, trained_fm, tmp_path):
 
 
 @pytest.mark.parametrize("args,needles", [
-    (["--model", "resnet"], ["unknown model", "cnn, se_cnn"]),
-    (["--dataset", "imagenet"], ["unknown dataset", "cifar10, fashion-mnist"]),
-    (["--epochs", "0"], ["--epochs"]),
+    (["--model", "resnet"], ["--model", "'resnet' is not one of", "'cnn', 'se_cnn'"]),
+    (["--dataset", "imagenet"], ["--dataset", "'cifar10', 'fashion-mnist'"]),
+    (["--epochs", "0"], ["--epochs", "x>=1"]),
     (["--batch-size", "-1"], ["--batch-size"]),
-    (["--augment", "heavy"], ["reference, light, none"]),
-    (["--device", "tpu"], ["auto, cpu or cuda"]),
+    (["--augment", "heavy"], ["'reference', 'light', 'none'"]),
+    (["--device", "tpu"], ["'auto', 'cpu', 'cuda'"]),
+    (["--select-on", "train"], ["'val', 'test'"]),
+    (["--val-split", "0.95"], ["--val-split", "(0, 0.9)", "--select-on test"]),
     (["--epochs", "many"], ["--epochs"]),
 ])
 def test_train_bad_options(run_cli, tmp_path, args, needles):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import click
 
@@ -41,86 +41,144 @@ def _dump_json(obj) -> None:
 
 
 # ---------------------------------------------------------------- train
+class LazyChoice(click.Choice):
+    """click.Choice whose options come from a registry when first needed (parsing or help), so that
+    building the CLI imports no torch: `sedeploy --help` and `sedeploy infer` stay light."""
+
+    def __init__(self, load: Callable[[], Sequence[str]]) -> None:
+        self._load, self._choices = load, None
+        super().__init__(())
+
+    @property
+    def choices(self):  # type: ignore[override]
+        if self._choices is None:
+            self._choices = tuple(self._load())
+        return self._choices
+
+    @choices.setter
+    def choices(self, value) -> None:  # click's __init__ assigns it; the loader wins
+        pass
+
+
+def _models() -> Sequence[str]:
+    from .models import list_models
+    return list_models()
+
+
+def _augments() -> Sequence[str]:
+    from .training.augment import AUGMENT_PRESETS
+    return tuple(AUGMENT_PRESETS)
+
+
 def _train_options(f):
+    """The training options; defaults come from TrainConfig, choices from the registries."""
+    from .datasets import DATASETS
+    from .training.config import DEVICES, PIPELINES, SELECT_ON, TrainConfig
+    d = TrainConfig()
     opts = [
-        click.option("--model", "model", default="se_cnn", show_default=True, help="Model name (cnn, se_cnn)."),
-        click.option("--dataset", default="cifar10", show_default=True, help="cifar10 or fashion-mnist."),
+        click.option("--model", "model", type=LazyChoice(_models), default=d.model, show_default=True),
+        click.option("--dataset", type=click.Choice(DATASETS), default=d.dataset, show_default=True),
         click.option("--data-dir", default=None, help="Dataset root [cifar10: ./data; fashion-mnist: Debian's copy]."),
         click.option("--download", is_flag=True, help="Let torchvision download the dataset (needs internet)."),
-        click.option("--epochs", type=int, default=50, show_default=True),
-        click.option("--batch-size", type=int, default=64, show_default=True),
-        click.option("--lr", type=float, default=1e-3, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
-        click.option("--workers", type=int, default=2, show_default=True,
+        click.option("--epochs", type=click.IntRange(min=1), default=d.epochs, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=d.batch_size, show_default=True),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=d.lr, show_default=True),
+        click.option("--seed", type=int, default=d.seed, show_default=True),
+        click.option("--device", type=click.Choice(DEVICES), default=d.device, show_default=True),
+        click.option("--workers", type=click.IntRange(min=0), default=d.workers, show_default=True,
                      help="DataLoader workers (reference pipeline only)."),
-        click.option("--limit-train", type=int, default=None, help="Quick run: train on this many samples."),
-        click.option("--limit-test", type=int, default=None, help="Quick run: test on this many samples."),
-        click.option("--augment", default=None, help="reference, light or none [cifar10: reference, "
-                                                   "fashion-mnist: light]."),
-        click.option("--pipeline", default="fast", show_default=True,
+        click.option("--limit-train", type=click.IntRange(min=1), default=None,
+                     help="Quick run: train on this many samples (before the validation split)."),
+        click.option("--limit-test", type=click.IntRange(min=1), default=None,
+                     help="Quick run: test on this many samples."),
+        click.option("--val-split", type=float, default=d.val_split, show_default=True,
+                     help="Share of the training set held out (stratified, by seed) to select best.pt and "
+                          "drive the LR schedule."),
+        click.option("--select-on", type=click.Choice(SELECT_ON), default=d.select_on, show_default=True,
+                     help="Split that selects best.pt and drives the schedule; 'test' is the reference's way "
+                          "(its test accuracy is then optimistic)."),
+        click.option("--augment", type=LazyChoice(_augments), default=None,
+                     help="Augmentation [cifar10: reference, fashion-mnist: light]."),
+        click.option("--pipeline", type=click.Choice(PIPELINES), default=d.pipeline, show_default=True,
                      help="fast (batched tensor augmentation) or reference (PIL per image in a DataLoader)."),
         click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA."),
         click.option("--no-progress", is_flag=True, help="No progress bar."),
-        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
 
 
-def _train_config(kw: dict, out: str, resume: Optional[str] = None):
-    from .training.loop import TrainConfig
-    return TrainConfig(model=kw["model"], dataset=kw["dataset"], data_dir=kw["data_dir"], download=kw["download"],
-                       epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], seed=kw["seed"],
-                       device=kw["device"], workers=kw["workers"], out=out, resume=resume,
-                       limit_train=kw["limit_train"], limit_test=kw["limit_test"], augment=kw["augment"],
-                       pipeline=kw["pipeline"], amp=not kw["no_amp"])
+_NOT_CONFIG = ("no_amp", "no_progress", "as_json", "seeds", "models")
+
+
+def _train_config(kw: dict, **extra):
+    """TrainConfig from the parsed options (one name per field; --no-amp is amp=False)."""
+    from .training.config import TrainConfig
+    fields = {k: v for k, v in kw.items() if k not in _NOT_CONFIG}
+    return TrainConfig(**fields, amp=not kw["no_amp"], **extra)
 
 
 @cli.command(context_settings=CONTEXT)
 @_train_options
 @click.option("--out", default="runs/train", show_default=True, help="Output directory.")
-@click.option("--resume", default=None, help="Continue from this last.pt.")
-def train(out: str, resume: Optional[str], **kw) -> None:
+@click.option("--resume", default=None, help="Continue from this last.pt (the recipe must match).")
+@click.option("--allow-recipe-change", is_flag=True,
+              help="Resume even when the options differ from the checkpoint's recipe (not an exact resume).")
+def train(**kw) -> None:
     """Train a model with the reference recipe; writes best.pt, last.pt, history and plots.
+
+    best.pt is the epoch with the best validation accuracy (a stratified --val-split of the
+    training set); the test set is only scored. --select-on test reproduces the reference.
 
     \b
     Examples:
       sedeploy train --dataset fashion-mnist --epochs 10 --out runs/fm
       sedeploy train --dataset cifar10 --download                    # the full reference run
       sedeploy train --dataset fashion-mnist --limit-train 5000 --epochs 1   # quick check
-      sedeploy train --resume runs/fm/last.pt --epochs 20 --dataset fashion-mnist --out runs/fm
+      sedeploy train --dataset fashion-mnist --out runs/fm --epochs 20 --resume runs/fm/last.pt
       torchrun --nproc_per_node 2 -m sedeploy train --dataset fashion-mnist   # data-parallel
     """
     from .training.loop import fit
-    r = fit(_train_config(kw, out, resume), progress=not kw["no_progress"])
-    summary = {"out": str(r.out), "best_acc": r.best_acc, "final": r.final, "params": r.params,
-               "seconds_per_epoch": r.seconds_per_epoch}
+    r = fit(_train_config(kw), progress=not kw["no_progress"])
+    summary = {"out": str(r.out), "selected": r.selected, "test_acc": r.test_acc, "final": r.final,
+               "params": r.params, "seconds_per_epoch": r.seconds_per_epoch}
     if kw["as_json"]:
         _dump_json(summary)
     else:
-        click.echo(f"best test accuracy {r.best_acc:.2f}%  -> {r.out}/best.pt (curves: {r.out}/curves.png)")
+        on = "validation" if r.selected["split"] == "val" else "test"
+        val = f" (validation {r.selected['val_acc']:.2f}%)" if r.selected["val_acc"] is not None else ""
+        click.echo(f"best.pt: epoch {r.selected['epoch']}, chosen on {on} accuracy{val}; test accuracy "
+                   f"{r.test_acc:.2f}%  -> {r.out}/best.pt (curves: {r.out}/curves.png)")
 
 
 @cli.command(context_settings=CONTEXT)
 @_train_options
-@click.option("--out", default="runs/compare", show_default=True, help="Output directory (one folder per model).")
-@click.option("--models", default="cnn,se_cnn", show_default=True, help="Models to train, in this order.")
-def compare(out: str, models: str, **kw) -> None:
-    """Train cnn and se_cnn with the same seed and recipe; print the reference's table.
+@click.option("--out", default="runs/compare", show_default=True, help="Output directory (seed<k>/<model>/ inside).")
+@click.option("--models", default="cnn,se_cnn", show_default=True,
+              help="Models to train; the first is the baseline of the paired differences.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds (at least 2 for a CI).")
+def compare(**kw) -> None:
+    """Train models over several seeds; mean, sd and the paired difference with a 95 % CI.
+
+    Finished runs in OUT are reused, so an interrupted comparison continues. Writes
+    OUT/comparison.json, comparison.md and comparison.png.
 
     \b
     Examples:
-      sedeploy compare --dataset fashion-mnist --epochs 10 --out runs/compare
+      sedeploy compare --dataset fashion-mnist --epochs 15 --seeds 0,1,2 --out runs/compare
+      sedeploy compare --dataset fashion-mnist --epochs 1 --limit-train 2000 --seeds 0,1 --json
     """
     from .training.compare import compare as run_compare, format_table
-    rows = run_compare(_train_config(kw, out), tuple(m.strip() for m in models.split(",") if m.strip()),
-                       progress=not kw["no_progress"])
+    models = tuple(m.strip() for m in kw["models"].split(",") if m.strip())
+    seeds = _int_list(kw["seeds"], "--seeds")
+    log = (lambda m: click.echo(m, err=True)) if kw["as_json"] else click.echo
+    res = run_compare(_train_config(kw), models, seeds, progress=not kw["no_progress"], log=log)
     if kw["as_json"]:
-        _dump_json(rows)
+        _dump_json(res)
     else:
-        click.echo(format_table(rows))
+        click.echo(format_table(res))
 
 
 @cli.command("bench-train", context_settings=CONTEXT)

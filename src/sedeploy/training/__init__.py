@@ -1,5 +1,17 @@
-"""Training: datasets, batch augmentation, the reference recipe, checkpoints, plots."""
-from ..checkpoint import build_model, load_checkpoint, save_checkpoint
-from .loop import TrainConfig, TrainResult, fit
+"""Training: datasets, batch augmentation, the reference recipe, comparisons, plots (needs torch).
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "load_checkpoint", "save_checkpoint", "build_model"]
+Names are imported lazily, so that `sedeploy.training.config` (the defaults the CLI reads) can be
+imported without torch.
+"""
+from importlib import import_module
+
+_EXPORTS = {"TrainConfig": ".config", "TrainResult": ".loop", "fit": ".loop",
+            "load_checkpoint": "..checkpoint", "save_checkpoint": "..checkpoint", "build_model": "..checkpoint"}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name], __name__), name)

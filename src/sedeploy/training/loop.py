@@ -1,83 +1,39 @@
-"""Training loop: the reference recipe, fast batch pipeline, exact resume, optional DDP.
+"""Training loop: the reference recipe with model selection on a validation split, exact resume, DDP.
 
-Recipe (SPEC section 1): batch 64, Adam lr 1e-3, cross entropy, ReduceLROnPlateau(min, patience 3,
-factor 0.5) stepped on the epoch's test loss, 50 epochs; per-iteration loss and per-epoch
-train/test accuracy and loss are recorded. Randomness is derived from (seed, epoch, rank) at the
-start of every epoch, so a run resumed from last.pt continues exactly as an uninterrupted one.
-Under `torchrun --nproc_per_node N` it runs DistributedDataParallel (gloo on CPU, nccl on CUDA):
-every rank draws the same permutation and takes its own shard; only rank 0 writes.
+`fit` reads as its steps: check the config, load the data and split off the validation set, build
+the model/optimizer/schedule (or restore them from last.pt), then per epoch train, evaluate on the
+validation and test sets, step ReduceLROnPlateau on the selection split's loss and save. best.pt is
+the epoch with the best accuracy on the selection split (validation by default; `select_on="test"`
+is the reference's way); the test figures of other epochs stay in the history for the curves only.
+
+Randomness lives in three streams: the training order (same on every rank), the augmentation
+(per rank) and torch's global generator (dropout, per rank). Their states are saved in last.pt for
+every rank and restored on resume, so k epochs + resume to N gives the weights of N in one go.
 """
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError, atomic_write_text, ensure_writable_dir
-from ..models import count_parameters, create_model, list_models, model_config
-from .augment import AUGMENT_PRESETS, BatchAugment, PILDataset, reference_transform
 from ..checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from .data import DATASETS, Split, load_dataset, subset
+from ..errors import UserError, atomic_write_text, ensure_writable_dir
+from ..models import count_parameters, create_model, model_config
+from .augment import AUGMENT_PRESETS, BatchAugment, PILDataset, reference_transform
+from .config import TrainConfig, recipe_differences, validate
+from .data import Split, load_dataset, stratified_split, subset
+from .distributed import Dist, all_sum, gather, init_distributed, shard, sync_buffers
 
-DEFAULT_AUGMENT = {"cifar10": "reference", "fashion-mnist": "light"}
+Batches = Iterator[Tuple[torch.Tensor, torch.Tensor]]
 
-
-@dataclass
-class TrainConfig:
-    model: str = "se_cnn"              # registry name
-    dataset: str = "cifar10"           # cifar10 | fashion-mnist
-    data_dir: Optional[str] = None     # dataset root (default: ./data, or Debian's copy for fashion-mnist)
-    download: bool = False             # let torchvision download the dataset
-    epochs: int = 50
-    batch_size: int = 64
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"               # auto | cpu | cuda
-    workers: int = 2                   # DataLoader workers (reference pipeline only)
-    out: str = "runs/train"            # output directory
-    resume: Optional[str] = None       # last.pt to continue from
-    limit_train: Optional[int] = None  # quick run: use this many training samples
-    limit_test: Optional[int] = None   # quick run: use this many test samples
-    augment: Optional[str] = None      # reference | light | none (default per dataset)
-    pipeline: str = "fast"             # fast (batched tensors) | reference (PIL in a DataLoader)
-    amp: bool = True                   # mixed precision on CUDA
-    patience: int = 3                  # ReduceLROnPlateau
-    factor: float = 0.5
-    log_every: int = 100               # batches between log lines (0 = epoch lines only)
-    model_config: Dict[str, Any] = field(default_factory=dict)  # overrides of the model config
-
-
-def validate(cfg: TrainConfig) -> None:
-    if cfg.model not in list_models():
-        raise UserError(f"unknown model {cfg.model!r}; choose one of: {', '.join(list_models())}")
-    if cfg.dataset not in DATASETS:
-        raise UserError(f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS)}")
-    if cfg.epochs <= 0:
-        raise UserError(f"--epochs must be a positive number, got {cfg.epochs}")
-    if cfg.batch_size <= 0:
-        raise UserError(f"--batch-size must be a positive number, got {cfg.batch_size}")
-    if cfg.lr <= 0:
-        raise UserError(f"--lr must be positive, got {cfg.lr}")
-    if cfg.augment is not None and cfg.augment not in AUGMENT_PRESETS:
-        raise UserError(f"unknown augmentation {cfg.augment!r}; choose one of: {', '.join(AUGMENT_PRESETS)}")
-    if cfg.pipeline not in ("fast", "reference"):
-        raise UserError(f"unknown pipeline {cfg.pipeline!r}; choose fast or reference")
-    for name in ("limit_train", "limit_test"):
-        v = getattr(cfg, name)
-        if v is not None and v <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {v}")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"unknown device {cfg.device!r}; choose auto, cpu or cuda")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+__all__ = ["TrainConfig", "TrainResult", "fit", "evaluate"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,49 +42,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# ---------------------------------------------------------------- distributed
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as dist
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return Dist(dist.get_rank(), dist.get_world_size())
-
-
-def _all_sum(values: List[float], d: Dist, device: torch.device) -> List[float]:
-    if d.world == 1:
-        return values
-    import torch.distributed as dist
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 # ---------------------------------------------------------------- batches
-def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream)
-
-
-def iterate_fast(split: Split, aug: BatchAugment, batch_size: int, g_order: torch.Generator,
-                 g_aug: torch.Generator, device: torch.device, d: Dist, train: bool):
-    """Yield (x float normalized, y) batches from a uint8 split; train=True shuffles and augments."""
-    n = len(split.labels)
-    order = torch.randperm(n, generator=g_order) if train else torch.arange(n)
-    order = order[d.rank::d.world]
+def iterate_fast(split: Split, aug: BatchAugment, batch_size: int, order: torch.Tensor, g_aug: torch.Generator,
+                 device: torch.device, train: bool) -> Batches:
+    """Yield (x float normalized, y) batches of split[order]; train=True augments."""
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         x = split.images[idx].to(device, non_blocking=True)
@@ -137,13 +54,11 @@ def iterate_fast(split: Split, aug: BatchAugment, batch_size: int, g_order: torc
         yield x.contiguous(memory_format=torch.channels_last), y
 
 
-def iterate_reference(split: Split, transform, batch_size: int, workers: int, g_order: torch.Generator,
-                      device: torch.device, d: Dist, train: bool):
-    """The reference's way: per-image PIL transforms in a DataLoader."""
+def iterate_reference(split: Split, transform, batch_size: int, workers: int, order: torch.Tensor,
+                      device: torch.device) -> Batches:
+    """The reference's way: per-image PIL transforms in a DataLoader (its RNG: torch's global one)."""
     ds = PILDataset(split.images, split.labels, transform)
-    n = len(ds)
-    order = (torch.randperm(n, generator=g_order) if train else torch.arange(n))[d.rank::d.world].tolist()
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=order, num_workers=workers,
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=order.tolist(), num_workers=workers,
                                          persistent_workers=False, pin_memory=device.type == "cuda")
     for x, y in loader:
         yield x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), y.to(device)
@@ -151,8 +66,10 @@ def iterate_reference(split: Split, transform, batch_size: int, workers: int, g_
 
 # ---------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, d: Dist = Dist(), device: torch.device = torch.device("cpu"),
+def evaluate(model: nn.Module, batches: Batches, d: Dist = Dist(), device: torch.device = torch.device("cpu"),
              amp: bool = False) -> Dict[str, float]:
+    """Loss and accuracy over this rank's batches, summed over ranks (each sample counted once)."""
+    model = getattr(model, "module", model)  # never the DDP wrapper: no collective per batch
     model.eval()
     loss_sum, correct, count = 0.0, 0.0, 0.0
     for x, y in batches:
@@ -161,25 +78,218 @@ def evaluate(model: nn.Module, batches, d: Dist = Dist(), device: torch.device =
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         count += len(y)
-    loss_sum, correct, count = _all_sum([loss_sum, correct, count], d, device)
+    loss_sum, correct, count = all_sum([loss_sum, correct, count], d, device)
     return {"loss": loss_sum / max(count, 1), "acc": 100.0 * correct / max(count, 1)}
 
 
-# ---------------------------------------------------------------- fit
+# ---------------------------------------------------------------- state
+@dataclass
+class Data:
+    info: Any                          # sedeploy.datasets.DatasetInfo
+    train: Split
+    val: Optional[Split]               # None when selecting on the test set
+    test: Split
+    aug: BatchAugment
+    aug_name: str
+
+
+@dataclass
+class Rng:
+    """The three random streams; get()/set() move their states through last.pt."""
+    order: torch.Generator
+    aug: torch.Generator
+
+    @classmethod
+    def seeded(cls, seed: int, d: Dist) -> "Rng":
+        torch.manual_seed(seed * 7_919 + 1 + d.rank)                      # dropout stream, per rank
+        return cls(torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed * 1_000_003 + 1 + d.rank))
+
+    def get(self) -> Dict[str, torch.Tensor]:
+        s = {"order": self.order.get_state(), "aug": self.aug.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            s["cuda"] = torch.cuda.get_rng_state()
+        return s
+
+    def set(self, s: Dict[str, torch.Tensor]) -> None:
+        self.order.set_state(s["order"])
+        self.aug.set_state(s["aug"])
+        torch.set_rng_state(s["torch"])
+        if "cuda" in s and torch.cuda.is_available():
+            torch.cuda.set_rng_state(s["cuda"])
+
+
+@dataclass
+class State:
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: Any
+    rng: Rng
+    history: Dict[str, Any] = field(default_factory=lambda: {"iter_loss": [], "epochs": []})
+    start_epoch: int = 1
+    best: Dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "acc": -1.0})
+
+
 @dataclass
 class TrainResult:
     out: Path
-    best_acc: float
-    final: Dict[str, float]
+    selected: Dict[str, Any]           # the chosen epoch: split it was chosen on, epoch, val/test figures
+    final: Dict[str, Any]              # the last epoch's history row
     history: Dict[str, Any]
     params: int
     seconds_per_epoch: float
-    model: nn.Module  # the trained model (unwrapped from DDP), in eval mode
+    model: nn.Module                   # the last epoch's model (unwrapped from DDP), in eval mode
+
+    @property
+    def test_acc(self) -> float:
+        """Test accuracy of the selected model (best.pt)."""
+        return self.selected["test_acc"]
 
 
 def _log(msg: str, d: Dist) -> None:
     if d.main:
         print(msg, flush=True)
+
+
+# ---------------------------------------------------------------- steps
+def load_resume(cfg: TrainConfig, d: Dist) -> Optional[Dict[str, Any]]:
+    """last.pt to continue from, refused when its recipe differs (unless allow_recipe_change)."""
+    if not cfg.resume:
+        return None
+    ck = load_checkpoint(cfg.resume)
+    if "optimizer" not in ck:
+        raise UserError(f"{cfg.resume} has no optimizer state (a best.pt?); resume from last.pt")
+    saved = ck.get("recipe")
+    if saved is None:
+        raise UserError(f"{cfg.resume} records no recipe (written by an older sedeploy); "
+                        f"pass --allow-recipe-change to resume it anyway")
+    diffs = recipe_differences(saved, cfg.recipe(d.world))
+    if diffs and not cfg.allow_recipe_change:
+        raise UserError(f"{cfg.resume} was trained with another recipe ({'; '.join(diffs)}); pass the same "
+                        f"options, or --allow-recipe-change to resume anyway")
+    return ck
+
+
+def make_data(cfg: TrainConfig, device: torch.device) -> Data:
+    info, splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+    train = subset(splits["train"], cfg.limit_train, cfg.seed)
+    test = subset(splits["test"], cfg.limit_test, cfg.seed + 1)
+    val = None
+    if cfg.select_on == "val":
+        if splits.get("val") is not None:          # the dataset brings its own validation split
+            val = splits["val"]
+        else:
+            train, val = stratified_split(train, cfg.val_split, cfg.seed)
+        if len(val.labels) == 0:
+            raise UserError(f"the validation split is empty ({len(train.labels)} training samples); "
+                            f"raise --val-split or --limit-train")
+    if device.type == "cuda" and cfg.pipeline == "fast":   # keep the whole dataset on the GPU
+        train, test = (Split(s.images.to(device), s.labels.to(device)) for s in (train, test))
+        val = Split(val.images.to(device), val.labels.to(device)) if val is not None else None
+    aug_name = cfg.augment_name()
+    return Data(info, train, val, test, BatchAugment(AUGMENT_PRESETS[aug_name], info.mean, info.std), aug_name)
+
+
+def make_state(cfg: TrainConfig, data: Data, device: torch.device, d: Dist,
+               resume: Optional[Dict[str, Any]]) -> State:
+    torch.manual_seed(cfg.seed)                                           # same initial weights on every rank
+    mcfg = {"in_channels": data.info.input_size[0], "input_size": data.info.input_size[1],
+            "num_classes": len(data.info.classes), **cfg.model_config}
+    # channels_last: oneDNN and cuDNN pick their NHWC convolution kernels for it
+    model = create_model(cfg.model, **mcfg).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", patience=cfg.patience, factor=cfg.factor)
+    amp = cfg.amp and device.type == "cuda"
+    st = State(model, opt, sched, torch.amp.GradScaler("cuda", enabled=amp), Rng.seeded(cfg.seed, d))
+    if resume is not None:
+        model.load_state_dict(resume["state_dict"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        if "scaler" in resume and amp:
+            st.scaler.load_state_dict(resume["scaler"])
+        st.history, st.start_epoch = resume["history"], resume["epoch"] + 1
+        st.best = dict(resume.get("best") or {"epoch": resume["epoch"], "acc": -1.0})
+        ranks = resume.get("rng", {}).get("ranks")
+        if ranks:
+            st.rng.set(ranks[d.rank] if d.rank < len(ranks) else ranks[0])
+        else:  # an older last.pt (only with --allow-recipe-change): fresh streams, not an exact resume
+            _log(f"warning: {cfg.resume} holds no per-rank RNG state; the resumed run is not exact", d)
+        _log(f"resumed from {cfg.resume} at epoch {st.start_epoch}", d)
+    if d.world > 1:
+        st.model = nn.parallel.DistributedDataParallel(model)
+    return st
+
+
+def train_epoch(cfg: TrainConfig, st: State, data: Data, device: torch.device, d: Dist, epoch: int,
+                progress: bool) -> Dict[str, float]:
+    order = shard(torch.randperm(len(data.train.labels), generator=st.rng.order), d, pad=True)
+    if cfg.pipeline == "fast":
+        batches = iterate_fast(data.train, data.aug, cfg.batch_size, order, st.rng.aug, device, True)
+    else:
+        tf = reference_transform(AUGMENT_PRESETS[data.aug_name], data.info.mean, data.info.std, train=True)
+        batches = iterate_reference(data.train, tf, cfg.batch_size, cfg.workers, order, device)
+    n_batches = -(-len(order) // cfg.batch_size)
+    bar = _progress_bar(n_batches, f"epoch {epoch}/{cfg.epochs}") if progress and d.main else None
+    amp = st.scaler.is_enabled()
+    st.model.train()
+    loss_sum, count = 0.0, 0.0
+    correct = torch.zeros((), dtype=torch.int64, device=device)  # summed on the device: no extra sync
+    for i, (x, y) in enumerate(batches, 1):
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = st.model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        st.opt.zero_grad(set_to_none=True)
+        st.scaler.scale(loss).backward()
+        st.scaler.step(st.opt)
+        st.scaler.update()
+        li = loss.item()
+        st.history["iter_loss"].append(li)
+        loss_sum += li * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        count += len(y)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{li:.3f}")
+        elif cfg.log_every and i % cfg.log_every == 0:
+            _log(f"  epoch {epoch} batch {i}/{n_batches} loss {li:.4f}", d)
+    if bar is not None:
+        bar.close()
+    loss_sum, corr, count = all_sum([loss_sum, float(correct.item()), count], d, device)
+    return {"loss": loss_sum / max(count, 1), "acc": 100.0 * corr / max(count, 1), "count": count}
+
+
+def evaluate_split(cfg: TrainConfig, st: State, data: Data, split: Split, device: torch.device,
+                   d: Dist) -> Dict[str, float]:
+    order = shard(torch.arange(len(split.labels)), d, pad=False)
+    if cfg.pipeline == "fast":
+        batches = iterate_fast(split, data.aug, 256, order, st.rng.aug, device, False)
+    else:
+        tf = reference_transform(AUGMENT_PRESETS[data.aug_name], data.info.mean, data.info.std, train=False)
+        batches = iterate_reference(split, tf, 256, cfg.workers, order, device)
+    return evaluate(st.model, batches, d, device, st.scaler.is_enabled())
+
+
+def save(cfg: TrainConfig, st: State, data: Data, out: Path, d: Dist, epoch: int, improved: bool,
+         rng_states: List[Dict[str, torch.Tensor]], n_params: int) -> None:
+    """best.pt when the selection metric improved, last.pt (+ optimizer, schedule, RNG of every rank)."""
+    if not d.main:
+        return
+    row = st.history["epochs"][-1]
+    metrics = {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")}
+    metrics.update(params=n_params, selected_on=cfg.select_on, best_epoch=st.best["epoch"])
+    info = data.info
+    base = make_checkpoint(st.model, cfg.model, model_config(getattr(st.model, "module", st.model)), epoch=epoch,
+                           metrics=metrics, classes=info.classes, mean=info.mean, std=info.std,
+                           input_size=info.input_size, dataset=info.name,
+                           extra={"train_config": _jsonable(cfg.to_dict()), "recipe": cfg.recipe(d.world)})
+    if improved:
+        save_checkpoint(base, out / "best.pt")
+    last = dict(base, optimizer=st.opt.state_dict(), scheduler=st.sched.state_dict(), best=dict(st.best),
+                rng={"ranks": rng_states}, history=st.history)
+    if st.scaler.is_enabled():
+        last["scaler"] = st.scaler.state_dict()
+    save_checkpoint(last, out / "last.pt")
+    write_history(st.history, out)
 
 
 def fit(cfg: TrainConfig, progress: bool = True) -> TrainResult:
@@ -190,145 +300,67 @@ def fit(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     out = Path(cfg.out)
     if d.main:
         ensure_writable_dir(out)
-
-    resume_ckpt = None
-    if cfg.resume:
-        resume_ckpt = load_checkpoint(cfg.resume)
-        if "optimizer" not in resume_ckpt:
-            raise UserError(f"{cfg.resume} has no optimizer state (a best.pt?); resume from last.pt")
-        if resume_ckpt["model_name"] != cfg.model or resume_ckpt["dataset"] != cfg.dataset:
-            raise UserError(f"{cfg.resume} is a {resume_ckpt['model_name']} on {resume_ckpt['dataset']}; "
-                            f"resume with --model {resume_ckpt['model_name']} --dataset {resume_ckpt['dataset']}")
-
-    info, data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
-    train_split = subset(data["train"], cfg.limit_train, cfg.seed)
-    test_split = subset(data["test"], cfg.limit_test, cfg.seed + 1)
-    aug_name = cfg.augment or DEFAULT_AUGMENT[cfg.dataset]
-    aug_cfg = AUGMENT_PRESETS[aug_name]
-    aug = BatchAugment(aug_cfg, info.mean, info.std)
-    if device.type == "cuda" and cfg.pipeline == "fast":   # keep the whole dataset on the GPU
-        train_split = Split(train_split.images.to(device), train_split.labels.to(device))
-        test_split = Split(test_split.images.to(device), test_split.labels.to(device))
-
-    torch.manual_seed(cfg.seed)
-    mcfg = {"in_channels": info.input_size[0], "input_size": info.input_size[1],
-            "num_classes": len(info.classes), **cfg.model_config}
-    # channels_last: oneDNN/cuDNN convolutions run ~1.7x faster in NHWC here (docs/BENCHMARKS.md)
-    model = create_model(cfg.model, **mcfg).to(device, memory_format=torch.channels_last)
-    mcfg = model_config(model)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", patience=cfg.patience, factor=cfg.factor)
-    amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    history: Dict[str, Any] = {"iter_loss": [], "epochs": []}
-    start_epoch, best_acc = 1, -1.0
-    if resume_ckpt is not None:
-        model.load_state_dict(resume_ckpt["state_dict"])
-        opt.load_state_dict(resume_ckpt["optimizer"])
-        sched.load_state_dict(resume_ckpt["scheduler"])
-        if "scaler" in resume_ckpt and amp:
-            scaler.load_state_dict(resume_ckpt["scaler"])
-        history = resume_ckpt["history"]
-        start_epoch = resume_ckpt["epoch"] + 1
-        best_acc = resume_ckpt["metrics"].get("best_acc", -1.0)
-        torch.set_rng_state(resume_ckpt["rng"]["torch"])
-        _log(f"resumed from {cfg.resume} at epoch {start_epoch}", d)
-    if d.world > 1:
-        model = nn.parallel.DistributedDataParallel(model)
-
-    n_params = count_parameters(model)
-    _log(f"{cfg.model} ({n_params:,} params) on {info.name} [{len(train_split.labels)} train / "
-         f"{len(test_split.labels)} test, {info.source}], device {device}, world {d.world}, "
-         f"augment {aug_name}, pipeline {cfg.pipeline}", d)
-    ref_train_tf = reference_transform(aug_cfg, info.mean, info.std, train=True)
-    ref_test_tf = reference_transform(aug_cfg, info.mean, info.std, train=False)
-    meta = dict(classes=info.classes, mean=info.mean, std=info.std, input_size=info.input_size,
-                dataset=info.name)
+    resume = load_resume(cfg, d)
+    data = make_data(cfg, device)
+    st = make_state(cfg, data, device, d, resume)
+    n_params = count_parameters(st.model)
+    sel = "validation" if data.val is not None else "test (the reference's way)"
+    _log(f"{cfg.model} ({n_params:,} params) on {data.info.name} [{len(data.train.labels)} train / "
+         f"{len(data.val.labels) if data.val is not None else 0} val / {len(data.test.labels)} test, "
+         f"{data.info.source}], device {device}, world {d.world}, augment {data.aug_name}, pipeline {cfg.pipeline}, "
+         f"selecting on {sel}", d)
     epoch_times: List[float] = []
-    n_batches = -(-len(train_split.labels[d.rank::d.world]) // cfg.batch_size)
-
-    for epoch in range(start_epoch, cfg.epochs + 1):
+    for epoch in range(st.start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed * 7919 + epoch * 31 + d.rank)          # dropout stream per epoch
-        g_order = _epoch_generator(cfg.seed, epoch, 0)                    # same on every rank
-        g_aug = _epoch_generator(cfg.seed, epoch, 1 + d.rank)
-        if cfg.pipeline == "fast":
-            batches = iterate_fast(train_split, aug, cfg.batch_size, g_order, g_aug, device, d, True)
-        else:
-            batches = iterate_reference(train_split, ref_train_tf, cfg.batch_size, cfg.workers, g_order, device,
-                                        d, True)
-        bar = None
-        if progress and d.main:
-            from tqdm import tqdm
-            bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, file=sys.stderr,
-                       dynamic_ncols=True, disable=None)          # None: off when stderr is not a terminal
-            bar = None if bar.disable else bar
-        model.train()
-        loss_sum, count = 0.0, 0.0
-        correct = torch.zeros((), dtype=torch.int64, device=device)  # summed on the device: no extra sync
-        for i, (x, y) in enumerate(batches, 1):
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            li = loss.item()
-            history["iter_loss"].append(li)
-            loss_sum += li * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            count += len(y)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{li:.3f}")
-            if cfg.log_every and i % cfg.log_every == 0 and bar is None:
-                _log(f"  epoch {epoch} batch {i}/{n_batches} loss {li:.4f}", d)
-        if bar is not None:
-            bar.close()
-        loss_sum, correct, count = _all_sum([loss_sum, float(correct.item()), count], d, device)
-        train_m = {"loss": loss_sum / max(count, 1), "acc": 100.0 * correct / max(count, 1)}
-        if cfg.pipeline == "fast":
-            tb = iterate_fast(test_split, aug, 256, g_order, g_aug, device, d, False)
-        else:
-            tb = iterate_reference(test_split, ref_test_tf, 256, cfg.workers, g_order, device, d, False)
-        test_m = evaluate(model, tb, d, device, amp)
-        sched.step(test_m["loss"])
+        tr = train_epoch(cfg, st, data, device, d, epoch, progress)
+        sync_buffers(st.model, d)                                         # one model to score and save
+        va = evaluate_split(cfg, st, data, data.val, device, d) if data.val is not None else None
+        te = evaluate_split(cfg, st, data, data.test, device, d)
+        chosen = va if va is not None else te
+        st.sched.step(chosen["loss"])
         dt = time.perf_counter() - t0
         epoch_times.append(dt)
-        row = {"epoch": epoch, "train_loss": train_m["loss"], "train_acc": train_m["acc"],
-               "test_loss": test_m["loss"], "test_acc": test_m["acc"], "lr": opt.param_groups[0]["lr"],
-               "seconds": dt, "images_per_s": count / dt}
-        history["epochs"].append(row)
-        improved = test_m["acc"] > best_acc
-        best_acc = max(best_acc, test_m["acc"])
-        _log(f"epoch {epoch:3d}/{cfg.epochs}  train loss {train_m['loss']:.4f} acc {train_m['acc']:6.2f}%  "
-             f"test loss {test_m['loss']:.4f} acc {test_m['acc']:6.2f}%  lr {row['lr']:.2e}  "
-             f"{dt:6.1f}s ({row['images_per_s']:.0f} img/s){'  *best' if improved else ''}", d)
-        if d.main:
-            metrics = {"test_acc": test_m["acc"], "test_loss": test_m["loss"], "train_acc": train_m["acc"],
-                       "train_loss": train_m["loss"], "best_acc": best_acc, "params": n_params}
-            base = make_checkpoint(model, cfg.model, mcfg, epoch=epoch, metrics=metrics, **meta,
-                                   extra={"train_config": _jsonable(asdict(cfg))})
-            if improved:
-                save_checkpoint(base, out / "best.pt")
-            last = dict(base, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                        rng={"torch": torch.get_rng_state()}, history=history)
-            if amp:
-                last["scaler"] = scaler.state_dict()
-            save_checkpoint(last, out / "last.pt")
-            write_history(history, out)
+        improved = chosen["acc"] > st.best["acc"]
+        if improved:
+            st.best = {"epoch": epoch, "acc": chosen["acc"]}
+        st.history["epochs"].append({
+            "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
+            "val_loss": va["loss"] if va else None, "val_acc": va["acc"] if va else None,
+            "test_loss": te["loss"], "test_acc": te["acc"], "lr": st.opt.param_groups[0]["lr"],
+            "seconds": dt, "images_per_s": tr["count"] / dt, "selected_on": cfg.select_on})
+        _log(f"epoch {epoch:3d}/{cfg.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:6.2f}%  "
+             + (f"val loss {va['loss']:.4f} acc {va['acc']:6.2f}%  " if va else "")
+             + f"test acc {te['acc']:6.2f}%  lr {st.opt.param_groups[0]['lr']:.2e}  {dt:6.1f}s "
+             f"({tr['count'] / dt:.0f} img/s){'  *best' if improved else ''}", d)
+        save(cfg, st, data, out, d, epoch, improved, gather(st.rng.get(), d), n_params)
+    return finish(cfg, st, data, out, d, n_params, epoch_times)
 
-    final = history["epochs"][-1] if history["epochs"] else {}
-    result = TrainResult(out, best_acc, final, history, n_params,
-                         sum(epoch_times) / max(len(epoch_times), 1), getattr(model, "module", model).eval())
+
+def finish(cfg: TrainConfig, st: State, data: Data, out: Path, d: Dist, n_params: int,
+           epoch_times: List[float]) -> TrainResult:
+    """The selected epoch's figures, plots and summary.json."""
+    rows = st.history["epochs"]
+    best_row = next((r for r in rows if r["epoch"] == st.best["epoch"]), rows[-1] if rows else {})
+    selected = {"split": cfg.select_on, "val_split": cfg.val_split if cfg.select_on == "val" else None,
+                "epoch": best_row.get("epoch"), "val_acc": best_row.get("val_acc"),
+                "test_acc": best_row.get("test_acc"), "test_loss": best_row.get("test_loss")}
+    result = TrainResult(out, selected, rows[-1] if rows else {}, st.history, n_params,
+                         sum(epoch_times) / max(len(epoch_times), 1), getattr(st.model, "module", st.model).eval())
     if d.main:
         from .plots import plot_history
-        plot_history(history, out)
-        summary = {"model": cfg.model, "dataset": info.name, "params": n_params, "best_acc": best_acc,
-                   "final": final, "seconds_per_epoch": result.seconds_per_epoch, "out": str(out)}
+        plot_history(st.history, out)
+        summary = {"model": cfg.model, "dataset": data.info.name, "params": n_params, "selected": selected,
+                   "test_acc": selected["test_acc"], "final": result.final,
+                   "seconds_per_epoch": result.seconds_per_epoch, "out": str(out), "recipe": cfg.recipe(d.world)}
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return result
+
+
+def _progress_bar(total: int, desc: str):
+    """A tqdm bar on a terminal; None when stderr is not one (logs then get periodic lines)."""
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True, disable=None)
+    return None if bar.disable else bar
 
 
 def _jsonable(d: Dict[str, Any]) -> Dict[str, Any]:
@@ -336,11 +368,15 @@ def _jsonable(d: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def write_history(history: Dict[str, Any], out: Path) -> None:
-    """history.json, epochs.csv and iterations.csv (atomic)."""
+    """history.json, epochs.csv and iterations.csv (atomic). Test columns of unselected epochs are for
+    the curves only: the model is chosen on the column named in selected_on."""
     atomic_write_text(out / "history.json", json.dumps(history))
-    cols = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images_per_s"]
-    lines = [",".join(cols)] + [",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in cols)
-                                for r in history["epochs"]]
+    cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds",
+            "images_per_s", "selected_on"]
+
+    def cell(v) -> str:
+        return "" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
+    lines = [",".join(cols)] + [",".join(cell(r.get(c)) for c in cols) for r in history["epochs"]]
     atomic_write_text(out / "epochs.csv", "\n".join(lines) + "\n")
     it = ["iteration,loss"] + [f"{i},{v:.6g}" for i, v in enumerate(history["iter_loss"], 1)]
     atomic_write_text(out / "iterations.csv", "\n".join(it) + "\n")

@@ -27,15 +27,16 @@ def plot_history(history: Dict[str, Any], out: Path) -> List[Path]:
     if ep:
         e = [r["epoch"] for r in ep]
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-        a1.plot(e, [r["train_acc"] for r in ep], "o-", label="train")
-        a1.plot(e, [r["test_acc"] for r in ep], "o-", label="test")
-        a1.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
-        a2.plot(e, [r["train_loss"] for r in ep], "o-", label="train")
-        a2.plot(e, [r["test_loss"] for r in ep], "o-", label="test")
-        a2.set(xlabel="epoch", ylabel="loss", title="Loss")
-        for a in (a1, a2):
-            a.legend()
-            a.grid(alpha=0.3)
+        on = ep[-1].get("selected_on", "test")
+        for ax_, key, title in ((a1, "acc", "Accuracy (%)"), (a2, "loss", "Loss")):
+            ax_.plot(e, [r[f"train_{key}"] for r in ep], "o-", label="train")
+            if any(r.get(f"val_{key}") is not None for r in ep):
+                ax_.plot(e, [r.get(f"val_{key}") for r in ep], "o-", label="validation (selects best.pt)")
+            ax_.plot(e, [r[f"test_{key}"] for r in ep], "o--" if on == "val" else "o-",
+                     label="test (not used for selection)" if on == "val" else "test (selects best.pt)")
+            ax_.set(xlabel="epoch", title=title)
+            ax_.legend()
+            ax_.grid(alpha=0.3)
         written.append(_save(fig, out / "curves.png"))
     return written
 

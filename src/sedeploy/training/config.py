@@ -1,0 +1,99 @@
+"""Training configuration: the one place for defaults (the CLI reads its defaults from here), the
+checks on it, and the recipe fields that a resumed run must share with its checkpoint.
+
+Defaults are the reference recipe of the SE-CNN paper this project follows: batch 64, Adam lr 1e-3,
+cross entropy, ReduceLROnPlateau(min, patience 3, factor 0.5), 50 epochs. One change from the
+reference: the schedule and the choice of best.pt use a validation split held out of the training
+set, not the test set (`select_on="test"` restores the reference's way).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+from ..errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda")
+PIPELINES = ("fast", "reference")
+SELECT_ON = ("val", "test")
+DEFAULT_AUGMENT = {"cifar10": "reference", "fashion-mnist": "light"}
+
+
+@dataclass
+class TrainConfig:
+    model: str = "se_cnn"              # registry name (sedeploy.models.list_models())
+    dataset: str = "cifar10"           # a name in sedeploy.datasets.DATASETS
+    data_dir: Optional[str] = None     # dataset root (default: ./data, or Debian's copy for fashion-mnist)
+    download: bool = False             # let torchvision download the dataset
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0                      # drives init, subsets, the validation split, order, augmentation, dropout
+    device: str = "auto"               # auto | cpu | cuda
+    workers: int = 2                   # DataLoader workers (reference pipeline only)
+    out: str = "runs/train"            # output directory
+    resume: Optional[str] = None       # last.pt to continue from
+    allow_recipe_change: bool = False  # resume even if the recipe differs from the checkpoint's
+    limit_train: Optional[int] = None  # quick run: use this many training samples (before the validation split)
+    limit_test: Optional[int] = None   # quick run: use this many test samples
+    val_split: float = 0.1             # stratified share of the training set held out for model selection
+    select_on: str = "val"             # val: schedule + best.pt on validation; test: the reference's way
+    augment: Optional[str] = None      # reference | light | none (default per dataset: DEFAULT_AUGMENT)
+    pipeline: str = "fast"             # fast (batched tensors) | reference (PIL in a DataLoader)
+    amp: bool = True                   # mixed precision on CUDA
+    patience: int = 3                  # ReduceLROnPlateau
+    factor: float = 0.5
+    log_every: int = 100               # batches between log lines (0 = epoch lines only)
+    model_config: Dict[str, Any] = field(default_factory=dict)  # overrides of the model config
+
+    def augment_name(self) -> str:
+        return self.augment or DEFAULT_AUGMENT.get(self.dataset, "light")
+
+    def recipe(self, world_size: int = 1) -> Dict[str, Any]:
+        """What decides the weights, besides the number of epochs: a resumed run must match it."""
+        return {"model": self.model, "dataset": self.dataset, "batch_size": self.batch_size, "lr": self.lr,
+                "augment": self.augment_name(), "pipeline": self.pipeline, "limit_train": self.limit_train,
+                "limit_test": self.limit_test, "seed": self.seed,
+                "val_split": self.val_split if self.select_on == "val" else None, "select_on": self.select_on,
+                "patience": self.patience, "factor": self.factor, "model_config": dict(self.model_config),
+                "world_size": world_size}
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check a config at the boundary; messages name the valid options."""
+    from ..datasets import DATASETS
+    from ..models import list_models
+    from .augment import AUGMENT_PRESETS
+    _choice("model", cfg.model, list_models())
+    _choice("dataset", cfg.dataset, DATASETS)
+    _choice("device", cfg.device, DEVICES)
+    _choice("pipeline", cfg.pipeline, PIPELINES)
+    _choice("select-on", cfg.select_on, SELECT_ON)
+    if cfg.augment is not None:
+        _choice("augment", cfg.augment, tuple(AUGMENT_PRESETS))
+    for name in ("epochs", "batch_size", "limit_train", "limit_test"):
+        v = getattr(cfg, name)
+        if v is not None and v <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
+    if cfg.lr <= 0:
+        raise UserError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.select_on == "val" and not 0.0 < cfg.val_split < 0.9:
+        raise UserError(f"--val-split must be in (0, 0.9), got {cfg.val_split}; "
+                        f"use --select-on test to select on the test set (the reference's way)")
+    if cfg.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+
+
+def _choice(name: str, value: str, options) -> None:
+    if value not in options:
+        raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(options)}")
+
+
+def recipe_differences(saved: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
+    """['batch_size: 64 in the checkpoint, 32 now', ...] for every recipe field that differs."""
+    return [f"{k}: {saved.get(k)!r} in the checkpoint, {now[k]!r} now" for k in now if saved.get(k) != now[k]]
