@@ -238,3 +238,38 @@ def test_export_real_trained_checkpoint_is_fast(trained_fm, tmp_path):
     man = export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path), ExportOptions(), log=lambda s: None)
     assert "fashion-mnist test images" in man["verification"]["batch"] or "random" in man["verification"]["batch"]
     assert man["timings_s"]["total"] < 15  # target < 5 s on the dev machine; slack for loaded CI
+
+
+def _top1(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(["logits"], {"input": x[i:i + 100]})[0].argmax(1) for i in range(0, len(x), 100)])
+
+
+def test_int8_gate_measures_agreement_and_accuracy(trained_fm, fmnist_dir, tmp_path):
+    from sedeploy.datasets import load_arrays, normalize_batch
+    man = export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path),
+                            ExportOptions(formats=("onnx",), int8=True, calib=128, data_dir=str(fmnist_dir),
+                                          int8_min_agreement=0, int8_max_drop=100), log=lambda s: None)
+    gate = man["int8_gate"]
+    ck = torch.load(trained_fm / "best.pt", weights_only=True)
+    _, x, y = load_arrays("fashion-mnist", str(fmnist_dir), "test")
+    idx = np.random.default_rng(0).permutation(len(x))[:1000]           # the gate's sample: all 200 here
+    xn, y = normalize_batch(x[idx], ck["mean"], ck["std"]), y[idx]
+    p32, p8 = _top1(tmp_path / "model.onnx", xn), _top1(tmp_path / "model.int8.onnx", xn)
+    assert gate["images"] == "200 test images" and gate["passed"] is True
+    assert gate["agreement"] == pytest.approx(100 * (p32 == p8).mean())
+    assert gate["fp32_acc"] == pytest.approx(100 * (p32 == y).mean())
+    assert gate["drop"] == pytest.approx(100 * ((p32 == y).mean() - (p8 == y).mean()))
+
+
+def test_int8_gate_refuses_a_bad_int8_model(run_cli, trained_fm, fmnist_dir, tmp_path, monkeypatch):
+    """Calibrated on constant images, the int8 ranges are wrong and predictions collapse: refused, nothing written."""
+    import sedeploy.export.quantize as q
+    real = q.calibration_images
+    monkeypatch.setattr(q, "calibration_images", lambda meta, n, data_dir=None, seed=0:
+                        np.zeros_like(real(meta, n, data_dir, seed)))
+    r = run_cli("export", "--ckpt", trained_fm / "best.pt", "--out", tmp_path, "--formats", "onnx", "--int8",
+                "--calib", "64", "--data-dir", fmnist_dir)
+    assert_one_line_error(r, "int8 model refused", "fp32", "nothing was written")
+    assert r.code == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

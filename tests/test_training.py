@@ -56,7 +56,7 @@ def test_checkpoint_is_self_describing_and_weights_only(trained_fm, fmnist_dir):
     # the rebuilt model, scored independently (torchvision resize + normalize), gives the recorded test accuracy
     from torchvision.transforms import functional as TF
     from sedeploy.datasets import read_idx
-    x = torch.from_numpy(read_idx(next(fmnist_dir.glob("t10k-images*")))).unsqueeze(1)
+    x = torch.from_numpy(read_idx(next(fmnist_dir.glob("t10k-images*"))).copy()).unsqueeze(1)
     y = torch.from_numpy(read_idx(next(fmnist_dir.glob("t10k-labels*")))).long()
     x = TF.resize(x, [32, 32], antialias=True).float() / 255
     x = (x - ck["mean"][0]) / ck["std"][0]

@@ -251,10 +251,17 @@ def _parse_batch(value: str) -> Optional[int]:
 @click.option("--int8", is_flag=True, help="Also write model.int8.onnx (static int8, onnxruntime).")
 @click.option("--calib", type=int, default=512, show_default=True, help="Training images to calibrate int8 on.")
 @click.option("--half", is_flag=True, help="Also write model.fp16.onnx (float16 graph, float32 I/O) for CUDA.")
+@click.option("--int8-eval", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Labelled test images on which the int8 gate compares int8 with fp32.")
+@click.option("--int8-min-agreement", type=click.FloatRange(0, 100), default=98.0, show_default=True,
+              help="int8 gate: minimum top-1 agreement with fp32, in %.")
+@click.option("--int8-max-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="int8 gate: most accuracy points int8 may lose against fp32.")
 @click.option("--data-dir", default=None, help="Dataset root for int8 calibration and verification images.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, no_simplify: bool,
            logits_only: bool, force: bool, overhead: bool, int8: bool, calib: int, half: bool,
+           int8_eval: int, int8_min_agreement: float, int8_max_drop: float,
            data_dir: Optional[str], as_json: bool) -> None:
     """Export a checkpoint to simplified ONNX and TorchScript, verified against PyTorch.
 
@@ -268,11 +275,17 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
       sedeploy export --ckpt best.pt --out exports/ --formats onnx --opset 17 --force
       sedeploy export --ckpt best.pt --batch 1 --no-simplify
       sedeploy export --ckpt best.pt --int8 --half --force     # + model.int8.onnx, model.fp16.onnx
+      sedeploy export --ckpt best.pt --int8 --int8-min-agreement 99 --int8-max-drop 0.5
+
+    \b
+    --int8 is gated: the int8 model is scored against fp32 on --int8-eval labelled test images and
+    refused (exit 2, nothing written) below --int8-min-agreement or above --int8-max-drop.
     """
     from .export.exporter import ExportOptions, export_checkpoint
     opts = ExportOptions(formats=tuple(f.strip() for f in formats.split(",") if f.strip()), opset=opset,
                          batch=_parse_batch(batch), simplify=not no_simplify, force=force, extras=not logits_only,
-                         int8=int8, calib=calib, half=half, data_dir=data_dir)
+                         int8=int8, calib=calib, half=half, data_dir=data_dir, int8_eval=int8_eval,
+                         int8_min_agreement=int8_min_agreement, int8_max_drop=int8_max_drop)
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     manifest = export_checkpoint(ckpt, out, opts, log=log)
     if overhead:

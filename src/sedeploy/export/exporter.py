@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -50,6 +50,9 @@ class ExportOptions:
     calib: int = 512                    # training images for int8 calibration
     half: bool = False                  # also write <stem>.fp16.onnx (float16, float32 I/O)
     data_dir: Optional[str] = None      # dataset root (calibration / verification images)
+    int8_eval: int = 1000               # labelled test images the int8 gate scores fp32 and int8 on
+    int8_min_agreement: float = 98.0    # gate: top-1 agreement of int8 with fp32, in %
+    int8_max_drop: float = 1.0          # gate: accuracy points int8 may lose against fp32
 
 
 def validate_options(opts: ExportOptions) -> None:
@@ -64,6 +67,12 @@ def validate_options(opts: ExportOptions) -> None:
         raise UserError("--int8 and --half derive from the ONNX export; include onnx in --formats")
     if opts.int8 and opts.calib <= 0:
         raise UserError(f"--calib must be positive, got {opts.calib}")
+    if opts.int8 and opts.int8_eval <= 0:
+        raise UserError(f"--int8-eval must be positive, got {opts.int8_eval}")
+    if not 0 <= opts.int8_min_agreement <= 100:
+        raise UserError(f"--int8-min-agreement is a percentage in [0, 100], got {opts.int8_min_agreement}")
+    if opts.int8_max_drop < 0:
+        raise UserError(f"--int8-max-drop is in accuracy points and cannot be negative, got {opts.int8_max_drop}")
 
 
 def build_metadata(ckpt: dict, model, names: List[str], sha: str, opset: Optional[int],
@@ -81,12 +90,48 @@ def build_metadata(ckpt: dict, model, names: List[str], sha: str, opset: Optiona
     }
 
 
+@dataclass
+class Job:
+    """One export in progress: what was loaded, where it goes, what was measured."""
+    ckpt_path: Path
+    ckpt: dict
+    model: torch.nn.Module
+    opts: ExportOptions
+    out: Path
+    targets: Dict[str, Path]
+    manifest_path: Path
+    names: List[str]
+    sha: str
+    tmp: Path = Path()
+    timings: Dict[str, float] = field(default_factory=dict)
+    nodes: Dict[str, int] = field(default_factory=dict)
+    gate: Dict[str, object] = field(default_factory=dict)
+
+
 def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: ExportOptions = ExportOptions(),
                       log: Callable[[str], None] = print) -> dict:
     """Run the whole export; returns the manifest (also written as export.json)."""
     validate_options(opts)
     t_start = time.perf_counter()
-    ckpt_path = Path(ckpt_path)
+    job = plan(Path(ckpt_path), out_dir, opts)
+    job.tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=str(job.out)))
+    try:
+        x, batch_desc = verification_batch(job.ckpt, opts.batch or opts.verify_n, opts.data_dir)
+        wrapper = ExplainWrapper(job.model) if opts.extras else LogitsWrapper(job.model)
+        reference = run_torch(wrapper, x, job.names)
+        candidates, final = build_artifacts(job, wrapper, x)
+        rows = verify(job, reference, candidates, batch_desc, log)
+        variants = _variants(final, job.tmp, job.ckpt, opts, reference, x, job.timings, log, job.gate) \
+            if opts.int8 or opts.half else {}
+        written = install(job, final, variants)
+    finally:
+        shutil.rmtree(job.tmp, ignore_errors=True)
+    job.timings["total"] = time.perf_counter() - t_start
+    return write_manifest(job, written, rows, batch_desc, log)
+
+
+def plan(ckpt_path: Path, out_dir: Optional[str], opts: ExportOptions) -> Job:
+    """Load the checkpoint, rebuild the model, decide the output files; refuse to overwrite without force."""
     ckpt = load_checkpoint(ckpt_path)
     model = build_model(ckpt, str(ckpt_path))
     out = ensure_writable_dir(Path(out_dir) if out_dir else ckpt_path.parent)
@@ -99,92 +144,104 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
     existing = [p for p in [*targets.values(), manifest_path] if p.exists()]
     if existing and not opts.force:
         raise UserError(f"{existing[0]} already exists; pass --force to overwrite or --out to write elsewhere")
-
     names = contract.output_names(model.num_se_blocks, opts.extras)
-    wrapper = ExplainWrapper(model) if opts.extras else LogitsWrapper(model)
-    x, batch_desc = verification_batch(ckpt, opts.batch or opts.verify_n, opts.data_dir)
-    example = torch.from_numpy(x[:opts.batch] if opts.batch else x[:2])
-    sha = file_sha256(ckpt_path)
-    timings: Dict[str, float] = {}
-    nodes: Dict[str, int] = {}
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=str(out)))
-    try:
-        reference = run_torch(wrapper, x, names)
-        candidates: Dict[str, Dict[str, np.ndarray]] = {}
-        if "torchscript" in opts.formats:
-            t = time.perf_counter()
-            meta = contract.encode_metadata(build_metadata(ckpt, model, names, sha, None))
-            ts_path = export_torchscript(wrapper, example, tmp / "model.ts", meta)
-            timings["torchscript"] = time.perf_counter() - t
-            reloaded, _ = load_torchscript(ts_path, ())
-            candidates["torchscript"] = run_torch(reloaded, x, names)
-        if "onnx" in opts.formats:
-            t = time.perf_counter()
-            meta = contract.encode_metadata(build_metadata(ckpt, model, names, sha, opts.opset))
-            raw = export_onnx(wrapper, example, tmp / "raw.onnx", names, opts.opset, opts.batch is None, meta)
-            timings["onnx_export"] = time.perf_counter() - t
-            check_onnx(raw)
-            candidates["onnx raw"] = run_onnx(raw, x)
-            final = raw
-            if opts.simplify:
-                t = time.perf_counter()
-                final = tmp / "simplified.onnx"
-                nodes["raw"], nodes["simplified"] = simplify_onnx(raw, final)
-                timings["simplify"] = time.perf_counter() - t
-                check_onnx(final)
-                candidates["onnx simplified"] = run_onnx(final, x)
-            else:
-                import onnx
-                nodes["raw"] = node_count(onnx.load(str(raw)))
-        rows = parity_all(reference, candidates)
-        timings["verify_total"] = time.perf_counter() - t_start - sum(timings.values())
-        log(f"parity vs eager PyTorch on {batch_desc} (pass: |diff| <= {ATOL:g} + {RTOL:g}*|ref|):")
-        log(format_table(rows))
-        failed = [r for r in rows if not r.ok]
-        if failed:
-            worst = max(failed, key=lambda r: r.max_abs)
-            raise UserError(f"parity check failed: {worst.backend} output {worst.output} differs by "
-                            f"{worst.max_abs:.3g} (tolerance {ATOL:g}); nothing was written")
-        variants = _variants(final, tmp, ckpt, opts, reference, x, timings, log) if opts.int8 or opts.half else {}
-        # verified: move into place
-        written = {}
-        if "torchscript" in opts.formats:
-            os.replace(tmp / "model.ts", targets["torchscript"])
-            written["torchscript"] = targets["torchscript"]
-        if "onnx" in opts.formats:
-            os.replace(final, targets["onnx"])
-            written["onnx"] = targets["onnx"]
-        for kind, path in variants.items():
-            os.replace(path, targets[kind])
-            written[kind] = targets[kind]
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return Job(ckpt_path, ckpt, model, opts, out, targets, manifest_path, names, file_sha256(ckpt_path))
 
-    timings["total"] = time.perf_counter() - t_start
+
+def build_artifacts(job: Job, wrapper: torch.nn.Module, x: np.ndarray) -> Tuple[Dict[str, Dict[str, np.ndarray]],
+                                                                                   Optional[Path]]:
+    """TorchScript and ONNX (raw, then simplified) in job.tmp; -> (outputs of each on x, final ONNX path)."""
+    opts, tmp = job.opts, job.tmp
+    example = torch.from_numpy(x[:opts.batch] if opts.batch else x[:2])
+    candidates: Dict[str, Dict[str, np.ndarray]] = {}
+    final = None
+    if "torchscript" in opts.formats:
+        t = time.perf_counter()
+        meta = contract.encode_metadata(build_metadata(job.ckpt, job.model, job.names, job.sha, None))
+        ts_path = export_torchscript(wrapper, example, tmp / "model.ts", meta)
+        job.timings["torchscript"] = time.perf_counter() - t
+        reloaded, _ = load_torchscript(ts_path, ())
+        candidates["torchscript"] = run_torch(reloaded, x, job.names)
+    if "onnx" in opts.formats:
+        t = time.perf_counter()
+        meta = contract.encode_metadata(build_metadata(job.ckpt, job.model, job.names, job.sha, opts.opset))
+        raw = export_onnx(wrapper, example, tmp / "raw.onnx", job.names, opts.opset, opts.batch is None, meta)
+        job.timings["onnx_export"] = time.perf_counter() - t
+        check_onnx(raw)
+        candidates["onnx raw"] = run_onnx(raw, x)
+        final = raw
+        if opts.simplify:
+            t = time.perf_counter()
+            final = tmp / "simplified.onnx"
+            job.nodes["raw"], job.nodes["simplified"] = simplify_onnx(raw, final)
+            job.timings["simplify"] = time.perf_counter() - t
+            check_onnx(final)
+            candidates["onnx simplified"] = run_onnx(final, x)
+        else:
+            import onnx
+            job.nodes["raw"] = node_count(onnx.load(str(raw)))
+    return candidates, final
+
+
+def verify(job: Job, reference: Dict[str, np.ndarray], candidates: Dict[str, Dict[str, np.ndarray]],
+           batch_desc: str, log: Callable[[str], None]) -> List:
+    """Every candidate against eager PyTorch on every output; a failure raises before anything is written."""
+    rows = parity_all(reference, candidates)
+    log(f"parity vs eager PyTorch on {batch_desc} (pass: |diff| <= {ATOL:g} + {RTOL:g}*|ref|):")
+    log(format_table(rows))
+    failed = [r for r in rows if not r.ok]
+    if failed:
+        worst = max(failed, key=lambda r: r.max_abs)
+        raise UserError(f"parity check failed: {worst.backend} output {worst.output} differs by "
+                        f"{worst.max_abs:.3g} (tolerance {ATOL:g} + {RTOL:g}*|ref|); nothing was written")
+    return rows
+
+
+def install(job: Job, final: Optional[Path], variants: Dict[str, Path]) -> Dict[str, Path]:
+    """Move the verified files from job.tmp onto their targets (each an atomic rename)."""
+    written = {}
+    if "torchscript" in job.opts.formats:
+        os.replace(job.tmp / "model.ts", job.targets["torchscript"])
+        written["torchscript"] = job.targets["torchscript"]
+    if "onnx" in job.opts.formats and final is not None:
+        os.replace(final, job.targets["onnx"])
+        written["onnx"] = job.targets["onnx"]
+    for kind, path in variants.items():
+        os.replace(path, job.targets[kind])
+        written[kind] = job.targets[kind]
+    return written
+
+
+def write_manifest(job: Job, written: Dict[str, Path], rows: List, batch_desc: str,
+                   log: Callable[[str], None]) -> dict:
+    opts, nodes = job.opts, job.nodes
     manifest = {
-        "sedeploy": __version__, "checkpoint": str(ckpt_path), "checkpoint_sha256": sha,
-        "model_name": ckpt["model_name"], "output_names": names, "opset": opts.opset if "onnx" in opts.formats else None,
-        "batch": opts.batch or "dynamic", "simplified": bool(opts.simplify and "onnx" in opts.formats),
+        "sedeploy": __version__, "checkpoint": str(job.ckpt_path), "checkpoint_sha256": job.sha,
+        "model_name": job.ckpt["model_name"], "output_names": job.names,
+        "opset": opts.opset if "onnx" in opts.formats else None, "batch": opts.batch or "dynamic",
+        "simplified": bool(opts.simplify and "onnx" in opts.formats),
         "files": [{"format": f, "path": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
                   for f, p in written.items()],
         "nodes": nodes, "verification": {"batch": batch_desc, "atol": ATOL, "rtol": RTOL,
                                          "rows": [r.to_dict() for r in rows]},
-        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "int8_gate": job.gate or None,
+        "timings_s": {k: round(v, 4) for k, v in job.timings.items()},
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
     }
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+    atomic_write_text(job.manifest_path, json.dumps(manifest, indent=2))
     for f in manifest["files"]:
-        log(f"wrote {out / f['path']} ({f['bytes'] / 1e6:.2f} MB)")
+        log(f"wrote {job.out / f['path']} ({f['bytes'] / 1e6:.2f} MB)")
     if nodes:
         log(f"onnx nodes: {nodes.get('raw')} -> {nodes.get('simplified', nodes.get('raw'))} after simplification"
             if "simplified" in nodes else f"onnx nodes: {nodes['raw']} (not simplified)")
-    log(f"wrote {manifest_path}; export took {timings['total']:.2f} s")
-    manifest["manifest_path"] = str(manifest_path)
+    log(f"wrote {job.manifest_path}; export took {job.timings['total']:.2f} s")
+    manifest["manifest_path"] = str(job.manifest_path)
     return manifest
 
 
 def _variants(fp32: Path, tmp: Path, ckpt: dict, opts: ExportOptions, reference: Dict[str, np.ndarray],
-              x: np.ndarray, timings: Dict[str, float], log: Callable[[str], None]) -> Dict[str, Path]:
+              x: np.ndarray, timings: Dict[str, float], log: Callable[[str], None],
+              gate: Dict[str, object]) -> Dict[str, Path]:
     """int8 / fp16 variants of the verified fp32 graph, each checked against eager PyTorch."""
     from ..parity import compare
     from .quantize import calibration_images, convert_fp16, quantize_int8
@@ -198,9 +255,10 @@ def _variants(fp32: Path, tmp: Path, ckpt: dict, opts: ExportOptions, reference:
         got = run_onnx(q, x)
         _check_contract(reference, got, "int8")
         agree = float((got["logits"].argmax(1) == reference["logits"].argmax(1)).mean() * 100)
-        diff = float(np.abs(got["logits"] - reference["logits"]).max())
+        diff = compare({"logits": reference["logits"]}, {"logits": got["logits"]}, "int8")[0].max_abs
         log(f"int8 ({opts.calib} calibration images): top-1 agreement with PyTorch {agree:.1f}% on {len(x)} inputs, "
             f"max |logit diff| {diff:.3g}")
+        gate.update(int8_gate(fp32, q, ckpt, opts, log))
         out["int8"] = q
     if opts.half:
         t = time.perf_counter()
@@ -244,3 +302,40 @@ def _run_fp16(path: Path, x: np.ndarray) -> Tuple[Dict[str, np.ndarray], str]:
     ev = ReferenceEvaluator(model)
     names = [o.name for o in model.graph.output]
     return dict(zip(names, ev.run(None, {model.graph.input[0].name: x}))), "onnx reference evaluator"
+
+
+def int8_gate(fp32: Path, int8: Path, ckpt: dict, opts: ExportOptions, log: Callable[[str], None]) -> Dict[str, object]:
+    """Score fp32 and int8 on labelled test images; refuse the int8 model below the thresholds.
+
+    Agreement is the share of images where both give the same top-1 class; the accuracy drop is
+    fp32 accuracy minus int8 accuracy in points. Without test data on disk, agreement is measured
+    on the verification inputs only and the accuracy check is skipped (said in the log and manifest).
+    """
+    from ..datasets import load_arrays, normalize_batch
+    try:
+        _, xs, ys = load_arrays(ckpt["dataset"], opts.data_dir, "test")
+        idx = np.random.default_rng(0).permutation(len(xs))[:opts.int8_eval]
+        x, y, what = normalize_batch(xs[idx], ckpt["mean"], ckpt["std"]), ys[idx], f"{len(idx)} test images"
+    except UserError:
+        x, what = verification_batch(ckpt, opts.verify_n, opts.data_dir)
+        y = None
+    p32, p8 = (np.concatenate([run_onnx(m, x[i:i + 256])["logits"].argmax(1) for i in range(0, len(x), 256)])
+               for m in (fp32, int8))
+    res: Dict[str, object] = {"images": what, "agreement": float((p32 == p8).mean() * 100),
+                              "min_agreement": opts.int8_min_agreement, "max_drop": opts.int8_max_drop}
+    if y is not None:
+        res.update(fp32_acc=float((p32 == y).mean() * 100), int8_acc=float((p8 == y).mean() * 100))
+        res["drop"] = res["fp32_acc"] - res["int8_acc"]
+    log(f"int8 gate on {what}: agreement with fp32 {res['agreement']:.2f}% (min {opts.int8_min_agreement:g})"
+        + (f", accuracy {res['int8_acc']:.2f}% vs fp32 {res['fp32_acc']:.2f}% (drop {res['drop']:+.2f}, max "
+           f"{opts.int8_max_drop:g})" if y is not None else ", no labelled test data: accuracy not checked"))
+    if res["agreement"] < opts.int8_min_agreement:
+        raise UserError(f"int8 model refused: top-1 agreement with fp32 {res['agreement']:.2f}% < "
+                        f"{opts.int8_min_agreement:g}% on {what}; calibrate on more images (--calib), lower "
+                        f"--int8-min-agreement, or export without --int8; nothing was written")
+    if y is not None and res["drop"] > opts.int8_max_drop:
+        raise UserError(f"int8 model refused: accuracy {res['int8_acc']:.2f}% is {res['drop']:.2f} points below "
+                        f"fp32 ({res['fp32_acc']:.2f}%) on {what}, more than --int8-max-drop {opts.int8_max_drop:g}; "
+                        f"calibrate on more images (--calib) or export without --int8; nothing was written")
+    res["passed"] = True
+    return res
