@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # The torch/torchvision pair that imports together on these machines (see README).
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install dataset demo test test-fast lint clean
+.PHONY: install dataset demo test test-fast test-gpu lint clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,12 @@ demo: install dataset
 
 test: install
 	$(VENV)/bin/pytest -q
+
+# the CUDA tests alone (skipped, with the reason, without a GPU). On a machine whose Python already has
+# torch + onnxruntime-gpu (no registry): make test-gpu SKIP_INSTALL=1 PYTEST="python3 -m pytest"
+PYTEST ?= $(VENV)/bin/pytest
+test-gpu: $(if $(SKIP_INSTALL),,install)
+	$(PYTEST) -q -rs -m gpu
 
 # fast subset (no slow tests)
 test-fast: install

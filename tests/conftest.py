@@ -12,6 +12,20 @@ import pytest
 from sedeploy.cli import main
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests are skipped, with the reason, where torch sees no CUDA GPU (torch imported only then)."""
+    gpu = [it for it in items if "gpu" in it.keywords]
+    if not gpu:
+        return
+    try:
+        import torch
+        why = None if torch.cuda.is_available() else "no CUDA GPU (torch.cuda.is_available() is False)"
+    except ImportError:
+        why = "torch is not installed"
+    if why:
+        for it in gpu:
+            it.add_marker(pytest.mark.skip(reason=f"gpu test: {why}"))
+
 
 def write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> None:
     """Write an idx file as the original Fashion-MNIST files are laid out."""
@@ -94,8 +108,8 @@ def run_cli(capsys):
     return run
 
 
-def assert_one_line_error(res: CliResult, *needles: str) -> None:
-    assert res.code != 0, res.out
+def assert_one_line_error(res: CliResult, *needles: str, code: int = 2) -> None:
+    assert res.code == code, (res.code, res.err)
     lines = [ln for ln in res.err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, res.err
     assert lines[0].startswith("error:"), res.err

@@ -81,3 +81,14 @@ def test_resume_from_best_refused(run_cli, trained_fm, fmnist_dir, tmp_path):
     r = run_cli("train", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir, "--out", tmp_path,
                 "--resume", trained_fm / "best.pt")
     assert_one_line_error(r, "resume from last.pt")
+
+
+def test_internal_error_exits_3_not_1(run_cli, monkeypatch, fmnist_dir, tmp_path):
+    """A crash is told apart from 'some images failed' (1) and from bad input (2)."""
+    import sedeploy.training.loop as loop
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated bug")
+    monkeypatch.setattr(loop, "fit", boom)
+    r = run_cli("train", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir, "--out", tmp_path)
+    assert_one_line_error(r, "RuntimeError", "simulated bug", "--debug", code=3)

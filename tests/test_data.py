@@ -99,3 +99,21 @@ def test_hue_shift_matches_torchvision():
         ours = _adjust_hue(x, torch.full((4,), s))
         ref = torch.stack([TF.adjust_hue(im, s) for im in x])
         torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_light_augment_is_exactly_a_crop_and_flip():
+    """Every output is one of the 50 images numpy makes by hand: shift by (dy, dx) in [-2, 2] with zero
+    fill, optionally mirrored; both flip states and all five offsets occur."""
+    import numpy as np
+    aug = BatchAugment(AUGMENT_PRESETS["light"], [0.0], [1.0])
+    x = torch.randint(1, 256, (256, 1, 32, 32), dtype=torch.uint8)
+    out = (aug(x, torch.Generator().manual_seed(3)) * 255).round().to(torch.uint8).numpy()[:, 0]
+    flips, offsets = set(), set()
+    for img, o in zip(x.numpy()[:, 0], out):
+        padded = np.pad(img, 2)
+        found = [(dy, dx, f) for dy in range(-2, 3) for dx in range(-2, 3) for f in (False, True)
+                 if np.array_equal(o, (np.fliplr if f else (lambda a: a))(padded[2 + dy:34 + dy, 2 + dx:34 + dx]))]
+        assert found, "output is not a 2-pixel crop (+ flip) of its input"
+        flips |= {f for _, _, f in found}
+        offsets |= {dx for _, dx, _ in found}
+    assert flips == {False, True} and offsets == {-2, -1, 0, 1, 2}

@@ -1,4 +1,5 @@
 """Models: registry, shapes, SE weights, parameter counts against the reference architecture."""
+import math
 import pytest
 import torch
 
@@ -6,7 +7,7 @@ from sedeploy.models import count_parameters, create_model, list_models, model_c
 
 
 def reference_params(se: bool, cin=3, widths=(32, 64, 128), side=4, hidden=512, classes=10, r=16) -> int:
-    """Parameter count of SPEC section 1, computed layer by layer from the architecture text."""
+    """Parameter count of the reference architecture, computed layer by layer from its description."""
     n, c = 0, cin
     for w in widths:
         n += c * w * 9 + w          # conv 3x3 with bias
@@ -94,3 +95,25 @@ def test_pool_then_scale_is_exactly_scale_then_pool():
     out = m(x)
     out.sum().backward()
     assert all(p.grad is not None for p in m.parameters())
+
+
+def test_se_weights_follow_the_formula_by_hand():
+    """w = sigmoid(W2 relu(W1 mean_hw(x))), computed here from the weights, not by the block itself."""
+    import torch.nn.functional as F
+    from sedeploy.models.se import SEBlock
+    torch.manual_seed(0)
+    b = SEBlock(32, 16)
+    x = torch.randn(3, 32, 5, 7)
+    s = x.mean((2, 3))
+    expected = torch.sigmoid(F.linear(F.relu(F.linear(s, b.fc1.weight)), b.fc2.weight))
+    out, w = b.forward_with_weights(x)
+    torch.testing.assert_close(w, expected)
+    torch.testing.assert_close(out, x * expected[:, :, None, None])
+    # a literal case: C = 16, r = 16 (one hidden unit), fc1 = 1/16, fc2 = 1, constant input c
+    lit = SEBlock(16, 16)
+    with torch.no_grad():
+        lit.fc1.weight.fill_(1 / 16)
+        lit.fc2.weight.fill_(1.0)
+    for c, want in ((2.0, 1 / (1 + math.exp(-2.0))), (-3.0, 0.5)):       # relu(-3) = 0 -> sigmoid(0)
+        w = lit.weights(torch.full((1, 16, 4, 4), c))
+        torch.testing.assert_close(w, torch.full((1, 16), want))

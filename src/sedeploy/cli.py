@@ -3,7 +3,7 @@
 Each command parses and validates its options, calls the library, and prints. Heavy imports
 (torch, onnx) happen inside the commands that need them, so `sedeploy --help` and
 `sedeploy infer` start without torch. Bad input raises UserError: one line on stderr, exit 2,
-no traceback unless --debug.
+no traceback unless --debug; an unexpected crash exits 3, apart from "some images failed" (1).
 """
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ import click
 from .errors import UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# Exit status: 0 all good; 1 some inputs failed (infer: the others got results); 2 bad input or options
+# (UserError, usage); 3 an unexpected internal error (a bug); 130 interrupted.
+EXIT_INTERNAL = 3
 
 
 @click.group(context_settings=CONTEXT)
@@ -485,8 +488,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         if debug:
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        click.echo(f"error: {type(e).__name__}: {first[:300]} (run with --debug for the traceback)", err=True)
-        sys.exit(1)
+        click.echo(f"error: {type(e).__name__}: {first[:300]} (an internal error, not your input; run with "
+                   f"--debug for the traceback and report it)", err=True)
+        sys.exit(EXIT_INTERNAL)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

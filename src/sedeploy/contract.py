@@ -5,7 +5,7 @@ tensor names, their order, the dynamic axis, and the metadata keys stored inside
 This module is a leaf: it imports nothing from torch, models, training or export, so the
 torch-free runtime can import it on an edge device.
 
-Layout of an exported graph (see docs and issue "Export"):
+Layout of an exported graph (README, "Export"):
     input  `input`        float32 [batch, C, H, W], normalized with the metadata's mean/std
     output `logits`       float32 [batch, num_classes]
     output `se1..seK`     float32 [batch, C_k]   one per SE block, model order (absent for `cnn`)

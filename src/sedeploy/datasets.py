@@ -22,7 +22,7 @@ import numpy as np
 from .errors import UserError
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # the reference's normalization (SPEC section 1)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # the reference's normalization
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle boot"]

@@ -1,6 +1,6 @@
 """Squeeze-and-Excitation block (Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018).
 
-Follows the reference (SPEC section 1): global average pool -> Linear(C, C/r, no bias) -> ReLU ->
+Follows the reference SE-CNN: global average pool -> Linear(C, C/r, no bias) -> ReLU ->
 Linear(C/r, C, no bias) -> Sigmoid, then the input is reweighted per channel. Layout after
 timm/layers/squeeze_excite.py. `forward_with_weights` also returns the channel weights, which the
 export turns into graph outputs; plain `forward` does not keep them (training pays nothing).

@@ -1,8 +1,10 @@
 """Attention heatmaps from the graph's own outputs, with numpy and Pillow only (no gradients, no torch).
 
-- SE-weighted map: A = ReLU(sum_c w_c * F_c) over the last block, with w the last SE output and F
-  the `feature_map` output; normalized to [0, 1], upsampled bicubically to the original image size
-  and blended with a jet-like colormap (red high, blue low) over the image.
+- SE-weighted map: A = sum_c w_c * F_c over the last block, with w the last SE output and F the
+  `feature_map` output. For the registry's models F >= 0 (it follows a ReLU) and w is in (0, 1), so
+  A >= 0 already; the clamp at 0 only guards graphs of other shapes. A is scaled by its maximum,
+  upsampled bicubically to the original image size and blended with a jet-like colormap (red high,
+  blue low) over the image.
 - The reference's view: top channels (here ranked by their real SE weights) each upsampled and
   overlaid, labelled with index and weight.
 - Models without SE outputs fall back to the reference's ranking by spatial mean: channel scores
@@ -25,7 +27,7 @@ def normalize01(a: np.ndarray) -> np.ndarray:
 
 
 def se_attention(fmap: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(C, h, w), (C,) -> (h, w) in [0, 1]: ReLU(sum_c w_c F_c), scaled by its maximum."""
+    """(C, h, w), (C,) -> (h, w) in [0, 1]: max(sum_c w_c F_c, 0), scaled by its maximum."""
     a = np.maximum(np.tensordot(weights.astype(np.float32), fmap.astype(np.float32), axes=(0, 0)), 0)
     m = float(a.max())
     return a / m if m > 0 else a

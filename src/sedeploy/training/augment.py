@@ -1,6 +1,6 @@
 """Batch augmentation on uint8 tensors, and the reference's per-image PIL pipeline for comparison.
 
-The reference recipe (SPEC section 1) is RandomCrop(32, padding=4), RandomHorizontalFlip,
+The reference recipe (the SE-CNN paper's CIFAR-10 training) is RandomCrop(32, padding=4), RandomHorizontalFlip,
 ColorJitter(.2, .2, .2, .1), RandomRotation(15), ToTensor, Normalize, each image through PIL in a
 DataLoader. `BatchAugment` draws the same distributions per sample but applies them to a whole
 batch at once, on whichever device holds it:
