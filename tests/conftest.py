@@ -116,3 +116,12 @@ def assert_one_line_error(res: CliResult, *needles: str, code: int = 2) -> None:
     assert "Traceback" not in res.err
     for n in needles:
         assert n.lower() in lines[0].lower(), (n, lines[0])
+
+
+def assert_parity(ref: dict, got: dict, atol: float, rtol: float = 0.0, what: str = "candidate") -> None:
+    """Every output of ref matched by got within |diff| <= atol + rtol |ref|, through the one parity helper."""
+    from sedeploy.parity import compare
+    assert list(got) == list(ref), (list(got), list(ref))
+    rows = compare(ref, got, what, atol=atol, rtol=rtol)
+    bad = [f"{r.output}: max abs {r.max_abs:.3g}" for r in rows if not r.ok]
+    assert not bad, f"{what} differs beyond {atol:g} + {rtol:g}|ref|: {', '.join(bad)}"

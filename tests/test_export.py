@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, assert_parity
 from sedeploy import contract
 from sedeploy.errors import UserError
 from sedeploy.export.exporter import ExportOptions, export_checkpoint
@@ -59,11 +59,7 @@ def test_onnx_parity_every_output(exported, batch, variant):
     x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
     sess = ort.InferenceSession(str(d / variant), providers=["CPUExecutionProvider"])
     got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x})))
-    ref = eager(m, x)
-    assert list(got) == list(ref)
-    for name in ref:
-        assert got[name].shape == ref[name].shape
-        np.testing.assert_allclose(got[name], ref[name], atol=ATOL, rtol=0, err_msg=name)
+    assert_parity(eager(m, x), got, atol=ATOL, what=variant)
 
 
 def test_torchscript_reload_parity_and_metadata(exported):

@@ -275,7 +275,7 @@ def test_samples_cli(run_cli, fmnist_dir, tmp_path):
     assert r.code == 0, r.err
     files = sorted(tmp_path.glob("*.png"))
     assert len(files) == 3 and Image.open(files[0]).size == (28, 28)
-    assert_one_line_error(run_cli("samples", "--dataset", "mnist", "--out", tmp_path), "unknown dataset")
+    assert_one_line_error(run_cli("samples", "--dataset", "mnist", "--out", tmp_path), "--dataset", "'mnist' is not one of", "fashion-mnist")
 
 
 def test_json_errors_name_the_image(run_cli, fm_export, tmp_path):

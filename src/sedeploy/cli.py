@@ -68,6 +68,11 @@ def _models() -> Sequence[str]:
     return list_models()
 
 
+def _datasets() -> Sequence[str]:
+    from .datasets import DATASETS
+    return DATASETS
+
+
 def _augments() -> Sequence[str]:
     from .training.augment import AUGMENT_PRESETS
     return tuple(AUGMENT_PRESETS)
@@ -75,12 +80,11 @@ def _augments() -> Sequence[str]:
 
 def _train_options(f):
     """The training options; defaults come from TrainConfig, choices from the registries."""
-    from .datasets import DATASETS
     from .training.config import DEVICES, PIPELINES, SELECT_ON, TrainConfig
     d = TrainConfig()
     opts = [
         click.option("--model", "model", type=LazyChoice(_models), default=d.model, show_default=True),
-        click.option("--dataset", type=click.Choice(DATASETS), default=d.dataset, show_default=True),
+        click.option("--dataset", type=LazyChoice(_datasets), default=d.dataset, show_default=True),
         click.option("--data-dir", default=None, help="Dataset root [cifar10: ./data; fashion-mnist: Debian's copy]."),
         click.option("--download", is_flag=True, help="Let torchvision download the dataset (needs internet)."),
         click.option("--epochs", type=click.IntRange(min=1), default=d.epochs, show_default=True),
@@ -377,9 +381,9 @@ def infer(images: List[str], model: Optional[str], provider: str, topk: int, hea
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--model", "model", default=None, help="ONNX model [found as `infer` finds it].")
-@click.option("--dataset", default=None, help="Dataset [default: the model's own].")
+@click.option("--dataset", type=LazyChoice(_datasets), default=None, help="Dataset [default: the model's own].")
 @click.option("--data-dir", default=None)
-@click.option("--n", "n", type=int, default=1000, show_default=True, help="Test images.")
+@click.option("--n", "n", type=click.IntRange(min=1), default=1000, show_default=True, help="Test images.")
 @click.option("--fraction", type=float, default=0.2, show_default=True, help="Share of pixels masked.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -442,9 +446,9 @@ def bench(model, ckpt, batch_sizes, backends, threads, warmup, min_time, repeats
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--dataset", default="fashion-mnist", show_default=True)
+@click.option("--dataset", type=LazyChoice(_datasets), default="fashion-mnist", show_default=True)
 @click.option("--data-dir", default=None)
-@click.option("--n", "n", type=int, default=8, show_default=True)
+@click.option("--n", "n", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", default="samples", show_default=True)
 def samples(dataset: str, data_dir: Optional[str], n: int, seed: int, out: str) -> None:
@@ -454,9 +458,7 @@ def samples(dataset: str, data_dir: Optional[str], n: int, seed: int, out: str) 
     Examples:
       sedeploy samples --n 6 --out demo/images && sedeploy infer demo/images
     """
-    from .datasets import DATASETS, write_samples
-    if dataset not in DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
+    from .datasets import write_samples
     for p in write_samples(dataset, Path(out), n, data_dir, seed):
         click.echo(str(p))
 

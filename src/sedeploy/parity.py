@@ -1,7 +1,9 @@
 """The one parity helper: max abs / max rel difference per output name, with explicit tolerances.
 
-numpy only, so export, runtime, bench and tests share it (after onnx-simplifier's
-model_checking.compare). An output passes when |got - ref| <= atol + rtol * |ref| everywhere
+numpy only, so that the torch-free side can use it too (after onnx-simplifier's
+model_checking.compare). Export verification (every backend, the int8 and fp16 variants), the
+bench's max |dlogit| column and the tests' parity assertions (tests/conftest.py assert_parity)
+all go through `compare`. An output passes when |got - ref| <= atol + rtol * |ref| everywhere
 (numpy.allclose); max rel is reported as max |got - ref| / max(|ref|, 1e-6) for information.
 """
 from __future__ import annotations
