@@ -280,3 +280,36 @@ def test_int8_gate_refuses_a_bad_int8_model(run_cli, trained_fm, fmnist_dir, tmp
     assert_one_line_error(r, "int8 model refused", "fp32", "nothing was written")
     assert r.code == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_int8_gate_accuracy_drop_and_unlabelled(trained_fm, fmnist_dir, tmp_path, monkeypatch):
+    import sedeploy.datasets as ds
+    import sedeploy.export.quantize as q
+    real = q.calibration_images
+    monkeypatch.setattr(q, "calibration_images", lambda meta, n, data_dir=None, seed=0:
+                        np.zeros_like(real(meta, n, data_dir, seed)))
+    opts = dict(formats=("onnx",), int8=True, calib=64, data_dir=str(fmnist_dir), int8_min_agreement=0)
+    with pytest.raises(UserError, match=r"points below fp32 .* --int8-max-drop 0"):
+        export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path / "a"), ExportOptions(**opts, int8_max_drop=0),
+                          log=lambda s: None)
+    assert not (tmp_path / "a").exists()                    # not even an empty folder is left behind
+    monkeypatch.setattr(q, "calibration_images", real)
+    real_load = ds.load_arrays
+    monkeypatch.setattr(ds, "load_arrays", lambda name, data_dir=None, split="test", native=False:
+                        real_load(name, data_dir, split) if split == "train" else (_ for _ in ()).throw(
+                            UserError("Fashion-MNIST test files not found")))
+    with pytest.raises(UserError, match="needs labelled fashion-mnist test images.*--int8-allow-unlabelled"):
+        export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path / "b"), ExportOptions(**opts), log=lambda s: None)
+    man = export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path / "b"),
+                            ExportOptions(**opts, int8_allow_unlabelled=True), log=lambda s: None)
+    assert man["int8_gate"]["images"] == "16 seeded random inputs" and "fp32_acc" not in man["int8_gate"]
+
+
+def test_int8_with_a_fixed_batch(trained_fm, fmnist_dir, tmp_path):
+    man = export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path),
+                            ExportOptions(formats=("onnx",), batch=64, int8=True, calib=64, data_dir=str(fmnist_dir),
+                                          int8_min_agreement=0, int8_max_drop=100, int8_se_atol=1),
+                            log=lambda s: None)
+    assert man["int8_gate"]["images"] == "200 test images"             # 200 = 3 full batches + a padded one
+    sess = ort.InferenceSession(str(tmp_path / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape[0] == 64

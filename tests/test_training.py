@@ -254,7 +254,55 @@ def test_ddp_uneven_data_same_steps_and_exact_counts(fmnist_dir, tmp_path):
     model.eval()
     aug = BatchAugment(AUGMENT_PRESETS["light"], info.mean, info.std)
     row = hist["epochs"][0]
+    assert row["val_n"] == len(val.labels) and row["test_n"] == len(test.labels)   # each sample once, none twice
     for split, key in ((val, "val_acc"), (test, "test_acc")):
         with torch.no_grad():
             correct = (model(aug.normalize(split.images)).argmax(1) == split.labels).sum().item()
         assert row[key] == pytest.approx(100.0 * correct / len(split.labels)), key
+
+
+def test_selection_and_schedule_follow_validation_not_test(fmnist_dir, tmp_path, monkeypatch):
+    """Scripted scores where validation and test disagree: best.pt and the LR drops follow validation."""
+    import sedeploy.training.loop as loop
+    val = iter([(1.0, 50.0), (0.9, 70.0), (0.95, 60.0), (0.95, 60.0), (0.95, 60.0), (0.95, 60.0)])
+    test = iter([(1.0, 90.0), (1.0, 40.0), (1.0, 95.0), (1.0, 30.0), (1.0, 30.0), (1.0, 30.0)])
+
+    def scripted(cfg, st, data, split, device, d):
+        loss, acc = next(val) if split is data.val else next(test)
+        return {"loss": loss, "acc": acc, "n": len(split.labels)}
+    monkeypatch.setattr(loop, "evaluate_split", scripted)
+    r = fit(cfg(fmnist_dir, tmp_path, epochs=6, limit_train=128, limit_test=32, patience=1), progress=False)
+    assert r.selected["epoch"] == 2 and r.test_acc == 40.0                  # best validation, not best test (3)
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
+    lrs = [e["lr"] for e in r.history["epochs"]]
+    # validation loss best at epoch 2, then 2 epochs without improvement with patience 1 -> halved after epoch 4
+    assert lrs == [1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
+
+
+def test_resume_edge_cases(fmnist_dir, tmp_path):
+    kw = dict(limit_train=256, limit_test=64, seed=3)
+    fit(cfg(fmnist_dir, tmp_path, epochs=2, **kw), progress=False)
+    with pytest.raises(UserError, match="already run 2 epochs; pass --epochs above 2"):
+        fit(cfg(fmnist_dir, tmp_path, epochs=2, resume=str(tmp_path / "last.pt"), **kw), progress=False)
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    del ck["recipe"]                                                        # a last.pt from an older sedeploy
+    save_checkpoint(ck, tmp_path / "old.pt")
+    with pytest.raises(UserError, match="no recipe recorded.*--allow-recipe-change"):
+        fit(cfg(fmnist_dir, tmp_path, epochs=3, resume=str(tmp_path / "old.pt"), **kw), progress=False)
+    fit(cfg(fmnist_dir, tmp_path, epochs=3, resume=str(tmp_path / "old.pt"), allow_recipe_change=True, **kw),
+        progress=False)
+    assert json.loads((tmp_path / "summary.json").read_text())["recipe_changed"] is True
+
+
+def test_outputs_respect_the_umask(fmnist_dir, tmp_path):
+    import stat
+    from sedeploy.export.exporter import ExportOptions, export_checkpoint
+    old = os.umask(0o027)
+    try:
+        fit(cfg(fmnist_dir, tmp_path, limit_train=128, limit_test=32), progress=False)
+        export_checkpoint(str(tmp_path / "best.pt"), str(tmp_path), ExportOptions(), log=lambda s: None)
+    finally:
+        os.umask(old)
+    for name in ("best.pt", "last.pt", "summary.json", "history.json", "curves.png", "model.onnx", "model.ts",
+                 "export.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name

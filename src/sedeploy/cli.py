@@ -78,42 +78,45 @@ def _augments() -> Sequence[str]:
     return tuple(AUGMENT_PRESETS)
 
 
-def _train_options(f):
+def _train_options(f=None, *, exclude: Sequence[str] = ()):
     """The training options; defaults come from TrainConfig, choices from the registries."""
+    if f is None:
+        return lambda g: _train_options(g, exclude=exclude)
     from .training.config import DEVICES, PIPELINES, SELECT_ON, TrainConfig
     d = TrainConfig()
-    opts = [
-        click.option("--model", "model", type=LazyChoice(_models), default=d.model, show_default=True),
-        click.option("--dataset", type=LazyChoice(_datasets), default=d.dataset, show_default=True),
-        click.option("--data-dir", default=None, help="Dataset root [cifar10: ./data; fashion-mnist: Debian's copy]."),
-        click.option("--download", is_flag=True, help="Let torchvision download the dataset (needs internet)."),
-        click.option("--epochs", type=click.IntRange(min=1), default=d.epochs, show_default=True),
-        click.option("--batch-size", type=click.IntRange(min=1), default=d.batch_size, show_default=True),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=d.lr, show_default=True),
-        click.option("--seed", type=int, default=d.seed, show_default=True),
-        click.option("--device", type=click.Choice(DEVICES), default=d.device, show_default=True),
-        click.option("--workers", type=click.IntRange(min=0), default=d.workers, show_default=True,
+    opts = {
+        "model": click.option("--model", "model", type=LazyChoice(_models), default=d.model, show_default=True),
+        "dataset": click.option("--dataset", type=LazyChoice(_datasets), default=d.dataset, show_default=True),
+        "data_dir": click.option("--data-dir", default=None, help="Dataset root [cifar10: ./data; fashion-mnist: Debian's copy]."),
+        "download": click.option("--download", is_flag=True, help="Let torchvision download the dataset (needs internet)."),
+        "epochs": click.option("--epochs", type=click.IntRange(min=1), default=d.epochs, show_default=True),
+        "batch_size": click.option("--batch-size", type=click.IntRange(min=1), default=d.batch_size, show_default=True),
+        "lr": click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=d.lr, show_default=True),
+        "seed": click.option("--seed", type=int, default=d.seed, show_default=True),
+        "device": click.option("--device", type=click.Choice(DEVICES), default=d.device, show_default=True),
+        "workers": click.option("--workers", type=click.IntRange(min=0), default=d.workers, show_default=True,
                      help="DataLoader workers (reference pipeline only)."),
-        click.option("--limit-train", type=click.IntRange(min=1), default=None,
+        "limit_train": click.option("--limit-train", type=click.IntRange(min=1), default=None,
                      help="Quick run: train on this many samples (before the validation split)."),
-        click.option("--limit-test", type=click.IntRange(min=1), default=None,
+        "limit_test": click.option("--limit-test", type=click.IntRange(min=1), default=None,
                      help="Quick run: test on this many samples."),
-        click.option("--val-split", type=float, default=d.val_split, show_default=True,
+        "val_split": click.option("--val-split", type=float, default=d.val_split, show_default=True,
                      help="Share of the training set held out (stratified, by seed) to select best.pt and "
                           "drive the LR schedule."),
-        click.option("--select-on", type=click.Choice(SELECT_ON), default=d.select_on, show_default=True,
+        "select_on": click.option("--select-on", type=click.Choice(SELECT_ON), default=d.select_on, show_default=True,
                      help="Split that selects best.pt and drives the schedule; 'test' is the reference's way "
                           "(its test accuracy is then optimistic)."),
-        click.option("--augment", type=LazyChoice(_augments), default=None,
+        "augment": click.option("--augment", type=LazyChoice(_augments), default=None,
                      help="Augmentation [cifar10: reference, fashion-mnist: light]."),
-        click.option("--pipeline", type=click.Choice(PIPELINES), default=d.pipeline, show_default=True,
+        "pipeline": click.option("--pipeline", type=click.Choice(PIPELINES), default=d.pipeline, show_default=True,
                      help="fast (batched tensor augmentation) or reference (PIL per image in a DataLoader)."),
-        click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA."),
-        click.option("--no-progress", is_flag=True, help="No progress bar."),
-        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
+        "no_amp": click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA."),
+        "no_progress": click.option("--no-progress", is_flag=True, help="No progress bar."),
+        "json": click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
+    }
+    for name, o in reversed(list(opts.items())):
+        if name not in exclude:
+            f = o(f)
     return f
 
 
@@ -161,7 +164,7 @@ def train(**kw) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@_train_options
+@_train_options(exclude=("model", "seed"))
 @click.option("--out", default="runs/compare", show_default=True, help="Output directory (seed<k>/<model>/ inside).")
 @click.option("--models", default="cnn,se_cnn", show_default=True,
               help="Models to train; the first is the baseline of the paired differences.")
@@ -189,14 +192,15 @@ def compare(**kw) -> None:
 
 
 @cli.command("bench-train", context_settings=CONTEXT)
-@click.option("--dataset", default="fashion-mnist", show_default=True)
+@click.option("--dataset", type=LazyChoice(_datasets), default="fashion-mnist", show_default=True)
 @click.option("--data-dir", default=None)
-@click.option("--model", "model", default="se_cnn", show_default=True)
-@click.option("--augment", default="reference", show_default=True, help="Augmentation for both pipelines.")
+@click.option("--model", "model", type=LazyChoice(_models), default="se_cnn", show_default=True)
+@click.option("--augment", type=LazyChoice(_augments), default="reference", show_default=True,
+              help="Augmentation for both pipelines.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--batches", type=int, default=60, show_default=True, help="Timed batches per pipeline.")
 @click.option("--workers", type=int, default=2, show_default=True, help="DataLoader workers (reference).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
 @click.option("--rgb", is_flag=True, help="Replicate grey images to 3 channels (CIFAR-shaped input).")
 @click.option("--json", "as_json", is_flag=True)
 def bench_train(as_json: bool, **kw) -> None:
@@ -264,12 +268,16 @@ def _parse_batch(value: str) -> Optional[int]:
               help="int8 gate: minimum top-1 agreement with fp32, in %.")
 @click.option("--int8-max-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="int8 gate: most accuracy points int8 may lose against fp32.")
+@click.option("--int8-se-atol", type=click.FloatRange(min=0), default=0.1, show_default=True,
+              help="int8 gate: most |SE weight| difference from fp32 (the heatmaps use them).")
+@click.option("--int8-allow-unlabelled", is_flag=True,
+              help="Without labelled test images, gate int8 on agreement with fp32 alone (else refused).")
 @click.option("--data-dir", default=None, help="Dataset root for int8 calibration and verification images.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, no_simplify: bool,
            logits_only: bool, force: bool, overhead: bool, int8: bool, calib: int, half: bool,
-           int8_eval: int, int8_min_agreement: float, int8_max_drop: float,
-           data_dir: Optional[str], as_json: bool) -> None:
+           int8_eval: int, int8_min_agreement: float, int8_max_drop: float, int8_se_atol: float,
+           int8_allow_unlabelled: bool, data_dir: Optional[str], as_json: bool) -> None:
     """Export a checkpoint to simplified ONNX and TorchScript, verified against PyTorch.
 
     Writes model.onnx, model.ts and export.json next to the checkpoint (or in --out). The graphs
@@ -292,7 +300,8 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
     opts = ExportOptions(formats=tuple(f.strip() for f in formats.split(",") if f.strip()), opset=opset,
                          batch=_parse_batch(batch), simplify=not no_simplify, force=force, extras=not logits_only,
                          int8=int8, calib=calib, half=half, data_dir=data_dir, int8_eval=int8_eval,
-                         int8_min_agreement=int8_min_agreement, int8_max_drop=int8_max_drop)
+                         int8_min_agreement=int8_min_agreement, int8_max_drop=int8_max_drop,
+                         int8_se_atol=int8_se_atol, int8_allow_unlabelled=int8_allow_unlabelled)
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     manifest = export_checkpoint(ckpt, out, opts, log=log)
     if overhead:

@@ -53,6 +53,8 @@ class ExportOptions:
     int8_eval: int = 1000               # labelled test images the int8 gate scores fp32 and int8 on
     int8_min_agreement: float = 98.0    # gate: top-1 agreement of int8 with fp32, in %
     int8_max_drop: float = 1.0          # gate: accuracy points int8 may lose against fp32
+    int8_se_atol: float = 0.1           # gate: max |SE weight difference| int8 vs fp32 (weights are in (0, 1))
+    int8_allow_unlabelled: bool = False  # gate on agreement alone when no labelled test images are on disk
 
 
 def validate_options(opts: ExportOptions) -> None:
@@ -113,6 +115,7 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
     """Run the whole export; returns the manifest (also written as export.json)."""
     validate_options(opts)
     t_start = time.perf_counter()
+    out_existed = Path(out_dir).exists() if out_dir else True
     job = plan(Path(ckpt_path), out_dir, opts)
     job.tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=str(job.out)))
     try:
@@ -121,11 +124,14 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
         reference = run_torch(wrapper, x, job.names)
         candidates, final = build_artifacts(job, wrapper, x)
         rows = verify(job, reference, candidates, batch_desc, log)
-        variants = _variants(final, job.tmp, job.ckpt, opts, reference, x, job.timings, log, job.gate) \
-            if opts.int8 or opts.half else {}
+        variants = _variants(job, final, reference, x, log) if opts.int8 or opts.half else {}
         written = install(job, final, variants)
-    finally:
+    except BaseException:
         shutil.rmtree(job.tmp, ignore_errors=True)
+        if not out_existed and not any(job.out.iterdir()):
+            job.out.rmdir()                                   # a failed export leaves no empty folder behind
+        raise
+    shutil.rmtree(job.tmp, ignore_errors=True)
     job.timings["total"] = time.perf_counter() - t_start
     return write_manifest(job, written, rows, batch_desc, log)
 
@@ -239,31 +245,29 @@ def write_manifest(job: Job, written: Dict[str, Path], rows: List, batch_desc: s
     return manifest
 
 
-def _variants(fp32: Path, tmp: Path, ckpt: dict, opts: ExportOptions, reference: Dict[str, np.ndarray],
-              x: np.ndarray, timings: Dict[str, float], log: Callable[[str], None],
-              gate: Dict[str, object]) -> Dict[str, Path]:
-    """int8 / fp16 variants of the verified fp32 graph, each checked against eager PyTorch."""
+FP16_ATOL, FP16_RTOL = 2e-2, 2e-2  # float16 keeps ~3 decimal digits
+
+
+def _variants(job: Job, fp32: Path, reference: Dict[str, np.ndarray], x: np.ndarray,
+              log: Callable[[str], None]) -> Dict[str, Path]:
+    """int8 / fp16 variants of the verified fp32 graph: int8 through its gate, fp16 through parity."""
     from ..parity import compare
     from .quantize import calibration_images, convert_fp16, quantize_int8
+    opts, ckpt, tmp = job.opts, job.ckpt, job.tmp
     out: Dict[str, Path] = {}
     if opts.int8:
         t = time.perf_counter()
         meta = {"dataset": ckpt["dataset"], "mean": ckpt["mean"], "std": ckpt["std"]}
         q = quantize_int8(fp32, tmp / "model.int8.onnx", calibration_images(meta, opts.calib, opts.data_dir))
-        timings["int8"] = time.perf_counter() - t
+        job.timings["int8"] = time.perf_counter() - t
         check_onnx(q)
-        got = run_onnx(q, x)
-        _check_contract(reference, got, "int8")
-        agree = float((got["logits"].argmax(1) == reference["logits"].argmax(1)).mean() * 100)
-        diff = compare({"logits": reference["logits"]}, {"logits": got["logits"]}, "int8")[0].max_abs
-        log(f"int8 ({opts.calib} calibration images): top-1 agreement with PyTorch {agree:.1f}% on {len(x)} inputs, "
-            f"max |logit diff| {diff:.3g}")
-        gate.update(int8_gate(fp32, q, ckpt, opts, log))
+        _check_contract(reference, run_onnx(q, x), "int8")
+        job.gate.update(int8_gate(fp32, q, ckpt, opts, log))
         out["int8"] = q
     if opts.half:
         t = time.perf_counter()
         h = convert_fp16(fp32, tmp / "model.fp16.onnx")
-        timings["fp16"] = time.perf_counter() - t
+        job.timings["fp16"] = time.perf_counter() - t
         check_onnx(h)
         got, how = _run_fp16(h, x)
         _check_contract(reference, got, "fp16")
@@ -275,9 +279,6 @@ def _variants(fp32: Path, tmp: Path, ckpt: dict, opts: ExportOptions, reference:
                             f"(tolerance {FP16_ATOL:g} + {FP16_RTOL:g}*|ref|); nothing was written")
         out["fp16"] = h
     return out
-
-
-FP16_ATOL, FP16_RTOL = 2e-2, 2e-2  # float16 keeps ~3 decimal digits
 
 
 def _check_contract(reference: Dict[str, np.ndarray], got: Dict[str, np.ndarray], what: str) -> None:
@@ -308,34 +309,61 @@ def int8_gate(fp32: Path, int8: Path, ckpt: dict, opts: ExportOptions, log: Call
     """Score fp32 and int8 on labelled test images; refuse the int8 model below the thresholds.
 
     Agreement is the share of images where both give the same top-1 class; the accuracy drop is
-    fp32 accuracy minus int8 accuracy in points. Without test data on disk, agreement is measured
-    on the verification inputs only and the accuracy check is skipped (said in the log and manifest).
+    fp32 accuracy minus int8 accuracy in points; the SE outputs (which drive the heatmaps) must stay
+    within int8_se_atol of fp32's. Without labelled test images the export is refused unless
+    int8_allow_unlabelled, and then agreement is measured on the verification inputs alone.
     """
     from ..datasets import load_arrays, normalize_batch
+    from ..parity import compare
     try:
         _, xs, ys = load_arrays(ckpt["dataset"], opts.data_dir, "test")
+        if list(xs.shape[1:]) != list(ckpt["input_size"]):
+            raise UserError(f"test images are {list(xs.shape[1:])}, the model takes {ckpt['input_size']}")
         idx = np.random.default_rng(0).permutation(len(xs))[:opts.int8_eval]
         x, y, what = normalize_batch(xs[idx], ckpt["mean"], ckpt["std"]), ys[idx], f"{len(idx)} test images"
-    except UserError:
+    except UserError as e:
+        if not opts.int8_allow_unlabelled:
+            raise UserError(f"the int8 gate needs labelled {ckpt['dataset']} test images ({str(e).split(';')[0]}); "
+                            f"pass --data-dir, or --int8-allow-unlabelled to gate on agreement alone") from None
         x, what = verification_batch(ckpt, opts.verify_n, opts.data_dir)
         y = None
-    p32, p8 = (np.concatenate([run_onnx(m, x[i:i + 256])["logits"].argmax(1) for i in range(0, len(x), 256)])
-               for m in (fp32, int8))
-    res: Dict[str, object] = {"images": what, "agreement": float((p32 == p8).mean() * 100),
-                              "min_agreement": opts.int8_min_agreement, "max_drop": opts.int8_max_drop}
+    o32, o8 = _run_chunks(fp32, x, opts.batch), _run_chunks(int8, x, opts.batch)
+    p32, p8 = o32["logits"].argmax(1), o8["logits"].argmax(1)
+    se = {k: v for k, v in o32.items() if k.startswith("se")}
+    se_diff = max((r.max_abs for r in compare(se, o8, "int8")), default=0.0)
+    res: Dict[str, object] = {"images": what, "agreement": float((p32 == p8).mean() * 100), "se_max_abs": se_diff,
+                              "min_agreement": opts.int8_min_agreement, "max_drop": opts.int8_max_drop,
+                              "se_atol": opts.int8_se_atol}
     if y is not None:
         res.update(fp32_acc=float((p32 == y).mean() * 100), int8_acc=float((p8 == y).mean() * 100))
         res["drop"] = res["fp32_acc"] - res["int8_acc"]
     log(f"int8 gate on {what}: agreement with fp32 {res['agreement']:.2f}% (min {opts.int8_min_agreement:g})"
         + (f", accuracy {res['int8_acc']:.2f}% vs fp32 {res['fp32_acc']:.2f}% (drop {res['drop']:+.2f}, max "
-           f"{opts.int8_max_drop:g})" if y is not None else ", no labelled test data: accuracy not checked"))
+           f"{opts.int8_max_drop:g})" if y is not None else ", no labels: accuracy not checked")
+        + f", SE weights max |diff| {se_diff:.3g} (max {opts.int8_se_atol:g})")
+    fix = "calibrate on more images (--calib), relax the threshold, or export without --int8; nothing was written"
     if res["agreement"] < opts.int8_min_agreement:
         raise UserError(f"int8 model refused: top-1 agreement with fp32 {res['agreement']:.2f}% < "
-                        f"{opts.int8_min_agreement:g}% on {what}; calibrate on more images (--calib), lower "
-                        f"--int8-min-agreement, or export without --int8; nothing was written")
+                        f"{opts.int8_min_agreement:g}% (--int8-min-agreement) on {what}; {fix}")
     if y is not None and res["drop"] > opts.int8_max_drop:
         raise UserError(f"int8 model refused: accuracy {res['int8_acc']:.2f}% is {res['drop']:.2f} points below "
-                        f"fp32 ({res['fp32_acc']:.2f}%) on {what}, more than --int8-max-drop {opts.int8_max_drop:g}; "
-                        f"calibrate on more images (--calib) or export without --int8; nothing was written")
+                        f"fp32 ({res['fp32_acc']:.2f}%) on {what}, more than --int8-max-drop "
+                        f"{opts.int8_max_drop:g}; {fix}")
+    if se_diff > opts.int8_se_atol:
+        raise UserError(f"int8 model refused: its SE weights differ from fp32's by up to {se_diff:.3g} "
+                        f"(--int8-se-atol {opts.int8_se_atol:g}), so its heatmaps would mislead; {fix}")
     res["passed"] = True
     return res
+
+
+def _run_chunks(path: Path, x: np.ndarray, batch: Optional[int]) -> Dict[str, np.ndarray]:
+    """Every output over x in chunks the graph accepts (a fixed-batch graph gets padded chunks)."""
+    step = batch or 256
+    parts: List[Dict[str, np.ndarray]] = []
+    for i in range(0, len(x), step):
+        chunk = x[i:i + step]
+        n = len(chunk)
+        if batch and n < batch:                               # pad the last chunk to the fixed batch
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+        parts.append({k: v[:n] for k, v in run_onnx(path, chunk).items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

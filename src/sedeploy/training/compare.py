@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -62,6 +63,9 @@ def compare(base: TrainConfig, models: Sequence[str] = ("cnn", "se_cnn"), seeds:
         raise UserError(f"unknown model {', '.join(bad) or '(none)'}; choose from: {', '.join(list_models())}")
     if len(set(seeds)) != len(seeds) or not seeds:
         raise UserError(f"--seeds must be distinct integers, got {list(seeds)}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("compare runs one process per seed, not under torchrun; start one `sedeploy compare "
+                        "--seeds K` per seed into the same --out, then once more with all seeds for the table")
     out = ensure_writable_dir(base.out)
     runs = []
     for seed in seeds:
@@ -95,8 +99,13 @@ def _finished(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
         s = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    done = s.get("final", {}).get("epoch") == cfg.epochs
-    return s if done and s.get("recipe") == cfg.recipe() else None
+    if s.get("final", {}).get("epoch") != cfg.epochs or s.get("recipe_changed"):
+        return None
+    import torch
+    from .loop import data_fingerprint, make_data, resolve_device
+    amp = cfg.amp and resolve_device(cfg.device).type == "cuda"
+    now = cfg.recipe(1, amp, data_fingerprint(cfg, make_data(cfg, torch.device("cpu"))))  # same data, same split
+    return s if s.get("recipe") == now else None
 
 
 def _fmt(v: Optional[float], spec: str = ".2f") -> str:

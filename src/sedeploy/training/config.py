@@ -1,6 +1,10 @@
 """Training configuration: the one place for defaults (the CLI reads its defaults from here), the
 checks on it, and the recipe fields that a resumed run must share with its checkpoint.
 
+Adding a training option: a field here (with its comment), a click option in cli.py's
+`_train_options` (default read from TrainConfig), a check in `validate` if it has a range; it is part
+of the resume recipe unless listed in NOT_RECIPE.
+
 Defaults are the reference recipe of the SE-CNN paper this project follows: batch 64, Adam lr 1e-3,
 cross entropy, ReduceLROnPlateau(min, patience 3, factor 0.5), 50 epochs. One change from the
 reference: the schedule and the choice of best.pt use a validation split held out of the training
@@ -17,6 +21,10 @@ DEVICES = ("auto", "cpu", "cuda")
 PIPELINES = ("fast", "reference")
 SELECT_ON = ("val", "test")
 DEFAULT_AUGMENT = {"cifar10": "reference", "fashion-mnist": "light"}
+# Fields that do not change the weights of an epoch: everything else is part of the recipe that a
+# resumed run must share (TrainConfig.recipe), so a new field is checked on resume by default.
+NOT_RECIPE = frozenset({"epochs", "out", "resume", "allow_recipe_change", "download", "log_every", "device",
+                        "data_dir", "amp"})
 
 
 @dataclass
@@ -49,14 +57,25 @@ class TrainConfig:
     def augment_name(self) -> str:
         return self.augment or DEFAULT_AUGMENT.get(self.dataset, "light")
 
-    def recipe(self, world_size: int = 1) -> Dict[str, Any]:
-        """What decides the weights, besides the number of epochs: a resumed run must match it."""
-        return {"model": self.model, "dataset": self.dataset, "batch_size": self.batch_size, "lr": self.lr,
-                "augment": self.augment_name(), "pipeline": self.pipeline, "limit_train": self.limit_train,
-                "limit_test": self.limit_test, "seed": self.seed,
-                "val_split": self.val_split if self.select_on == "val" else None, "select_on": self.select_on,
-                "patience": self.patience, "factor": self.factor, "model_config": dict(self.model_config),
-                "world_size": world_size}
+    def recipe(self, world_size: int = 1, amp: bool = False, data: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """What decides the weights besides the number of epochs: a resumed run must match it.
+
+        Every field counts except NOT_RECIPE (so a new field is part of the recipe unless it is
+        added there); plus what the run resolved: the augmentation preset, whether mixed precision
+        was on, the world size and a fingerprint of the data (`data`, from the loop).
+        """
+        r = {k: v for k, v in self.to_dict().items() if k not in NOT_RECIPE}
+        r["augment"] = self.augment_name()
+        r["amp"] = amp                                   # effective: amp asked for and running on CUDA
+        r["world_size"] = world_size
+        if self.select_on != "val":
+            r["val_split"] = None                        # unused when selecting on the test set
+        if self.select_on != "test":
+            r["limit_test"] = None                       # the test set only scores, it never steers
+        if self.pipeline != "reference":
+            r["workers"] = None                          # worker count only matters to the DataLoader's RNG
+        r["data"] = data
+        return r
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -96,4 +115,10 @@ def _choice(name: str, value: str, options) -> None:
 
 def recipe_differences(saved: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
     """['batch_size: 64 in the checkpoint, 32 now', ...] for every recipe field that differs."""
-    return [f"{k}: {saved.get(k)!r} in the checkpoint, {now[k]!r} now" for k in now if saved.get(k) != now[k]]
+    return [f"{k}: {_short(saved.get(k))} in the checkpoint, {_short(now[k])} now" for k in now
+            if saved.get(k) != now[k]]
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."

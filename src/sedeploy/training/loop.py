@@ -79,7 +79,7 @@ def evaluate(model: nn.Module, batches: Batches, d: Dist = Dist(), device: torch
         correct += (logits.argmax(1) == y).sum().item()
         count += len(y)
     loss_sum, correct, count = all_sum([loss_sum, correct, count], d, device)
-    return {"loss": loss_sum / max(count, 1), "acc": 100.0 * correct / max(count, 1)}
+    return {"loss": loss_sum / max(count, 1), "acc": 100.0 * correct / max(count, 1), "n": int(count)}
 
 
 # ---------------------------------------------------------------- state
@@ -152,22 +152,42 @@ def _log(msg: str, d: Dist) -> None:
 
 
 # ---------------------------------------------------------------- steps
-def load_resume(cfg: TrainConfig, d: Dist) -> Optional[Dict[str, Any]]:
-    """last.pt to continue from, refused when its recipe differs (unless allow_recipe_change)."""
+def load_resume(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
+    """last.pt to continue from (its recipe is checked once the data is loaded: check_recipe)."""
     if not cfg.resume:
         return None
     ck = load_checkpoint(cfg.resume)
     if "optimizer" not in ck:
         raise UserError(f"{cfg.resume} has no optimizer state (a best.pt?); resume from last.pt")
+    if ck["epoch"] >= cfg.epochs:
+        raise UserError(f"{cfg.resume} has already run {ck['epoch']} epochs; pass --epochs above {ck['epoch']} "
+                        f"to continue it")
+    return ck
+
+
+def check_recipe(cfg: TrainConfig, ck: Optional[Dict[str, Any]], now: Dict[str, Any]) -> bool:
+    """Refuse a resume whose recipe differs, unless allow_recipe_change; -> True when it differs."""
+    if ck is None:
+        return False
     saved = ck.get("recipe")
     if saved is None:
-        raise UserError(f"{cfg.resume} records no recipe (written by an older sedeploy); "
-                        f"pass --allow-recipe-change to resume it anyway")
-    diffs = recipe_differences(saved, cfg.recipe(d.world))
+        diffs = ["no recipe recorded (written by an older sedeploy)"]
+    else:
+        diffs = recipe_differences(saved, now)
     if diffs and not cfg.allow_recipe_change:
         raise UserError(f"{cfg.resume} was trained with another recipe ({'; '.join(diffs)}); pass the same "
-                        f"options, or --allow-recipe-change to resume anyway")
-    return ck
+                        f"options, or --allow-recipe-change to resume anyway (not an exact resume)")
+    return bool(diffs) or bool(ck.get("recipe_changed"))
+
+
+def data_fingerprint(cfg: TrainConfig, data: "Data") -> Dict[str, Any]:
+    """Sizes and a hash of the labels that steer training: another copy or subset of the data differs."""
+    import hashlib
+    steer = [data.train] + ([data.val] if data.val is not None else [data.test])
+    h = hashlib.sha256()
+    for sp in steer:
+        h.update(sp.labels.cpu().numpy().astype("int64").tobytes())
+    return {"n_train": len(data.train.labels), "n_select": len(steer[1].labels), "labels_sha256": h.hexdigest()[:16]}
 
 
 def make_data(cfg: TrainConfig, device: torch.device) -> Data:
@@ -270,7 +290,7 @@ def evaluate_split(cfg: TrainConfig, st: State, data: Data, split: Split, device
 
 
 def save(cfg: TrainConfig, st: State, data: Data, out: Path, d: Dist, epoch: int, improved: bool,
-         rng_states: List[Dict[str, torch.Tensor]], n_params: int) -> None:
+         rng_states: List[Dict[str, torch.Tensor]], n_params: int, recipe: Dict[str, Any], changed: bool) -> None:
     """best.pt when the selection metric improved, last.pt (+ optimizer, schedule, RNG of every rank)."""
     if not d.main:
         return
@@ -281,7 +301,8 @@ def save(cfg: TrainConfig, st: State, data: Data, out: Path, d: Dist, epoch: int
     base = make_checkpoint(st.model, cfg.model, model_config(getattr(st.model, "module", st.model)), epoch=epoch,
                            metrics=metrics, classes=info.classes, mean=info.mean, std=info.std,
                            input_size=info.input_size, dataset=info.name,
-                           extra={"train_config": _jsonable(cfg.to_dict()), "recipe": cfg.recipe(d.world)})
+                           extra={"train_config": _jsonable(cfg.to_dict()), "recipe": recipe,
+                                  "recipe_changed": changed})
     if improved:
         save_checkpoint(base, out / "best.pt")
     last = dict(base, optimizer=st.opt.state_dict(), scheduler=st.sched.state_dict(), best=dict(st.best),
@@ -298,10 +319,12 @@ def fit(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     device = resolve_device(cfg.device)
     d = init_distributed(device)
     out = Path(cfg.out)
-    if d.main:
-        ensure_writable_dir(out)
-    resume = load_resume(cfg, d)
+    ensure_writable_dir(out)                                              # every rank: no rank-0-only failure
+    resume = load_resume(cfg)
     data = make_data(cfg, device)
+    amp = cfg.amp and device.type == "cuda"
+    recipe = cfg.recipe(d.world, amp, data_fingerprint(cfg, data))
+    changed = check_recipe(cfg, resume, recipe)
     st = make_state(cfg, data, device, d, resume)
     n_params = count_parameters(st.model)
     sel = "validation" if data.val is not None else "test (the reference's way)"
@@ -327,17 +350,30 @@ def fit(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
             "val_loss": va["loss"] if va else None, "val_acc": va["acc"] if va else None,
             "test_loss": te["loss"], "test_acc": te["acc"], "lr": st.opt.param_groups[0]["lr"],
+            "val_n": va["n"] if va else None, "test_n": te["n"],
             "seconds": dt, "images_per_s": tr["count"] / dt, "selected_on": cfg.select_on})
         _log(f"epoch {epoch:3d}/{cfg.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:6.2f}%  "
              + (f"val loss {va['loss']:.4f} acc {va['acc']:6.2f}%  " if va else "")
              + f"test acc {te['acc']:6.2f}%  lr {st.opt.param_groups[0]['lr']:.2e}  {dt:6.1f}s "
              f"({tr['count'] / dt:.0f} img/s){'  *best' if improved else ''}", d)
-        save(cfg, st, data, out, d, epoch, improved, gather(st.rng.get(), d), n_params)
-    return finish(cfg, st, data, out, d, n_params, epoch_times)
+        failure = None
+        try:
+            save(cfg, st, data, out, d, epoch, improved, gather(st.rng.get(), d), n_params, recipe, changed)
+        except Exception as e:  # noqa: BLE001 - rank 0's disk error must stop every rank, not hang them
+            failure = e
+        if all_sum([1.0 if failure else 0.0], d, device)[0]:
+            if failure is not None:
+                raise failure
+            raise UserError("rank 0 could not save the checkpoint; see its error above")
+    result = finish(cfg, st, data, out, d, n_params, epoch_times, recipe, changed)
+    if d.world > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    return result
 
 
 def finish(cfg: TrainConfig, st: State, data: Data, out: Path, d: Dist, n_params: int,
-           epoch_times: List[float]) -> TrainResult:
+           epoch_times: List[float], recipe: Dict[str, Any], changed: bool) -> TrainResult:
     """The selected epoch's figures, plots and summary.json."""
     rows = st.history["epochs"]
     best_row = next((r for r in rows if r["epoch"] == st.best["epoch"]), rows[-1] if rows else {})
@@ -351,7 +387,8 @@ def finish(cfg: TrainConfig, st: State, data: Data, out: Path, d: Dist, n_params
         plot_history(st.history, out)
         summary = {"model": cfg.model, "dataset": data.info.name, "params": n_params, "selected": selected,
                    "test_acc": selected["test_acc"], "final": result.final,
-                   "seconds_per_epoch": result.seconds_per_epoch, "out": str(out), "recipe": cfg.recipe(d.world)}
+                   "seconds_per_epoch": result.seconds_per_epoch, "out": str(out), "recipe": recipe,
+                   "recipe_changed": changed}
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return result
 
