@@ -1,0 +1,94 @@
+"""Start `sedeploy serve` as a child process and wait until it is ready (tests, load and fault scripts).
+
+    with ServerProcess(["--model", "fm=model.onnx"]) as srv:
+        tritonclient.http.InferenceServerClient(srv.address) ...
+    srv.returncode   # 0 after a graceful stop
+
+The child listens on --port 0 and prints the port it got in its `ready: http://host:port` line, so
+concurrent runs never race for a port. `block_torch` starts it with torch made unimportable: proof
+that the serving path needs none.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+READY = re.compile(r"^ready: (http://\S+)")
+
+
+class ServerProcess:
+    def __init__(self, args: Sequence[str], timeout: float = 60.0, block_torch: bool = True,
+                 env: Optional[dict] = None) -> None:
+        self.args, self.timeout, self.block_torch = list(args), timeout, block_torch
+        self.env = env
+        self.proc: Optional[subprocess.Popen] = None
+        self.url = ""
+        self.lines: List[str] = []          # everything the server printed (stderr)
+        self._ready = threading.Event()
+
+    @property
+    def address(self) -> str:
+        """host:port, as tritonclient takes it."""
+        return self.url.split("://", 1)[1]
+
+    def start(self) -> "ServerProcess":
+        prelude = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n" if self.block_torch else ""
+        code = prelude + "from sedeploy.cli import main; main(sys.argv[1:])"
+        args = self.args if "--port" in self.args else [*self.args, "--port", "0"]
+        env = dict(os.environ if self.env is None else self.env)
+        env["PYTHONUNBUFFERED"] = "1"
+        # the child imports this very sedeploy (a checkout's src/, not another install)
+        src = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen([sys.executable, "-c", code, "serve", *args], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + self.timeout
+        while not self._ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop(kill=True)
+                raise RuntimeError("sedeploy serve did not become ready:\n" + "\n".join(self.lines[-20:]))
+        return self
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            m = READY.match(line)
+            if m:
+                self.url = m.group(1)
+                self._ready.set()
+
+    def terminate(self) -> None:
+        """SIGTERM: the graceful drain."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, kill: bool = False, timeout: float = 30.0) -> Optional[int]:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return self.proc.returncode
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return None if self.proc is None else self.proc.poll()
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
