@@ -389,6 +389,7 @@ def samples(dataset: str, data_dir: Optional[str], n: int, seed: int, out: str) 
 
 
 # ---------------------------------------------------------------- serve, triton-repo
+from .tritonconfig import BATCHING  # noqa: E402 - numpy only; the defaults both commands show
 @cli.command(context_settings=CONTEXT)
 @click.option("--model", "models", multiple=True,
               help="ONNX model to serve, PATH or NAME=PATH; repeatable [name: the file name without .onnx; "
@@ -397,10 +398,10 @@ def samples(dataset: str, data_dir: Optional[str], n: int, seed: int, out: str) 
               "(`sedeploy triton-repo` writes one); each config.pbtxt sets its batching.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=int, default=8000, show_default=True, help="TCP port; 0 picks a free one (printed).")
-@click.option("--max-batch", type=int, default=8, show_default=True, help="Most images run together.")
-@click.option("--max-delay-ms", type=float, default=1.0, show_default=True,
+@click.option("--max-batch", type=int, default=BATCHING.max_batch, show_default=True, help="Most images run together.")
+@click.option("--max-delay-ms", type=float, default=BATCHING.max_delay_us / 1000, show_default=True,
               help="Longest wait of the oldest request for a batch to fill (0: run what is queued).")
-@click.option("--max-queue", type=int, default=128, show_default=True,
+@click.option("--max-queue", type=int, default=BATCHING.max_queue, show_default=True,
               help="Requests that may wait; beyond that the server answers 503 at once.")
 @click.option("--batching/--no-batching", default=True, show_default=True,
               help="Dynamic batching, or every request run alone.")
@@ -472,11 +473,12 @@ def _check_serve_options(port: int, threads: Optional[int], max_body_mb: float) 
 @click.argument("model")
 @click.option("--out", required=True, help="Model repository directory (created if needed).")
 @click.option("--name", default=None, help="Model name [the file name without .onnx].")
-@click.option("--max-batch", type=int, default=8, show_default=True,
+@click.option("--max-batch", type=int, default=BATCHING.max_batch, show_default=True,
               help="max_batch_size (0: no batching; fixed-batch models always get 0).")
-@click.option("--max-delay-us", type=int, default=1000, show_default=True,
+@click.option("--max-delay-us", type=int, default=BATCHING.max_delay_us, show_default=True,
               help="dynamic_batching max_queue_delay_microseconds.")
-@click.option("--max-queue", type=int, default=128, show_default=True, help="default_queue_policy max_queue_size.")
+@click.option("--max-queue", type=int, default=BATCHING.max_queue, show_default=True,
+              help="default_queue_policy max_queue_size.")
 @click.option("--instance", "instance_kind", default="cpu", show_default=True,
               help="instance_group kind: cpu (KIND_CPU) or gpu (KIND_GPU).")
 @click.option("--count", type=int, default=1, show_default=True, help="Instances of the model.")

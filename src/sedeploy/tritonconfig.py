@@ -1,6 +1,6 @@
 """Triton's model configuration, shared by export (writes config.pbtxt) and serve (reads it, answers /config).
 
-A leaf like contract.py: numpy only, no torch, no protobuf schema. It follows NVIDIA Triton Inference
+A leaf like contract.py: no torch, no protobuf schema, numpy only when converting dtypes. It follows NVIDIA Triton Inference
 Server's model_config.proto (the `ModelConfig` message, as `tritonclient[grpc]` ships it in
 `model_config_pb2`) and its documented layout of a model repository:
 
@@ -21,15 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-import numpy as np
-
-# Open Inference Protocol datatypes <-> numpy (KServe v2 "Tensor Data Types"; BYTES are length-prefixed strings).
-DATATYPES: Dict[str, np.dtype] = {
-    "BOOL": np.dtype(bool), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
+# Open Inference Protocol datatypes -> numpy dtype names (KServe v2 "Tensor Data Types"; BYTES are
+# length-prefixed strings). Names, not dtypes: this module stays importable without numpy (the CLI's start-up).
+DATATYPES: Dict[str, str] = {
+    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64", "BYTES": "object",
 }
 # onnxruntime's type strings (NodeArg.type) -> protocol datatypes.
 ORT_TYPES = {"tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
@@ -61,12 +58,24 @@ def protocol_type(config_enum: str) -> str:
     return "BYTES" if config_enum == "TYPE_STRING" else config_enum[len("TYPE_"):]
 
 
-def numpy_type(dtype: np.dtype) -> str:
+def numpy_type(dtype: Any) -> str:
     """numpy dtype -> protocol datatype (ValueError for a type the protocol has no name for)."""
-    for name, dt in DATATYPES.items():
-        if dt == np.dtype(dtype):
-            return name
-    raise ValueError(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
+    import numpy as np
+    found = [k for k, v in DATATYPES.items() if v == np.dtype(dtype).name]
+    if not found:
+        raise ValueError(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
+    return found[0]
+
+
+@dataclass(frozen=True)
+class BatchingDefaults:
+    """The one place for the dynamic batcher's defaults (serve's options, triton-repo's config.pbtxt)."""
+    max_batch: int = 8          # images run together at most (max_batch_size)
+    max_delay_us: int = 500     # how long the oldest request may wait for a batch to fill
+    max_queue: int = 128        # requests that may wait; the next one is refused at once (503)
+
+
+BATCHING = BatchingDefaults()
 
 
 @dataclass
@@ -89,8 +98,9 @@ def batchable(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> bo
     return all(t.shape and t.shape[0] == -1 for t in [*inputs, *outputs])
 
 
-def model_config(name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], max_batch: int = 8,
-                 max_delay_us: int = 500, max_queue: int = 128, instance_kind: str = "cpu", count: int = 1,
+def model_config(name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                 max_batch: int = BATCHING.max_batch, max_delay_us: int = BATCHING.max_delay_us,
+                 max_queue: int = BATCHING.max_queue, instance_kind: str = "cpu", count: int = 1,
                  labels_for: Optional[str] = None, batching: bool = True) -> Dict[str, Any]:
     """The ModelConfig (dict, proto field names) for an ONNX model with these tensors.
 

@@ -37,9 +37,10 @@ def onnx_tensors(model) -> Tuple[List[tc.TensorSpec], List[tc.TensorSpec]]:
     return ([spec(v) for v in model.graph.input if v.name not in weights], [spec(v) for v in model.graph.output])
 
 
-def write_triton_repository(onnx_path: PathLike, repo_dir: PathLike, name: Optional[str] = None, max_batch: int = 8,
-                            instance_kind: str = "cpu", count: int = 1, max_delay_us: int = 500,
-                            max_queue: int = 128, force: bool = False) -> Path:
+def write_triton_repository(onnx_path: PathLike, repo_dir: PathLike, name: Optional[str] = None,
+                            max_batch: int = tc.BATCHING.max_batch, instance_kind: str = "cpu", count: int = 1,
+                            max_delay_us: int = tc.BATCHING.max_delay_us, max_queue: int = tc.BATCHING.max_queue,
+                            force: bool = False) -> Path:
     """Write repo_dir/<name>/{config.pbtxt, labels.txt, 1/model.onnx}; return the model's folder."""
     import onnx
     src = Path(onnx_path)

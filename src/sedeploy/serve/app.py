@@ -148,9 +148,10 @@ async def _load_all(st: ServerState) -> None:
             await run_in_threadpool(m.load)
         except Exception as e:  # noqa: BLE001 - UserError (bad model) and onnxruntime errors alike
             m.state, m.reason = State.UNAVAILABLE, str(e)
-            log.error("model %s: %s", m.name, e)
             if st.on_load_error:
                 st.on_load_error(f"model {m.name}: {e}")
+            else:
+                log.error("model %s: %s", m.name, e)
             return
         m.make_batcher().start()
         m.state = State.READY

@@ -32,6 +32,7 @@ class ServerProcess:
         self.url = ""
         self.lines: List[str] = []          # everything the server printed (stderr)
         self._ready = threading.Event()
+        self._reader: Optional[threading.Thread] = None
 
     @property
     def address(self) -> str:
@@ -49,7 +50,8 @@ class ServerProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen([sys.executable, "-c", code, "serve", *args], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, env=env)
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + self.timeout
         while not self._ready.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -81,6 +83,7 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self._reader.join(5)        # every line the server printed is in self.lines
         return self.proc.returncode
 
     @property

@@ -34,9 +34,9 @@ class ModelSpec:
     path: Path
     version: str = "1"
     config: Optional[Dict[str, Any]] = None
-    max_batch: int = 8            # used when config is None (--model), else the config's values win
-    max_delay_us: int = 500
-    max_queue: int = 128
+    max_batch: int = tc.BATCHING.max_batch        # used when config is None (--model); else the config's win
+    max_delay_us: int = tc.BATCHING.max_delay_us
+    max_queue: int = tc.BATCHING.max_queue        # also the bound when a config leaves its queue unbounded
     batching: bool = True
 
 

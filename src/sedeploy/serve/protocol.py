@@ -87,7 +87,7 @@ def encode_bytes(a: np.ndarray) -> bytes:
 def decode_tensor(name: str, datatype: str, shape: List[int], data: Any = None, raw: Optional[bytes] = None
                   ) -> np.ndarray:
     """One input's JSON `data` or binary bytes -> an array of `shape` (ProtocolError when they disagree)."""
-    dtype = DATATYPES[datatype]
+    dtype = np.dtype(DATATYPES[datatype])
     count = int(np.prod(shape)) if shape else 1
     if raw is not None:
         if datatype == "BYTES":
