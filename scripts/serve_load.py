@@ -27,18 +27,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from sedeploy.datasets import load_arrays, normalize_batch  # noqa: E402
 from sedeploy.runtime.predictor import Predictor  # noqa: E402
-from sedeploy.serve.launch import ServerProcess  # noqa: E402
+from sedeploy.serve.launch import ServerProcess, infer_body  # noqa: E402
 from sedeploy.timing import cpu_name, measure, summarize  # noqa: E402
 
 NAME = "m"
-
-
-def binary_request(x: np.ndarray) -> tuple:
-    """Body and header length of a binary 1-image request asking for logits only (as tritonclient builds it)."""
-    head = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                                   "parameters": {"binary_data_size": x.nbytes}}],
-                       "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
-    return head + x.tobytes(), len(head)
 
 
 async def closed_loop(url: str, bodies, expected: np.ndarray, concurrency: int, duration: float, warmup: float):
@@ -148,7 +140,7 @@ def main() -> None:
     native = load_arrays(dataset, split="test", native=True)[1][:32]           # the files' own size, for JPEGs
     x = normalize_batch(raw, p.info.mean, p.info.std).astype(np.float32)       # (N, C, H, W)
     expected = np.concatenate([p.run(x[i:i + 1])["logits"] for i in range(len(x))])
-    bodies = [binary_request(x[i:i + 1]) for i in range(len(x))]
+    bodies = [infer_body(x[i:i + 1], ["logits"]) for i in range(len(x))]
     threads = ["--threads", str(a.threads)] if a.threads else []
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; model {a.model}; {a.duration:.0f} s per row", flush=True)
     results = {"cpu": cpu_name(), "args": vars(a), "modes": {}}

@@ -533,3 +533,33 @@ def test_serve_package_is_torch_free(fm_onnx, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "r" / "model" / "1" / "model.onnx").exists()
+
+
+def test_fixed_batch_model(trained_fm, tmp_path):
+    """A model exported with a fixed batch: max_batch_size 0 and full dims, as Triton requires; served unbatched."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+    from sedeploy.export.exporter import ExportOptions, export_checkpoint
+    from sedeploy.export.triton import write_triton_repository
+    from sedeploy.serve.app import create_app
+    from sedeploy.serve.model import ServedModel
+    from sedeploy.serve.repository import read_repository
+    export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path), ExportOptions(formats=("onnx",), batch=2,
+                                                                                 simplify=False), log=lambda s: None)
+    d = write_triton_repository(tmp_path / "model.onnx", tmp_path / "repo", name="fixed")
+    cfg = text_format.Parse((d / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert cfg.max_batch_size == 0 and list(cfg.input[0].dims) == [2, 1, 32, 32]
+    assert not cfg.HasField("dynamic_batching")
+    app = create_app([ServedModel(read_repository(tmp_path / "repo")[0], "cpu")])
+    with starlette_testclient.TestClient(app) as c:
+        for _ in range(200):
+            if c.get("/v2/health/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        assert c.get("/v2/models/fixed").json()["inputs"][0]["shape"] == [2, 1, 32, 32]
+        r = c.post("/v2/models/fixed/infer", json=_infer_json(shape=(2, 1, 32, 32)))
+        assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [2, 10]
+        _is_error(c.post("/v2/models/fixed/infer", json=_infer_json()), 400, "Expected [2, 1, 32, 32]")
+        buf = io.BytesIO()
+        Image.new("L", (28, 28), 128).save(buf, "PNG")
+        assert len(c.post("/v2/models/fixed/classify?topk=2", content=buf.getvalue()).json()["top"]) == 2

@@ -4,7 +4,6 @@ slow clients, overload), and stopped with SIGTERM under load."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import threading
 import time
@@ -12,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from sedeploy.serve.launch import ServerProcess
+from sedeploy.serve.launch import (ServerProcess, exchange, infer_body, infer_request, post_bytes, read_reply,
+                                  reply_json, reply_status)
 
 httpclient = pytest.importorskip("tritonclient.http")
 aioclient = pytest.importorskip("tritonclient.http.aio")
@@ -112,67 +112,36 @@ def test_tritonclient_asyncio_concurrent_requests_are_batched(server, reference)
     assert images == 48 and runs < 48, (images, runs)          # some requests ran together
 
 
-def _raw(srv, data: bytes, read: bool = True, timeout: float = 10.0) -> bytes:
-    host, port = srv.address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=timeout) as s:
-        s.sendall(data)
-        if not read:
-            return b""
-        out = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return out
-            out += chunk
-            if b"\r\n\r\n" in out:
-                head, _, rest = out.partition(b"\r\n\r\n")
-                n = [int(ln.split(b":")[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")]
-                if n and len(rest) >= n[0]:
-                    return out
-
-
-def _post(path: str, body: bytes, extra: str = "") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n"
-            ).encode() + body
-
-
 def test_faults_leave_the_server_answering(server, reference):
     x, _, _ = reference
     one = np.ascontiguousarray(x[:1])
-    head = json.dumps({"inputs": [{"name": "input", "shape": list(one.shape), "datatype": "FP32",
-                                   "parameters": {"binary_data_size": one.nbytes}}]}).encode()
+    good = infer_request("fm", one)
+    body, n = infer_body(one)
     cases = {
-        "malformed JSON": (_post("/v2/models/fm/infer", b'{"inputs": [}'), b"400"),
-        "binary size != header": (_post("/v2/models/fm/infer", head + one.tobytes()[:-8],
-                                        f"Inference-Header-Content-Length: {len(head)}\r\n"), b"400"),
-        "body over the limit": (_post("/v2/models/fm/infer", b"0" * (2 << 20)), b"413"),
-        "non-image upload": (_post("/v2/models/fm/classify", b"GIF89a but not really"), b"400"),
-        "unknown model": (_post("/v2/models/nope/infer", b"{}"), b"404"),
-        "unknown route": (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"404"),
+        "malformed JSON": (post_bytes("/v2/models/fm/infer", b'{"inputs": [}'), 400),
+        "binary size != header": (post_bytes("/v2/models/fm/infer", body[:-8],
+                                             [f"Inference-Header-Content-Length: {n}"]), 400),
+        "body over the limit": (post_bytes("/v2/models/fm/infer", b"0" * (2 << 20)), 413),
+        "non-image upload": (post_bytes("/v2/models/fm/classify", b"GIF89a but not really"), 400),
+        "unknown model": (post_bytes("/v2/models/nope/infer", b"{}"), 404),
+        "unknown route": (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404),
         "wrong method": (b"PUT /v2/models/fm/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
-                         b"Connection: close\r\n\r\n", b"405"),
+                         b"Connection: close\r\n\r\n", 405),
     }
     for name, (request, status) in cases.items():
-        reply = _raw(server, request)
-        assert reply.split(b" ", 2)[1] == status, (name, reply[:300])
+        reply = exchange(server.address, request)
+        assert reply_status(reply) == status, (name, reply[:300])
         assert b'{"error":' in reply and b"Traceback" not in reply, (name, reply[-300:])
-    # clients that go away mid-request: after the headers, in the middle of the body, before the answer
-    for partial in (_post("/v2/models/fm/infer", head + one.tobytes(),
-                          f"Inference-Header-Content-Length: {len(head)}\r\n")[:-2000],
-                    b"POST /v2/models/fm/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{\"in"):
-        _raw(server, partial, read=False)
-    _raw(server, _post("/v2/models/fm/infer", head + one.tobytes(), f"Inference-Header-Content-Length: {len(head)}"
-                       f"\r\n"), read=False)
+    # clients that go away: in the middle of the body, right after the headers, before the answer
+    for partial in (good[:-2000], good[:good.index(b"\r\n\r\n") + 4], good):
+        exchange(server.address, partial, read=False)
     _check_answers(server, reference)
 
 
 def test_slow_client_does_not_hold_up_others(server, reference):
     x, want, _ = reference
     one = np.ascontiguousarray(x[:1])
-    head = json.dumps({"inputs": [{"name": "input", "shape": list(one.shape), "datatype": "FP32",
-                                   "parameters": {"binary_data_size": one.nbytes}}],
-                       "outputs": [{"name": "logits", "parameters": {"binary_data": False}}]}).encode()
-    request = _post("/v2/models/fm/infer", head + one.tobytes(), f"Inference-Header-Content-Length: {len(head)}\r\n")
+    request = infer_request("fm", one, ["logits"], binary_outputs=False)
     host, port = server.address.rsplit(":", 1)
     slow = socket.create_connection((host, int(port)), timeout=10)
     answer = {}
@@ -182,7 +151,7 @@ def test_slow_client_does_not_hold_up_others(server, reference):
         for k in range(0, len(request), step):
             slow.sendall(request[k:k + step])
             time.sleep(0.05)
-        answer["reply"] = slow.recv(1 << 16)
+        answer["reply"] = read_reply(slow)
     t = threading.Thread(target=trickle)
     t.start()
     c = httpclient.InferenceServerClient(server.address)
@@ -197,10 +166,8 @@ def test_slow_client_does_not_hold_up_others(server, reference):
     slow.close()
     c.close()
     assert len(lat) >= 5 and float(np.median(lat)) < 0.5, lat       # others were served meanwhile
-    reply = answer["reply"]
-    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
-    body = json.loads(reply.partition(b"\r\n\r\n")[2])
-    _close(np.array(body["outputs"][0]["data"]), want["logits"][0])
+    assert reply_status(answer["reply"]) == 200, answer["reply"][:200]
+    _close(np.array(reply_json(answer["reply"])["outputs"][0]["data"]), want["logits"][0])
 
 
 def test_full_queue_answers_503_at_once_then_recovers(fm_onnx, reference):
@@ -234,34 +201,21 @@ def test_sigterm_under_load_answers_every_accepted_request(fm_onnx, reference):
     x, want, _ = reference
     # a long batching delay keeps the requests queued when SIGTERM arrives
     with ServerProcess(["--model", f"fm={fm_onnx}", "--max-batch", "64", "--max-delay-ms", "400"]) as srv:
-        one = np.ascontiguousarray(x[:1])
-        head = json.dumps({"inputs": [{"name": "input", "shape": list(one.shape), "datatype": "FP32",
-                                       "parameters": {"binary_data_size": one.nbytes}}],
-                           "outputs": [{"name": "logits", "parameters": {"binary_data": False}}]}).encode()
-        request = _post("/v2/models/fm/infer", head + one.tobytes(),
-                        f"Inference-Header-Content-Length: {len(head)}\r\n")
+        request = infer_request("fm", np.ascontiguousarray(x[:1]), ["logits"], binary_outputs=False)
         host, port = srv.address.rsplit(":", 1)
         socks = [socket.create_connection((host, int(port)), timeout=20) for _ in range(24)]
         for s in socks:
             s.sendall(request)
         time.sleep(0.1)
         srv.terminate()
-        replies = []
+        replies = [read_reply(s) for s in socks]
         for s in socks:
-            data = b""
-            while True:
-                chunk = s.recv(1 << 16)
-                if not chunk:
-                    break
-                data += chunk
             s.close()
-            replies.append(data)
-        code = srv.stop()
-        assert code == 0, srv.lines
+        assert srv.stop() == 0, srv.lines
         assert any("stopped" in ln for ln in srv.lines)
     for r in replies:                             # nothing lost: every accepted request got its answer
-        assert r.startswith(b"HTTP/1.1 200"), r[:200]
-        _close(np.array(json.loads(r.partition(b"\r\n\r\n")[2])["outputs"][0]["data"]), want["logits"][0])
+        assert reply_status(r) == 200, r[:200]
+        _close(np.array(reply_json(r)["outputs"][0]["data"]), want["logits"][0])
     with pytest.raises(OSError):                  # and the listener is gone
         socket.create_connection((host, int(port)), timeout=2).close()
 

@@ -191,7 +191,9 @@ class DynamicBatcher:
             else:
                 self.stats.add_batch(sum(r.n for r in batch), [int((start - r.arrived) * 1e9) for r in batch],
                                      int((self.clock() - start) * 1e9))
-                for r, part in zip(batch, split_outputs(outs, [r.n for r in batch])):
+                # a lone request keeps the whole output (a fixed-batch model's rows are all its own)
+                parts = [outs] if len(batch) == 1 else split_outputs(outs, [r.n for r in batch])
+                for r, part in zip(batch, parts):
                     if not r.future.done():
                         r.future.set_result(part)
             finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -95,3 +96,63 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def post_bytes(path: str, body: bytes, headers: Sequence[str] = ()) -> bytes:
+    """A complete HTTP/1.1 POST as bytes (Connection: close), for raw-socket fault tests."""
+    head = "".join(f"{h}\r\n" for h in headers)
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nConnection: close\r\n{head}\r\n"
+            ).encode() + body
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    """Everything the server sends on `sock` until it closes the connection or the declared body is in."""
+    out = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return out
+        out += chunk
+        head, sep, rest = out.partition(b"\r\n\r\n")
+        if sep:
+            n = [int(ln.split(b":")[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")]
+            if n and len(rest) >= n[0]:
+                return out
+
+
+def exchange(address: str, data: bytes, read: bool = True, timeout: float = 10.0) -> bytes:
+    """Send raw bytes to host:port; return the reply (b"" when read is False: the client just leaves)."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(data)
+        return read_reply(s) if read else b""
+
+
+def reply_status(reply: bytes) -> int:
+    parts = reply.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+def reply_json(reply: bytes):
+    import json
+    return json.loads(reply.partition(b"\r\n\r\n")[2])
+
+
+def infer_body(x, outputs: Sequence[str] = (), binary_outputs: bool = True, input_name: str = "input"):
+    """-> (body, JSON header length) of a binary-tensor infer request for one FP32 input, as tritonclient
+    builds it: the JSON header, then the tensor's raw bytes; `outputs` named (all when empty)."""
+    import json
+    req = {"inputs": [{"name": input_name, "shape": list(x.shape), "datatype": "FP32",
+                       "parameters": {"binary_data_size": x.nbytes}}]}
+    if outputs:
+        req["outputs"] = [{"name": o, "parameters": {"binary_data": binary_outputs}} for o in outputs]
+    else:
+        req["parameters"] = {"binary_data_output": binary_outputs}
+    head = json.dumps(req).encode()
+    return head + x.astype("<f4").tobytes(), len(head)
+
+
+def infer_request(model: str, x, outputs: Sequence[str] = (), binary_outputs: bool = True) -> bytes:
+    """A whole raw HTTP request carrying infer_body(...) for `model`."""
+    body, n = infer_body(x, outputs, binary_outputs)
+    return post_bytes(f"/v2/models/{model}/infer", body, [f"Inference-Header-Content-Length: {n}"])

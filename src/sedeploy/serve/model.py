@@ -97,7 +97,10 @@ class ServedModel:
         return self.batcher
 
     def run(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """Run the graph on a batch (in the batcher's worker thread)."""
+        """Run the graph on a batch (in the batcher's worker thread). One-input models go through
+        Predictor.run, which also pads a fixed-batch model's short batch (an image on the image endpoint)."""
+        if len(self.inputs) == 1:
+            return self.predictor.run(inputs[self.inputs[0].name])
         outs = self.predictor.session.run(None, inputs)
         return dict(zip((o.name for o in self.outputs), outs))
 
