@@ -1,15 +1,16 @@
 """Load test of `sedeploy serve` on loopback: requests/s and p50/p99 latency, dynamic batching on vs off.
 
-    PYTHONPATH=src python scripts/serve_load.py --model /tmp/serve-run/model.onnx --duration 5
+    PYTHONPATH=src python scripts/serve_load.py --model /tmp/serve-run/model.onnx
 
-For each server mode (dynamic batching on, then off: every request run alone) it starts a fresh
-`sedeploy serve` (torch blocked) on a free port and runs closed-loop clients at each concurrency
-(asyncio + aiohttp, one process): every request is one 1-image FP32 tensor, binary, asking for
+Starts two `sedeploy serve` (torch blocked) on free ports, dynamic batching on and off (every request
+run alone), and drives them with closed-loop clients at each concurrency (asyncio + aiohttp, one
+process). Both servers run side by side and the modes alternate in rounds, so that the shared
+machine's load swings hit both alike. Every request is one 1-image FP32 tensor, binary, asking for
 `logits` only, a real Fashion-MNIST test image; every answer is decoded with tritonclient's own
-InferResult and checked against offline onnxruntime logits (an answer that differs counts as an
-error). The batch the server reached comes from its statistics endpoint; serving efficiency is
-requests/s over offline onnxruntime images/s at that batch. Then the image endpoint: JPEG uploads
-(multipart) of the same images, at 28x28 and at 640x480. Ends with SIGTERM and checks exit 0.
+InferResult and checked against offline onnxruntime logits (a differing answer counts as an error).
+The batch each row reached comes from the server's statistics endpoint; serving efficiency is
+requests/s over offline onnxruntime images/s at that batch (same threads, same run). Then the image
+endpoint: JPEG uploads (multipart) of the same images, at 28x28 and 640x480. Ends with SIGTERM.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 from sedeploy.datasets import load_arrays, normalize_batch  # noqa: E402
 from sedeploy.runtime.predictor import Predictor  # noqa: E402
 from sedeploy.serve.launch import ServerProcess, infer_body  # noqa: E402
+from sedeploy.serve.model import default_threads  # noqa: E402
+from sedeploy.tritonconfig import BATCHING  # noqa: E402
 from sedeploy.timing import cpu_name, measure, summarize  # noqa: E402
 
 NAME = "m"
@@ -71,9 +74,7 @@ async def closed_loop(url: str, bodies, expected: np.ndarray, concurrency: int, 
         await asyncio.sleep(warmup + duration)
         stop_at = time.perf_counter()
         await asyncio.gather(*tasks)
-    elapsed = stop_at - t_start
-    return {"concurrency": concurrency, "requests": len(lat), "req_s": len(lat) / elapsed, "errors": len(errors),
-            **{k: v for k, v in summarize(lat).items() if k in ("p50_ms", "p99_ms")}, "error_samples": errors[:3]}
+    return {"req_s": len(lat) / (stop_at - t_start), "lat": lat, "errors": len(errors), "error_samples": errors[:3]}
 
 
 async def image_loop(url: str, files, concurrency: int, duration: float, heatmaps: str) -> dict:
@@ -121,15 +122,45 @@ def jpegs(images: np.ndarray, size) -> list:
     return out
 
 
+def load_rows(servers: dict, bodies, expected, levels, a) -> dict:
+    """Rounds of (level x mode), the modes alternating so that the machine's load swings hit them alike;
+    per mode and level: the median req/s over rounds, p50/p99 over every request, the mean batch."""
+    acc = {(m, c): {"req_s": [], "lat": [], "errors": 0, "images": 0, "batches": 0, "samples": []}
+           for m in servers for c in levels}
+    for rnd in range(a.rounds):
+        for c in levels:
+            for mode, srv in servers.items():
+                before = stats(srv)
+                r = asyncio.run(closed_loop(srv.url, bodies, expected, c, a.duration, a.warmup))
+                after = stats(srv)
+                d = acc[(mode, c)]
+                d["req_s"].append(r["req_s"])
+                d["lat"] += r["lat"]
+                d["errors"] += r["errors"]
+                d["samples"] += r["error_samples"]
+                d["images"] += after["images"] - before["images"]
+                d["batches"] += after["batches"] - before["batches"]
+                print(f"  round {rnd + 1} {mode:11s} clients {c:3d}: {r['req_s']:6.0f} req/s", flush=True)
+    rows = {}
+    for (mode, c), d in acc.items():
+        pct = summarize(d["lat"])
+        rows.setdefault(mode, []).append({
+            "concurrency": c, "req_s": float(np.median(d["req_s"])), "req_s_rounds": [round(v) for v in d["req_s"]],
+            "p50_ms": pct["p50_ms"], "p99_ms": pct["p99_ms"], "requests": len(d["lat"]), "errors": d["errors"],
+            "error_samples": d["samples"][:3], "mean_batch": d["images"] / max(1, d["batches"])})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds measured per row")
-    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--duration", type=float, default=4.0, help="seconds measured per row and round")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; the median req/s is reported")
+    ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--concurrency", default="1,8,32")
-    ap.add_argument("--max-batch", type=int, default=32)
-    ap.add_argument("--max-delay-ms", type=float, default=1.0)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--max-batch", type=int, default=BATCHING.max_batch)
+    ap.add_argument("--max-delay-ms", type=float, default=BATCHING.max_delay_us / 1000)
+    ap.add_argument("--threads", type=int, default=default_threads(), help="onnxruntime threads, server and offline")
     ap.add_argument("--images", type=int, default=64, help="distinct test images cycled through")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
@@ -141,52 +172,48 @@ def main() -> None:
     x = normalize_batch(raw, p.info.mean, p.info.std).astype(np.float32)       # (N, C, H, W)
     expected = np.concatenate([p.run(x[i:i + 1])["logits"] for i in range(len(x))])
     bodies = [infer_body(x[i:i + 1], ["logits"]) for i in range(len(x))]
-    threads = ["--threads", str(a.threads)] if a.threads else []
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; model {a.model}; {a.duration:.0f} s per row", flush=True)
-    results = {"cpu": cpu_name(), "args": vars(a), "modes": {}}
-    for mode, flags in (("batching", ["--max-batch", str(a.max_batch), "--max-delay-ms", str(a.max_delay_ms)]),
-                        ("no batching", ["--no-batching", "--max-batch", str(a.max_batch)])):
-        with ServerProcess(["--model", f"{NAME}={a.model}", "--provider", "cpu", *flags, *threads]) as srv:
-            rows = []
-            for c in levels:
-                before = stats(srv)
-                r = asyncio.run(closed_loop(srv.url, bodies, expected, c, a.duration, a.warmup))
-                after = stats(srv)
-                r["mean_batch"] = (after["images"] - before["images"]) / max(1, after["batches"] - before["batches"])
-                rows.append(r)
-                print(f"{mode:12s} clients {c:3d}: {r['req_s']:7.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
-                      f"p99 {r['p99_ms']:6.2f} ms  mean batch {r['mean_batch']:5.2f}  errors {r['errors']}", flush=True)
-            if mode == "batching":
-                for size_name, size in (("28x28", None), ("640x480", (640, 480))):
-                    files = jpegs(native, size)
-                    for hm in ("none", "base64"):
-                        r = asyncio.run(image_loop(srv.url, files, 8, a.duration, hm))
-                        results.setdefault("image_endpoint", []).append({"jpeg": size_name, "heatmaps": hm, **r})
-                        print(f"image endpoint, JPEG {size_name}, heatmaps {hm:6s}, 8 clients: "
-                              f"{r['images_s']:6.0f} images/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
-                              f"errors {r['errors']}", flush=True)
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; model {a.model}; "
+          f"onnxruntime threads {a.threads}; {a.rounds} rounds x {a.duration:.0f} s per row", flush=True)
+    results = {"cpu": cpu_name(), "loadavg_start": os.getloadavg()[0], "args": vars(a)}
+    common = ["--provider", "cpu", "--threads", str(a.threads), "--max-batch", str(a.max_batch)]
+    with ServerProcess(["--model", f"{NAME}={a.model}", *common, "--max-delay-ms", str(a.max_delay_ms)]) as on, \
+            ServerProcess(["--model", f"{NAME}={a.model}", *common, "--no-batching"]) as off:
+        servers = {"batching": on, "no batching": off}
+        results["modes"] = load_rows(servers, bodies, expected, levels, a)
+        for size_name, size in (("28x28", None), ("640x480", (640, 480))):
+            files = jpegs(native, size)
+            for hm in ("none", "base64"):
+                r = asyncio.run(image_loop(on.url, files, 8, a.duration, hm))
+                results.setdefault("image_endpoint", []).append({"jpeg": size_name, "heatmaps": hm, **r})
+                print(f"image endpoint, JPEG {size_name}, heatmaps {hm:6s}, 8 clients: {r['images_s']:6.0f} images/s"
+                      f"  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}", flush=True)
+        for srv in servers.values():
             srv.terminate()
-            code = srv.stop()
-            print(f"SIGTERM -> exit status {code}", flush=True)
-            results["modes"][mode] = {"rows": rows, "exit_status": code}
-    # offline onnxruntime at the batches the server reached, same threads, same process as the figures above
-    reached = sorted({max(1, int(round(r["mean_batch"]))) for m in results["modes"].values() for r in m["rows"]})
+        results["exit_status"] = {m: srv.stop() for m, srv in servers.items()}
+    results["loadavg_end"] = os.getloadavg()[0]
+    # offline onnxruntime at the batch each row reached: same model, same threads, in this same run
+    reached = sorted({max(1, round(r["mean_batch"])) for rows in results["modes"].values() for r in rows})
     offline = {}
     for b in reached:
         xb = np.repeat(x[:1], b, axis=0)
         t = measure(lambda: p.session.run(["logits"], {"input": xb}), warmup=20, min_time=2.0)
         offline[b] = b / (t["p50_ms"] / 1e3)
-        print(f"offline onnxruntime batch {b:3d}: {offline[b]:7.0f} images/s", flush=True)
-    for mode, m in results["modes"].items():
-        for r in m["rows"]:
-            r["offline_img_s"] = offline[max(1, int(round(r["mean_batch"])))]
-            r["efficiency"] = r["req_s"] / r["offline_img_s"]
-            print(f"{mode:12s} clients {r['concurrency']:3d}: efficiency {100 * r['efficiency']:5.1f} % of offline "
-                  f"onnxruntime at batch {max(1, int(round(r['mean_batch'])))}")
-    on = {r["concurrency"]: r for r in results["modes"]["batching"]["rows"]}
-    off = {r["concurrency"]: r for r in results["modes"]["no batching"]["rows"]}
+    results["offline_img_s"] = offline
+    print("\n| mode | clients | req/s (median of rounds) | p50 ms | p99 ms | mean batch | offline ORT img/s at that "
+          "batch | efficiency | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for mode, rows in results["modes"].items():
+        for r in rows:
+            b = max(1, round(r["mean_batch"]))
+            r["efficiency"] = r["req_s"] / offline[b]
+            print(f"| {mode} | {r['concurrency']} | {r['req_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                  f"{r['mean_batch']:.1f} | {offline[b]:.0f} (batch {b}) | {100 * r['efficiency']:.0f} % | "
+                  f"{r['errors']} |")
+    on_rows = {r["concurrency"]: r for r in results["modes"]["batching"]}
+    off_rows = {r["concurrency"]: r for r in results["modes"]["no batching"]}
     for c in levels:
-        print(f"clients {c:3d}: batching / no batching = {on[c]['req_s'] / off[c]['req_s']:.2f}x req/s")
+        print(f"clients {c:3d}: batching / no batching = {on_rows[c]['req_s'] / off_rows[c]['req_s']:.2f}x req/s")
+    print(f"exit status after SIGTERM: {results['exit_status']}; load average at the end "
+          f"{results['loadavg_end']:.1f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=2, default=str)

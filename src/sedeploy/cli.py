@@ -406,7 +406,8 @@ from .tritonconfig import BATCHING  # noqa: E402 - numpy only; the defaults both
 @click.option("--batching/--no-batching", default=True, show_default=True,
               help="Dynamic batching, or every request run alone.")
 @click.option("--provider", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads [default: all cores].")
+@click.option("--threads", type=int, default=None,
+              help="onnxruntime intra-op threads [default: all cores but one, left to the HTTP event loop].")
 @click.option("--max-body-mb", type=float, default=64.0, show_default=True, help="Largest request body (413 above).")
 @click.option("--access-log", is_flag=True, help="Log every request.")
 def serve(models: List[str], model_repository: Optional[str], host: str, port: int, max_batch: int,

@@ -58,13 +58,16 @@ def protocol_type(config_enum: str) -> str:
     return "BYTES" if config_enum == "TYPE_STRING" else config_enum[len("TYPE_"):]
 
 
+_BY_NUMPY_NAME = {v: k for k, v in DATATYPES.items()}
+
+
 def numpy_type(dtype: Any) -> str:
     """numpy dtype -> protocol datatype (ValueError for a type the protocol has no name for)."""
     import numpy as np
-    found = [k for k, v in DATATYPES.items() if v == np.dtype(dtype).name]
-    if not found:
+    found = _BY_NUMPY_NAME.get(np.dtype(dtype).name)    # once per output of every response: keep it a lookup
+    if found is None:
         raise ValueError(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
-    return found[0]
+    return found
 
 
 @dataclass(frozen=True)

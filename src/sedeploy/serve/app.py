@@ -182,15 +182,16 @@ def create_app(models: List[ServedModel], max_body: int = 64 << 20) -> Starlette
     """The ASGI app serving `models` (loaded in the background once it starts), bodies limited to max_body."""
     from . import images
     versioned = ["/v2/models/{model}", "/v2/models/{model}/versions/{version}"]
-    routes = [Route("/", index_page), Mount("/static", StaticFiles(directory=STATIC), name="static"),
-              Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_metadata),
-              Route("/v2/repository/index", repository_index, methods=["POST", "GET"]),
-              Route("/v2/models/{model}/classify", images.classify, methods=["POST"]),
-              Route("/heatmaps/{key}/{kind}.png", images.heatmap_png)]
+    # starlette tries routes in order: the hot one first
+    routes = [Route(base + "/infer", infer, methods=["POST"]) for base in versioned]
+    routes += [Route("/", index_page), Mount("/static", StaticFiles(directory=STATIC), name="static"),
+               Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_metadata),
+               Route("/v2/repository/index", repository_index, methods=["POST", "GET"]),
+               Route("/v2/models/{model}/classify", images.classify, methods=["POST"]),
+               Route("/heatmaps/{key}/{kind}.png", images.heatmap_png)]
     for base in versioned:
         routes += [Route(base, model_metadata), Route(base + "/ready", model_ready),
-                   Route(base + "/config", model_config), Route(base + "/stats", model_stats),
-                   Route(base + "/infer", infer, methods=["POST"])]
+                   Route(base + "/config", model_config), Route(base + "/stats", model_stats)]
     handlers = {ProtocolError: on_protocol_error, HTTPException: on_http_exception, QueueFull: on_overload,
                 Stopped: on_overload, BodyTooLarge: on_too_large,
                 ClientDisconnect: on_disconnect, Exception: on_internal}

@@ -9,6 +9,7 @@ through the runtime's own decode and preprocess (exactly `sedeploy infer`) and t
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -19,6 +20,13 @@ from .. import contract
 from .. import tritonconfig as tc
 from .batcher import DynamicBatcher
 from .protocol import InferRequest, ProtocolError, RequestedOutput, classify
+
+
+def default_threads() -> int:
+    """onnxruntime intra-op threads when serving: every core but one, which the HTTP event loop needs.
+    On the shared 2-core machine one thread served up to 2x the requests of two (docs/BENCHMARKS.md):
+    a second inference thread mostly waits for a core the event loop or another process holds."""
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 class State(str, enum.Enum):
@@ -68,7 +76,7 @@ class ServedModel:
     # -- loading (in a worker thread: onnxruntime session creation and a warm-up run)
     def load(self) -> None:
         from ..runtime.predictor import Predictor
-        p = Predictor(self.spec.path, self.provider, self.threads)
+        p = Predictor(self.spec.path, self.provider, self.threads or default_threads())
         sess = p.session
         self.inputs = [tc.TensorSpec(a.name, tc.ORT_TYPES.get(a.type, "BYTES"), _dims(a.shape)) for a in sess.get_inputs()]
         self.outputs = [tc.TensorSpec(a.name, tc.ORT_TYPES.get(a.type, "BYTES"), _dims(a.shape))
