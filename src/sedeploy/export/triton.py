@@ -22,6 +22,7 @@ from typing import List, Optional, Tuple
 from .. import contract
 from ..errors import PathLike, UserError, atomic_write, atomic_write_text, current_umask, ensure_writable_dir
 from .. import tritonconfig as tc
+from ..runtime.session import read_metadata
 
 
 def onnx_tensors(model) -> Tuple[List[tc.TensorSpec], List[tc.TensorSpec]]:
@@ -57,14 +58,7 @@ def write_triton_repository(onnx_path: PathLike, repo_dir: PathLike, name: Optio
     except Exception as e:  # noqa: BLE001 - onnx raises protobuf's DecodeError and others
         raise UserError(f"{src} is not a valid ONNX model ({str(e).splitlines()[0][:120]}); "
                         f"export one with `sedeploy export`") from None
-    try:
-        meta = contract.decode_metadata({p.key: p.value for p in model.metadata_props})
-    except ValueError as e:
-        raise UserError(f"{src}: {e}; re-export it with `sedeploy export`") from None
-    missing = contract.missing_keys(meta)
-    if missing:
-        raise UserError(f"{src} has no sedeploy metadata ({', '.join(missing)} missing); "
-                        f"export the model with `sedeploy export`")
+    meta = read_metadata({p.key: p.value for p in model.metadata_props}, src)
     name = name or tc.default_name(src)
     if not tc.NAME_RE.match(name):
         raise UserError(f"model name {name!r} is not usable in a URL or folder name; use letters, digits, _ . -")

@@ -30,7 +30,7 @@ def read_model_dir(d: Path) -> ModelSpec:
             raise UserError(f"{cfg_path}: name '{cfg['name']}' differs from its folder '{d.name}'; Triton "
                             f"requires them to match")
         platform, backend = cfg.get("platform"), cfg.get("backend")
-        if (platform or backend) and platform not in (None, tc.PLATFORM) or backend not in (None, tc.BACKEND):
+        if platform not in (None, tc.PLATFORM) or backend not in (None, tc.BACKEND):
             raise UserError(f"{cfg_path}: platform {platform!r} / backend {backend!r}; sedeploy serves ONNX "
                             f"models only (platform '{tc.PLATFORM}', backend '{tc.BACKEND}')")
         cfg["name"] = d.name
