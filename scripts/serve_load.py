@@ -31,7 +31,7 @@ from sedeploy.runtime.predictor import Predictor  # noqa: E402
 from sedeploy.serve.launch import ServerProcess, infer_body  # noqa: E402
 from sedeploy.serve.model import default_threads  # noqa: E402
 from sedeploy.tritonconfig import BATCHING  # noqa: E402
-from sedeploy.timing import cpu_name, measure, summarize  # noqa: E402
+from sedeploy.timing import cpu_name, interleaved, summarize  # noqa: E402
 
 NAME = "m"
 
@@ -109,6 +109,12 @@ def stats(srv) -> dict:
     return {"images": s["inference_count"], "batches": s["execution_count"]}
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux /proc)."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def jpegs(images: np.ndarray, size) -> list:
     from PIL import Image
     out = []
@@ -125,15 +131,17 @@ def jpegs(images: np.ndarray, size) -> list:
 def load_rows(servers: dict, bodies, expected, levels, a) -> dict:
     """Rounds of (level x mode), the modes alternating so that the machine's load swings hit them alike;
     per mode and level: the median req/s over rounds, p50/p99 over every request, the mean batch."""
-    acc = {(m, c): {"req_s": [], "lat": [], "errors": 0, "images": 0, "batches": 0, "samples": []}
-           for m in servers for c in levels}
+    acc = {(m, c): {"req_s": [], "lat": [], "errors": 0, "images": 0, "batches": 0, "samples": [], "server_cpu": 0.0,
+                    "client_cpu": 0.0} for m in servers for c in levels}
     for rnd in range(a.rounds):
         for c in levels:
             for mode, srv in servers.items():
-                before = stats(srv)
+                before, cpu0, client0 = stats(srv), process_cpu(srv.proc.pid), time.process_time()
                 r = asyncio.run(closed_loop(srv.url, bodies, expected, c, a.duration, a.warmup))
                 after = stats(srv)
                 d = acc[(mode, c)]
+                d["server_cpu"] += process_cpu(srv.proc.pid) - cpu0     # warm-up requests included: per request
+                d["client_cpu"] += time.process_time() - client0         # these are upper bounds
                 d["req_s"].append(r["req_s"])
                 d["lat"] += r["lat"]
                 d["errors"] += r["errors"]
@@ -147,7 +155,9 @@ def load_rows(servers: dict, bodies, expected, levels, a) -> dict:
         rows.setdefault(mode, []).append({
             "concurrency": c, "req_s": float(np.median(d["req_s"])), "req_s_rounds": [round(v) for v in d["req_s"]],
             "p50_ms": pct["p50_ms"], "p99_ms": pct["p99_ms"], "requests": len(d["lat"]), "errors": d["errors"],
-            "error_samples": d["samples"][:3], "mean_batch": d["images"] / max(1, d["batches"])})
+            "error_samples": d["samples"][:3], "mean_batch": d["images"] / max(1, d["batches"]),
+            "server_cpu_ms": 1e3 * d["server_cpu"] / max(1, d["images"]), "client_cpu_ms": 1e3 * d["client_cpu"] /
+            max(1, d["images"])})
     return rows
 
 
@@ -193,21 +203,20 @@ def main() -> None:
     results["loadavg_end"] = os.getloadavg()[0]
     # offline onnxruntime at the batch each row reached: same model, same threads, in this same run
     reached = sorted({max(1, round(r["mean_batch"])) for rows in results["modes"].values() for r in rows})
-    offline = {}
-    for b in reached:
-        xb = np.repeat(x[:1], b, axis=0)
-        t = measure(lambda: p.session.run(["logits"], {"input": xb}), warmup=20, min_time=2.0)
-        offline[b] = b / (t["p50_ms"] / 1e3)
+    fns = {b: (lambda xb=np.repeat(x[:1], b, axis=0): p.session.run(["logits"], {"input": xb})) for b in reached}
+    timed = interleaved(fns, warmup=20, rounds=40, per_round=10)       # alternating, so load swings hit all
+    offline = {b: b / (t["p50_ms"] / 1e3) for b, t in timed.items()}
     results["offline_img_s"] = offline
-    print("\n| mode | clients | req/s (median of rounds) | p50 ms | p99 ms | mean batch | offline ORT img/s at that "
-          "batch | efficiency | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| mode | clients | req/s (rounds) | p50 ms | p99 ms | mean batch | offline ORT img/s at that batch | "
+          "efficiency | CPU ms/request server, client | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode, rows in results["modes"].items():
         for r in rows:
             b = max(1, round(r["mean_batch"]))
             r["efficiency"] = r["req_s"] / offline[b]
-            print(f"| {mode} | {r['concurrency']} | {r['req_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                  f"{r['mean_batch']:.1f} | {offline[b]:.0f} (batch {b}) | {100 * r['efficiency']:.0f} % | "
-                  f"{r['errors']} |")
+            rounds = ", ".join(str(v) for v in r["req_s_rounds"])
+            print(f"| {mode} | {r['concurrency']} | {r['req_s']:.0f} ({rounds}) | {r['p50_ms']:.1f} | "
+                  f"{r['p99_ms']:.1f} | {r['mean_batch']:.1f} | {offline[b]:.0f} (batch {b}) | "
+                  f"{100 * r['efficiency']:.0f} % | {r['server_cpu_ms']:.2f}, {r['client_cpu_ms']:.2f} | {r['errors']} |")
     on_rows = {r["concurrency"]: r for r in results["modes"]["batching"]}
     off_rows = {r["concurrency"]: r for r in results["modes"]["no batching"]}
     for c in levels:

@@ -43,7 +43,10 @@ def write_triton_repository(onnx_path: PathLike, repo_dir: PathLike, name: Optio
                             max_delay_us: int = tc.BATCHING.max_delay_us, max_queue: int = tc.BATCHING.max_queue,
                             force: bool = False) -> Path:
     """Write repo_dir/<name>/{config.pbtxt, labels.txt, 1/model.onnx}; return the model's folder."""
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        raise UserError("writing a Triton repository reads the model with the onnx package: pip install onnx") from None
     src = Path(onnx_path)
     if not src.is_file():
         raise UserError(f"model {src} does not exist; export one with `sedeploy export --ckpt best.pt`")

@@ -24,7 +24,7 @@ from .protocol import InferRequest, ProtocolError, RequestedOutput, classify
 
 def default_threads() -> int:
     """onnxruntime intra-op threads when serving: every core but one, which the HTTP event loop needs.
-    On the shared 2-core machine one thread served up to 2x the requests of two (docs/BENCHMARKS.md):
+    On the shared 2-core machine one thread served 2.5x the requests of two at 32 clients (docs/BENCHMARKS.md):
     a second inference thread mostly waits for a core the event loop or another process holds."""
     return max(1, (os.cpu_count() or 1) - 1)
 
