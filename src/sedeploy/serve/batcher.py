@@ -61,7 +61,8 @@ class BatchStats:
     success: _Count = field(default_factory=_Count)   # request total time, set by the HTTP layer
     fail: _Count = field(default_factory=_Count)
     queue: _Count = field(default_factory=_Count)
-    compute: Dict[int, _Count] = field(default_factory=dict)   # images per batch -> runs, time
+    compute: _Count = field(default_factory=_Count)            # per request: the run its batch took
+    by_size: Dict[int, _Count] = field(default_factory=dict)   # images per batch -> runs, time
     last_inference_ms: int = 0
 
     def add_batch(self, images: int, queue_ns: List[int], compute_ns: int) -> None:
@@ -69,17 +70,17 @@ class BatchStats:
         self.execution_count += 1
         for q in queue_ns:
             self.queue.add(q)
-        self.compute.setdefault(images, _Count()).add(compute_ns)
+            self.compute.add(compute_ns)
+        self.by_size.setdefault(images, _Count()).add(compute_ns)
         self.last_inference_ms = int(time.time() * 1000)
 
     def to_triton(self, name: str, version: str) -> dict:
         c = lambda x: {"count": x.count, "ns": x.ns}  # noqa: E731
-        total = _Count(sum(x.count for x in self.compute.values()), sum(x.ns for x in self.compute.values()))
         return {"name": name, "version": version, "last_inference": self.last_inference_ms,
                 "inference_count": self.inference_count, "execution_count": self.execution_count,
                 "inference_stats": {"success": c(self.success), "fail": c(self.fail), "queue": c(self.queue),
-                                    "compute_infer": c(total)},
-                "batch_stats": [{"batch_size": k, "compute_infer": c(v)} for k, v in sorted(self.compute.items())]}
+                                    "compute_infer": c(self.compute)},
+                "batch_stats": [{"batch_size": k, "compute_infer": c(v)} for k, v in sorted(self.by_size.items())]}
 
 
 def take_batch(queue: Deque[_Request], max_batch: int, batching: bool = True) -> List[_Request]:
@@ -119,7 +120,6 @@ class DynamicBatcher:
         self.max_queue, self.batching, self.clock = max_queue, batching, clock
         self.queue: Deque[_Request] = collections.deque()
         self.stats = BatchStats()
-        self.in_flight = 0                      # requests in the batch running now
         self._wake: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
         self._executor: Optional[ThreadPoolExecutor] = None
@@ -180,7 +180,6 @@ class DynamicBatcher:
             batch = take_batch(self.queue, self.max_batch, self.batching)
             if not batch:
                 continue
-            self.in_flight = len(batch)
             start = self.clock()
             try:
                 outs = await loop.run_in_executor(self._executor, self._run, batch)
@@ -196,8 +195,6 @@ class DynamicBatcher:
                 for r, part in zip(batch, parts):
                     if not r.future.done():
                         r.future.set_result(part)
-            finally:
-                self.in_flight = 0
 
     def _run(self, batch: List[_Request]) -> Tensors:
         """In the worker thread: concatenate the requests' inputs on the batch axis and run once."""
