@@ -8,16 +8,16 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # The torch/torchvision pair that imports together on these machines (see README).
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install dataset demo test test-fast test-gpu lint clean
+.PHONY: install dataset browser demo test test-fast test-gpu lint clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	@echo "installing into $(VENV): torch pair first (~70 s, ~5.5 GB), then sedeploy[full,dev]"
+	@echo "installing into $(VENV): torch pair first (~70 s, ~5.5 GB), then sedeploy[full,serve,dev]"
 	$(PY) -m pip install -qq --upgrade pip
 	$(PY) -m pip install -qq $(TORCH_PIN)
-	$(PY) -m pip install -qq -e '.[full,dev]'
+	$(PY) -m pip install -qq -e '.[full,serve,dev]'
 	touch $@
 
 # Fashion-MNIST from Debian's package (real data, offline).
@@ -26,6 +26,14 @@ dataset:
 	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }; fi
+
+# Debian's chromium and its chromedriver, for the test of the `sedeploy serve` page in a real browser
+# (without them that test is skipped, saying so).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "chromium and chromedriver present"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }; fi
 
 # The main job end to end on real data (Fashion-MNIST, CPU, a few minutes):
 # train -> export (+ int8, fp16; parity table) -> infer with heatmaps on real test images -> bench.
@@ -42,6 +50,7 @@ demo: install dataset
 	@echo "  $(DEMO)/run/model.onnx (+ .int8.onnx, .fp16.onnx, model.ts, export.json)   exports"
 	@echo "  $(DEMO)/heatmaps/*_heatmap.png, *_channels.png, *_se.png   attention heatmaps"
 	@echo "  $(DEMO)/bench.json, $(DEMO)/bench.csv                      benchmark table"
+	@echo "serve it (Open Inference Protocol + page at http://127.0.0.1:8000/): $(SEDEPLOY) serve --model $(DEMO)/run/model.onnx"
 
 test: install
 	$(VENV)/bin/pytest -q

@@ -125,3 +125,12 @@ def assert_parity(ref: dict, got: dict, atol: float, rtol: float = 0.0, what: st
     rows = compare(ref, got, what, atol=atol, rtol=rtol)
     bad = [f"{r.output}: max abs {r.max_abs:.3g}" for r in rows if not r.ok]
     assert not bad, f"{what} differs beyond {atol:g} + {rtol:g}|ref|: {', '.join(bad)}"
+
+
+@pytest.fixture(scope="session")
+def fm_onnx(trained_fm, tmp_path_factory) -> Path:
+    """The tiny trained se_cnn exported to ONNX (dynamic batch, SE + feature map outputs)."""
+    from sedeploy.export.exporter import ExportOptions, export_checkpoint
+    d = tmp_path_factory.mktemp("fm_onnx")
+    export_checkpoint(str(trained_fm / "best.pt"), str(d), ExportOptions(formats=("onnx",)), log=lambda s: None)
+    return d / "model.onnx"

@@ -472,6 +472,122 @@ def samples(dataset: str, data_dir: Optional[str], n: int, seed: int, out: str) 
         click.echo(str(p))
 
 
+
+# ---------------------------------------------------------------- serve, triton-repo
+from .tritonconfig import BATCHING  # noqa: E402 - numpy only; the defaults both commands show
+@cli.command(context_settings=CONTEXT)
+@click.option("--model", "models", multiple=True,
+              help="ONNX model to serve, PATH or NAME=PATH; repeatable [name: the file name without .onnx; "
+                   "default model: found as `infer` finds it].")
+@click.option("--model-repository", default=None, help="Serve every model of this Triton model repository "
+              "(`sedeploy triton-repo` writes one); each config.pbtxt sets its batching.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=int, default=8000, show_default=True, help="TCP port; 0 picks a free one (printed).")
+@click.option("--max-batch", type=int, default=BATCHING.max_batch, show_default=True, help="Most images run together.")
+@click.option("--max-delay-ms", type=float, default=BATCHING.max_delay_us / 1000, show_default=True,
+              help="Longest wait of the oldest request for a batch to fill (0: run what is queued).")
+@click.option("--max-queue", type=int, default=BATCHING.max_queue, show_default=True,
+              help="Requests that may wait; beyond that the server answers 503 at once.")
+@click.option("--batching/--no-batching", default=True, show_default=True,
+              help="Dynamic batching, or every request run alone.")
+@click.option("--provider", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--threads", type=int, default=None,
+              help="onnxruntime intra-op threads [default: all cores but one, left to the HTTP event loop].")
+@click.option("--max-body-mb", type=float, default=64.0, show_default=True, help="Largest request body (413 above).")
+@click.option("--access-log", is_flag=True, help="Log every request.")
+def serve(models: List[str], model_repository: Optional[str], host: str, port: int, max_batch: int,
+          max_delay_ms: float, max_queue: int, batching: bool, provider: str, threads: Optional[int],
+          max_body_mb: float, access_log: bool) -> int:
+    """Serve exported models over HTTP: the Open Inference Protocol (KServe v2, as Triton speaks it;
+    `tritonclient` works unchanged), an image endpoint and a page at /. No torch.
+
+    Concurrent requests are batched dynamically (Triton's semantics: FIFO, up to --max-batch images,
+    the oldest waiting at most --max-delay-ms, a bounded queue). SIGTERM or Ctrl-C stops accepting,
+    answers what was accepted, and exits 0. Needs the `serve` extra: pip install 'sedeploy[serve]'.
+
+    \b
+    Examples:
+      sedeploy serve --model runs/fm/model.onnx                  # http://127.0.0.1:8000/
+      sedeploy serve --model fm=runs/fm/model.onnx --model fm8=runs/fm/model.int8.onnx --port 9000
+      sedeploy triton-repo runs/fm/model.onnx --out models && sedeploy serve --model-repository models
+      curl -F image=@shirt.png 'http://127.0.0.1:8000/v2/models/fm/classify?topk=3'
+    """
+    specs = _serve_specs(models, model_repository, max_batch, max_delay_ms, max_queue, batching)
+    _check_serve_options(port, threads, max_body_mb)
+    try:
+        from .serve.model import ServedModel
+        from .serve.server import serve as run_server
+    except ImportError as e:
+        raise UserError(f"`sedeploy serve` needs the serve extra ({e.name} is missing): "
+                        f"pip install 'sedeploy[serve]'") from None
+    from .runtime.session import PROVIDERS
+    if provider not in PROVIDERS:
+        raise UserError(f"unknown provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
+    served = [ServedModel(s, provider, threads) for s in specs]
+    return run_server(served, host, port, int(max_body_mb * (1 << 20)), lambda m: click.echo(m, err=True),
+                      access_log)
+
+
+def _serve_specs(models: List[str], repository: Optional[str], max_batch: int, max_delay_ms: float,
+                 max_queue: int, batching: bool) -> list:
+    from .serve.repository import model_specs, read_repository
+    from .runtime.session import find_model
+    for name, v, lo in (("--max-batch", max_batch, 1), ("--max-queue", max_queue, 1), ("--max-delay-ms", max_delay_ms, 0)):
+        if v < lo:
+            raise UserError(f"{name} must be >= {lo}, got {v}")
+    if models and repository:
+        raise UserError("give --model or --model-repository, not both")
+    if repository:
+        specs = read_repository(Path(repository))
+        for s in specs:   # what a config.pbtxt leaves out comes from the options
+            s.max_batch, s.max_delay_us, s.max_queue, s.batching = max_batch, int(max_delay_ms * 1000), max_queue, batching
+        return specs
+    return model_specs(list(models) or [str(find_model(None))], max_batch, int(max_delay_ms * 1000), max_queue,
+                       batching)
+
+
+def _check_serve_options(port: int, threads: Optional[int], max_body_mb: float) -> None:
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be 0..65535, got {port}")
+    if threads is not None and threads <= 0:
+        raise UserError(f"--threads must be positive, got {threads}")
+    if max_body_mb <= 0:
+        raise UserError(f"--max-body-mb must be positive, got {max_body_mb}")
+
+
+@cli.command("triton-repo", context_settings=CONTEXT)
+@click.argument("model")
+@click.option("--out", required=True, help="Model repository directory (created if needed).")
+@click.option("--name", default=None, help="Model name [the file name without .onnx].")
+@click.option("--max-batch", type=int, default=BATCHING.max_batch, show_default=True,
+              help="max_batch_size (0: no batching; fixed-batch models always get 0).")
+@click.option("--max-delay-us", type=int, default=BATCHING.max_delay_us, show_default=True,
+              help="dynamic_batching max_queue_delay_microseconds.")
+@click.option("--max-queue", type=int, default=BATCHING.max_queue, show_default=True,
+              help="default_queue_policy max_queue_size.")
+@click.option("--instance", "instance_kind", default="cpu", show_default=True,
+              help="instance_group kind: cpu (KIND_CPU) or gpu (KIND_GPU).")
+@click.option("--count", type=int, default=1, show_default=True, help="Instances of the model.")
+@click.option("--force", is_flag=True, help="Replace an existing model folder of that name.")
+def triton_repo(model: str, out: str, name: Optional[str], max_batch: int, max_delay_us: int, max_queue: int,
+                instance_kind: str, count: int, force: bool) -> None:
+    """Write an exported ONNX model as a Triton Inference Server model repository entry (no torch):
+    OUT/NAME/config.pbtxt, OUT/NAME/labels.txt, OUT/NAME/1/model.onnx (metadata kept).
+
+    The same folder runs on Triton (tritonserver --model-repository OUT), on KServe, or on
+    `sedeploy serve --model-repository OUT`.
+
+    \b
+    Examples:
+      sedeploy triton-repo runs/fm/model.onnx --out models --name fm
+      sedeploy triton-repo model.onnx --out models --instance gpu --max-batch 64 --force
+    """
+    from .export.triton import write_triton_repository
+    dest = write_triton_repository(model, out, name=name, max_batch=max_batch, instance_kind=instance_kind, count=count,
+                                   max_delay_us=max_delay_us, max_queue=max_queue, force=force)
+    click.echo(f"wrote {dest}/ (config.pbtxt, 1/model.onnx); serve it with: "
+               f"sedeploy serve --model-repository {out}")
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: one-line errors for bad input, full tracebacks only with --debug."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -18,7 +18,7 @@ from PIL import Image
 from .. import contract
 from ..errors import UserError, atomic_write
 from . import heatmap as hm
-from .preprocess import BACKGROUNDS, ImageError, load_image, preprocess, to_model_mode
+from .preprocess import BACKGROUNDS, ImageError, decode_image, load_image, preprocess, to_model_mode
 from .session import ModelInfo, create_session, find_model, model_info
 
 ImageLike = Union[str, os.PathLike, Image.Image]
@@ -65,6 +65,10 @@ class Predictor:
             return to_model_mode(image, self.info.input_size[0], self.background)
         return load_image(image, self.info.input_size[0], self.background)
 
+    def decode(self, data: bytes, name: str = "upload") -> Image.Image:
+        """`load` for an image file's bytes in memory (an upload); raises ImageError."""
+        return decode_image(data, name, self.info.input_size[0], self.background)
+
     def to_input(self, im: Image.Image) -> np.ndarray:
         return preprocess(im, self.info.input_size, self.info.mean, self.info.std)
 
@@ -87,7 +91,11 @@ class Predictor:
 
     def _results(self, names: Sequence[str], originals: Sequence[Image.Image], batch: np.ndarray,
                  topk: int) -> List[Prediction]:
-        outs = self.run(batch)
+        return self.predictions(names, originals, self.run(batch), topk)
+
+    def predictions(self, names: Sequence[str], originals: Sequence[Optional[Image.Image]],
+                    outs: Dict[str, np.ndarray], topk: int) -> List[Prediction]:
+        """Graph outputs of a batch (as `run` returns them) -> one Prediction per image, top-k by softmax."""
         probs = softmax(outs[contract.LOGITS].astype(np.float64))
         k = min(topk, len(self.info.classes))
         res = []
@@ -159,8 +167,8 @@ class Predictor:
         return {"method": "spatial-mean", "attention": hm.spatial_mean_attention(fmap),
                 "ranked": hm.top_channels(scores, top), "label": "mean", "se": {}}
 
-    def write_heatmaps(self, pred: Prediction, outdir: Path, stem: str, top: int = 6) -> dict:
-        """Write <stem>_heatmap.png, <stem>_channels.png (and <stem>_se.png) atomically."""
+    def render_heatmaps(self, pred: Prediction, top: int = 6) -> Tuple[Dict[str, Image.Image], dict]:
+        """-> ({"heatmap", "channels"(, "se")}: PIL images, report {"method", "top_channels"})."""
         ex = self.explain(pred, top)
         t = pred.top[0]
         how = "SE-weighted" if ex["method"] == "se" else "spatial-mean (no SE outputs)"
@@ -170,13 +178,18 @@ class Predictor:
                                                  ex["label"])}
         if ex["se"]:
             images["se"] = hm.render_se_profile(ex["se"])
+        top_by_block = {n: hm.top_channels(w, top) for n, w in ex["se"].items()}
+        return images, {"method": ex["method"],
+                        "top_channels": {n: [{"channel": c, "weight": round(v, 4)} for c, v in lst]
+                                         for n, lst in top_by_block.items()} or
+                        {"spatial_mean": [{"channel": c, "score": round(v, 4)} for c, v in ex["ranked"]]}}
+
+    def write_heatmaps(self, pred: Prediction, outdir: Path, stem: str, top: int = 6) -> dict:
+        """Write <stem>_heatmap.png, <stem>_channels.png (and <stem>_se.png) atomically."""
+        images, report = self.render_heatmaps(pred, top)
         files = {}
         for kind, im in images.items():
             dest = Path(outdir) / f"{stem}_{kind}.png"
             atomic_write(dest, lambda tmp, im=im: im.save(tmp, format="PNG"))
             files[kind] = str(dest)
-        top_by_block = {n: hm.top_channels(w, top) for n, w in ex["se"].items()}
-        return {"method": ex["method"], "files": files,
-                "top_channels": {n: [{"channel": c, "weight": round(v, 4)} for c, v in lst]
-                                 for n, lst in top_by_block.items()} or
-                {"spatial_mean": [{"channel": c, "score": round(v, 4)} for c, v in ex["ranked"]]}}
+        return {"method": report["method"], "files": files, "top_channels": report["top_channels"]}

@@ -13,9 +13,10 @@ Any image Pillow reads becomes the model's input as the model's own metadata say
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
-from typing import Sequence, Tuple, Union
+from typing import BinaryIO, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -72,23 +73,36 @@ def load_image(path: Union[str, os.PathLike], channels: int, background: Tuple[i
         raise ImageError(f"{path}: is a directory, not an image", path)
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file (0 bytes), not an image", path)
+    return _decode(path, str(path), channels, background, max_pixels)
+
+
+def decode_image(data: bytes, name: str, channels: int, background: Tuple[int, int, int] = (0, 0, 0),
+                 max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """`load_image` for bytes in memory (an upload): the same checks and conversions. Raises ImageError."""
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes), not an image", name)
+    return _decode(io.BytesIO(data), name, channels, background, max_pixels)
+
+
+def _decode(source: Union[Path, BinaryIO], name: str, channels: int, background: Tuple[int, int, int],
+            max_pixels: int) -> Image.Image:
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             w, h = im.size
             if w * h > max_pixels:
-                raise ImageError(f"{path}: {w}x{h} pixels exceeds the {max_pixels:,}-pixel limit "
-                                 f"(decompression bomb?); downscale it first", path)
+                raise ImageError(f"{name}: {w}x{h} pixels exceeds the {max_pixels:,}-pixel limit "
+                                 f"(decompression bomb?); downscale it first", name)
             im.load()
             im = ImageOps.exif_transpose(im)
             return to_model_mode(im, channels, background)
     except ImageError:
         raise
     except Image.DecompressionBombError:
-        raise ImageError(f"{path}: image is too large (decompression bomb); downscale it first", path) from None
+        raise ImageError(f"{name}: image is too large (decompression bomb); downscale it first", name) from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image Pillow can read", path) from None
+        raise ImageError(f"{name}: not an image Pillow can read", name) from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: corrupt or truncated image ({str(e).splitlines()[0][:100]})", path) from None
+        raise ImageError(f"{name}: corrupt or truncated image ({str(e).splitlines()[0][:100]})", name) from None
 
 
 def resize(im: Image.Image, size_hw: Tuple[int, int]) -> Image.Image:

@@ -95,16 +95,22 @@ def create_session(path: Path, provider: str = "auto", threads: Optional[int] = 
     return sess, running
 
 
-def model_info(sess, path: Path) -> ModelInfo:
-    """Read and check the graph contract and metadata; a foreign model raises UserError."""
+def read_metadata(props: Dict[str, str], path: Path) -> Dict[str, Any]:
+    """A model file's metadata properties -> the sedeploy metadata, checked (UserError naming the fix)."""
     try:
-        meta = contract.decode_metadata(sess.get_modelmeta().custom_metadata_map)
+        meta = contract.decode_metadata(props)
     except ValueError as e:
         raise UserError(f"{path}: {e}; re-export it with `sedeploy export`") from None
     missing = contract.missing_keys(meta)
     if missing:
         raise UserError(f"{path} has no sedeploy metadata ({', '.join(missing)} missing); "
                         f"export the model with `sedeploy export` so it carries classes and normalization")
+    return meta
+
+
+def model_info(sess, path: Path) -> ModelInfo:
+    """Read and check the graph contract and metadata; a foreign model raises UserError."""
+    meta = read_metadata(sess.get_modelmeta().custom_metadata_map, path)
     graph_outputs = [o.name for o in sess.get_outputs()]
     if contract.LOGITS not in graph_outputs:
         raise UserError(f"{path} has no '{contract.LOGITS}' output (it has {', '.join(graph_outputs)}); "

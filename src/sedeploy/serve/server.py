@@ -1,0 +1,96 @@
+"""Run the app under uvicorn on a socket bound up front; drain gracefully on SIGTERM / Ctrl-C.
+
+The socket is bound before anything loads, so a port in use is a one-line error and `--port 0`
+can print the port it got. Models load in the background (readiness 503 meanwhile); a model that
+fails to load stops the server with exit status 2, as Triton's --exit-on-error does. On SIGTERM or
+the first Ctrl-C the server reports not-ready, stops accepting, answers every request it has taken
+(uvicorn waits for open connections, then the batchers drain their queues) and returns 0 instead of
+re-raising the signal as uvicorn otherwise does; a second Ctrl-C forces the exit.
+"""
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Callable, List
+
+import uvicorn
+
+from ..errors import UserError
+from .app import create_app
+from .model import ServedModel
+from .state import ServerState
+
+GRACE_S = 30  # longest wait for in-flight requests after SIGTERM (Kubernetes' default grace period)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (IPv4 or IPv6), or a UserError naming the fix."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UserError(f"--host {host!r} does not resolve ({e.strerror}); use an address such as 127.0.0.1") from None
+    family, kind, proto, _, addr = infos[0]
+    # proto must be IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY only on such sockets, and without it
+    # Nagle + delayed ACKs add ~40 ms to every request/response exchange
+    sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} on {host} is in use; choose another with --port (0: any free port)") from None
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --host/--port") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self.state = state
+
+    def handle_exit(self, sig, frame) -> None:
+        self.state.draining = True          # readiness goes false before the listener closes
+        super().handle_exit(sig, frame)
+        # uvicorn would re-raise the signal after its graceful shutdown (killing the process with it);
+        # the drain has answered everything, so the process ends normally with status 0 instead
+        if hasattr(self, "_captured_signals"):
+            self._captured_signals.clear()
+
+
+def serve(models: List[ServedModel], host: str, port: int, max_body: int, say: Callable[[str], None],
+          access_log: bool = False) -> int:
+    """Serve until SIGTERM / Ctrl-C; returns the exit status (0, or 2 when a model failed to load)."""
+    sock = bind(host, port)
+    bound = sock.getsockname()[1]
+    app = create_app(models, max_body)
+    st: ServerState = app.state.serve
+    config = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="on",
+                            timeout_graceful_shutdown=GRACE_S, timeout_keep_alive=30)
+    server = _Server(config, st)
+    status = {"code": 0}
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}"
+
+    def failed(message: str) -> None:
+        say(f"error: {message}")
+        status["code"] = 2
+        server.should_exit = True
+
+    def ready() -> None:
+        names = ", ".join(f"{m.name} (v{m.version}, max batch {m.max_batch_size}, "
+                          f"{'dynamic batching' if m.batcher and m.batcher.batching else 'no batching'})"
+                          for m in models)
+        say(f"ready: {url}  models: {names}")
+        say(f"  page {url}/   protocol {url}/v2/models/<name>/infer   Ctrl-C or SIGTERM drains and stops")
+
+    st.on_load_error, st.on_ready = failed, ready
+    say(f"listening on {url}; loading {len(models)} model(s)")
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if status["code"] == 0:
+        say("stopped: every accepted request was answered")
+    return status["code"]
