@@ -102,3 +102,12 @@ def assert_one_line_error(res: CliResult, *needles: str) -> None:
     assert "Traceback" not in res.err
     for n in needles:
         assert n.lower() in lines[0].lower(), (n, lines[0])
+
+
+@pytest.fixture(scope="session")
+def fm_onnx(trained_fm, tmp_path_factory) -> Path:
+    """model.onnx (ONNX only) of the tiny trained Fashion-MNIST model, exported once per session."""
+    from sedeploy.export.exporter import ExportOptions, export_checkpoint
+    d = tmp_path_factory.mktemp("fm_onnx")
+    export_checkpoint(str(trained_fm / "best.pt"), str(d), ExportOptions(formats=("onnx",)), log=lambda s: None)
+    return d / "model.onnx"
