@@ -397,6 +397,33 @@ def faithfulness(as_json: bool, **kw) -> None:
         _dump_json(res)
 
 
+# ---------------------------------------------------------------- bench
+from .bench.backends import BACKENDS  # noqa: E402 - the registry --backends is checked against
+from .datasets import DATASETS  # noqa: E402
+
+
+class _CommaChoice(click.ParamType):
+    """A comma-separated list of names from a registry (click.Choice takes one name)."""
+
+    name = "list"
+
+    def __init__(self, choices) -> None:
+        self.choices = tuple(choices)
+
+    def get_metavar(self, param, *args, **kwargs) -> str:
+        return "[" + ",".join(self.choices) + "]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        items = tuple(v.strip() for v in str(value).split(",") if v.strip())
+        bad = [v for v in items if v not in self.choices]
+        if bad or not items:
+            self.fail(f"unknown backend {', '.join(bad) or '(none)'}; choose from: {', '.join(self.choices)}",
+                      param, ctx)
+        return items
+
+
 def _int_list(value: str, what: str) -> tuple:
     try:
         return tuple(int(v) for v in value.split(",") if v.strip())
@@ -408,38 +435,51 @@ def _int_list(value: str, what: str) -> tuple:
 @click.option("--model", "model", default=None, help="ONNX model [found as `infer` finds it].")
 @click.option("--ckpt", default=None, help="Checkpoint for the PyTorch rows [export.json's, or best.pt beside the model].")
 @click.option("--batch-sizes", default="1,8,64", show_default=True)
-@click.option("--backends", default=",".join(("pytorch", "torchscript", "ort-cpu", "ort-cpu-int8", "pytorch-cuda",
-                                               "ort-cuda", "ort-cuda-fp16")), show_default=True)
-@click.option("--threads", type=int, default=None, help="CPU threads for torch and onnxruntime [all cores].")
+@click.option("--backends", type=_CommaChoice(BACKENDS), default=",".join(BACKENDS), show_default=True,
+              help="Comma-separated backends.")
+@click.option("--threads", type=int, default=None, help="CPU threads for every backend [all cores].")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs per row.")
 @click.option("--min-time", type=float, default=1.0, show_default=True, help="Seconds of timed runs per row and round.")
 @click.option("--repeats", type=int, default=3, show_default=True,
               help="Timing rounds over all rows (medians reported): robust to bursts of load.")
-@click.option("--data", default=None, help="Dataset for accuracy [the model's own].")
+@click.option("--dataset", type=click.Choice(DATASETS), default=None, help="Dataset for accuracy [the model's own].")
+@click.option("--data", "data_alias", type=click.Choice(DATASETS), default=None, hidden=True,
+              help="Deprecated spelling of --dataset.")
 @click.option("--data-dir", default=None)
 @click.option("--limit", type=int, default=None, help="Test images for accuracy [all].")
-@click.option("--json", "json_path", default=None, help="Also write the results as JSON to this file.")
-@click.option("--csv", "csv_path", default=None, help="Also write the rows as CSV to this file.")
-def bench(model, ckpt, batch_sizes, backends, threads, warmup, min_time, repeats, data, data_dir, limit, json_path,
-          csv_path) -> None:
-    """Benchmark every backend x batch size: latency, throughput, size, accuracy, parity.
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout (the table goes to stderr).")
+@click.option("--save-json", default=None, help="Also write the results as JSON to this file.")
+@click.option("--save-csv", default=None, help="Also write the rows as CSV to this file.")
+@click.option("--csv", "csv_alias", default=None, hidden=True, help="Deprecated spelling of --save-csv.")
+def bench(model, ckpt, batch_sizes, backends, threads, warmup, min_time, repeats, dataset, data_alias, data_dir,
+          limit, as_json, save_json, save_csv, csv_alias) -> None:
+    """Benchmark every backend x batch size: latency, throughput, size, accuracy, parity, share of peak.
+
+    The header names the CPU's ISA features (AVX2, AVX-512, VNNI, AMX) that decide fp32 and int8
+    speed; the summary compares onnxruntime with the best PyTorch row and int8 with fp32.
 
     \b
     Examples:
       sedeploy bench                                   # the model `infer` would use
       sedeploy bench --model runs/fm/model.onnx --batch-sizes 1,64 --threads 2
-      sedeploy bench --backends ort-cpu,ort-cpu-int8 --json bench.json --csv bench.csv
+      sedeploy bench --backends ort-cpu,ort-cpu-int8 --save-json bench.json --save-csv bench.csv
+      sedeploy bench --json 2>/dev/null | jq '.summary'
     """
     from .bench import BenchConfig, format_table, run_bench, write_csv, write_json
+    from .bench.report import to_json
+    if data_alias:
+        click.echo("warning: --data is deprecated; use --dataset", err=True)
     cfg = BenchConfig(model=model, ckpt=ckpt, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
-                      backends=tuple(b.strip() for b in backends.split(",") if b.strip()), threads=threads,
-                      warmup=warmup, min_time=min_time, repeats=repeats, data=data, data_dir=data_dir, limit=limit)
+                      backends=backends, threads=threads, warmup=warmup, min_time=min_time, repeats=repeats,
+                      dataset=dataset or data_alias, data_dir=data_dir, limit=limit)
     res = run_bench(cfg, log=lambda m: click.echo(m, err=True))
-    click.echo(format_table(res))
-    if json_path:
-        write_json(res, json_path)
-    if csv_path:
-        write_csv(res, csv_path)
+    click.echo(format_table(res), err=as_json)
+    if save_json:
+        write_json(res, save_json)
+    if save_csv or csv_alias:
+        write_csv(res, save_csv or csv_alias)
+    if as_json:
+        click.echo(to_json(res))
 
 
 @cli.command(context_settings=CONTEXT)
