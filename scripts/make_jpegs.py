@@ -1,4 +1,4 @@
-"""A folder of camera-sized JPEGs for the folder-inference benchmark (docs/BENCHMARKS.md, section 7).
+"""A folder of camera-sized JPEGs for the folder-inference benchmark (docs/BENCHMARKS.md, "Edge throughput").
 
     .venv/bin/python scripts/make_jpegs.py --out runs/jpegs --n 400 [--size 640x480] [--quality 90]
 

@@ -109,9 +109,9 @@ def test_cli_says_what_it_chose_and_why(run_cli, pair, tmp_path):
     r = run_cli("infer", tmp_path / "x.png", "--model", pair, "--json", "--threads", "1", "--batch-size", "4")
     assert r.code == 0, r.err
     assert json.loads(r.out)["precision"] == "fp32"
-    assert "precision fp32 (int8 runs" in r.err and "measured now" in r.err
+    assert "precision fp32: int8 runs" in r.err and "measured now" in r.err
     r = run_cli("infer", tmp_path / "x.png", "--model", pair, "--threads", "1", "--batch-size", "4")
-    assert "fp32 (int8 runs" in r.err and "cached" in r.err
+    assert "; precision fp32: int8 runs" in r.err and "cached" in r.err
     r = run_cli("infer", tmp_path / "x.png", "--model", pair, "--precision", "int8", "--json")
     assert json.loads(r.out)["precision"] == "int8"
     assert_one_line_error(run_cli("infer", tmp_path / "x.png", "--model", tmp_path / "nope.onnx",

@@ -310,12 +310,12 @@ def infer(images: List[str], model: Optional[str], provider: str, precision: str
 
 def _infer_header(predictor, as_json: bool) -> None:
     choice = predictor.choice
-    prec = f"{choice.precision} ({choice.reason})" if choice else ""
+    prec = f"precision {choice.precision}: {choice.reason}" if choice else ""
     if not as_json:
         click.echo(f"model {predictor.path} ({predictor.info.meta.get('model_name', '?')}), provider "
-                   f"{predictor.provider}" + (f", {prec}" if prec else ""), err=True)
+                   f"{predictor.provider}" + (f"; {prec}" if prec else ""), err=True)
     elif choice is not None and choice.fp32_ms is not None:   # a measured choice is news even in JSON mode
-        click.echo(f"precision {prec}", err=True)
+        click.echo(prec, err=True)
 
 
 class _InferOutput:

@@ -134,7 +134,8 @@ def load_data(m: _Model, cfg: BenchConfig, n_par: int = 64) -> _Data:
         if cfg.limit:
             x, y = x[:cfg.limit], y[:cfg.limit]
         if list(x.shape[1:]) != list(meta["input_size"]):
-            desc, x, y = f"{name} images {list(x.shape[1:])} do not fit the model input {meta['input_size']}", None, None
+            desc = f"{name} images {list(x.shape[1:])} do not fit the model input {meta['input_size']}"
+            x = y = None
         else:
             x, desc = normalize_batch(x, meta["mean"], meta["std"]), f"{len(y)} {name} test images"
     except UserError as e:

@@ -65,7 +65,8 @@ def format_table(res: dict) -> str:
     sg = h["sgemm"]
     lines = [f"sedeploy bench  {h['model']}",
              f"machine: {h['machine']};  GPU: {h['gpu']}",
-             f"ISA: {h['isa']}" + (f";  onnxruntime sees: {h['onnxruntime_sees']}" if h.get("onnxruntime_sees") else ""),
+             f"ISA: {h['isa']}" + (f";  onnxruntime sees: {h['onnxruntime_sees']}" if h.get("onnxruntime_sees")
+                                   else ""),
              "versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()),
              f"timing: {h['method']}",
              f"accuracy: {h['data']};  FLOPs/image {h['flops_per_image'] / 1e6:.1f} M",

@@ -1,9 +1,9 @@
 """Per-image work on every core, in input order, with bounded memory (standard library only).
 
 Folder inference is decode-bound: one 640x480 JPEG costs ~6 ms of Pillow decoding and resizing,
-the model well under 1 ms per image (docs/BENCHMARKS.md, section 7). Pillow releases the GIL while
-it decodes, converts and resizes, so a pool of threads (no processes: nothing to pickle, no
-start-up) runs that work on every core while the main thread runs the model.
+the model well under 1 ms per image (docs/BENCHMARKS.md, "Edge throughput"). Pillow releases the
+GIL while it decodes, converts and resizes, so a pool of threads (no processes: nothing to pickle,
+no start-up) runs that work on every core while the main thread runs the model.
 
 `ordered_map` is `concurrent.futures.Executor.map` with two differences that matter for a folder
 of 100,000 images: it submits lazily, keeping at most `window` items submitted and not yet taken

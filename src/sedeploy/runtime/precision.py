@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from ..errors import UserError, atomic_write_text
+from ..errors import UserError, atomic_write_text, file_sha256
 from ..hardware import cpu_flags, cpu_name, has_vnni, isa_summary
 
 PRECISIONS = ("auto", "fp32", "int8")
@@ -52,18 +52,10 @@ def cache_path() -> Path:
     return Path(base) / "sedeploy" / "precision.json"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cache_key(fp32: Path, int8: Path, threads: Optional[int], batch: int) -> str:
     import onnxruntime as ort
     flags = hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:16]
-    return "|".join([_sha256(fp32)[:16], _sha256(int8)[:16], cpu_name(), f"flags {flags}",
+    return "|".join([file_sha256(fp32)[:16], file_sha256(int8)[:16], cpu_name(), f"flags {flags}",
                      f"onnxruntime {ort.__version__}", f"threads {threads or os.cpu_count()}", f"batch {batch}"])
 
 
