@@ -184,3 +184,19 @@ def test_model_flops_reference():
     assert 11.2e6 < model_flops(cfg) / 2 < 11.6e6
     macs_fc = 2048 * 512 + 512 * 10
     assert model_flops({**cfg, "se": False}) / 2 - (3 * 32 * 9 * 1024 + 32 * 64 * 9 * 256 + 64 * 128 * 9 * 64) == macs_fc
+
+
+def test_isa_features_from_flags():
+    from sedeploy.hardware import has_vnni, isa_features, isa_summary
+    zen3 = {"fpu", "avx", "avx2", "fma"}
+    assert isa_features(zen3) == {"AVX2": True, "AVX-512F": False, "AVX512-VNNI": False, "AVX-VNNI": False,
+                                  "AMX": False}
+    assert not has_vnni(zen3) and has_vnni(zen3 | {"avx512f", "avx512_vnni"}) and has_vnni(zen3 | {"avx_vnni"})
+    assert has_vnni({"avx512f", "amx_tile", "amx_int8"})
+    assert isa_summary(set()) == "AVX2 unknown, AVX-512F unknown, AVX512-VNNI unknown, AVX-VNNI unknown, AMX unknown"
+
+
+def test_sgemm_is_measured_on_the_threads_asked():
+    from sedeploy.hardware import sgemm_flops
+    s = sgemm_flops(1, n=256, min_time=0.01)
+    assert s["threads"] == 1 and s["by_library"]["numpy"] > 1e8 and s["flops"] == max(s["by_library"].values())
