@@ -105,7 +105,7 @@ def options(model: Path, int8: Path, xt, a) -> None:
 
 
 def op_profile(path: Path, x: np.ndarray, threads, d: str, runs: int = 30):
-    """-> ({op type: median ms per run}, total ms per run, optimized graph's op histogram)."""
+    """-> ({op type: ms}, {node: ms}, total ms, optimized graph's op histogram); ms: median per run."""
     so_path = str(Path(d) / (path.stem + ".opt.onnx"))
     so = session_options(threads)
     so.optimized_model_filepath = so_path
@@ -118,20 +118,26 @@ def op_profile(path: Path, x: np.ndarray, threads, d: str, runs: int = 30):
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             per_node[(e["args"].get("op_name", "?"), e["name"])].append(e["dur"] / 1e3)
-    by_op = defaultdict(float)
-    for (op, _), durs in per_node.items():
-        by_op[op] += float(np.median(durs[5:] or durs))          # skip the first runs (warm-up)
+    by_op, by_node = defaultdict(float), {}
+    for (op, node), durs in per_node.items():
+        ms = float(np.median(durs[5:] or durs))                   # skip the first runs (warm-up)
+        by_op[op] += ms
+        by_node[f"{op} {node[:-len('_kernel_time')]}"] = ms
     runs_ms = [e["dur"] / 1e3 for e in events if e.get("name") == "model_run"][5:]
-    return dict(sorted(by_op.items(), key=lambda kv: -kv[1])), float(np.median(runs_ms)), op_histogram(Path(so_path))
+    return (dict(sorted(by_op.items(), key=lambda kv: -kv[1])), dict(sorted(by_node.items(), key=lambda kv: -kv[1])),
+            float(np.median(runs_ms)), op_histogram(Path(so_path)))
 
 
 def profile(model: Path, int8: Path, xt, a, d: str) -> None:
     x = xt[:a.profile_batch]
     for prec, path in (("fp32", model), ("int8", int8)):
-        by_op, total, ops = op_profile(path, x, a.threads, d)
+        by_op, by_node, total, ops = op_profile(path, x, a.threads, d)
         print(f"\n{prec} at batch {a.profile_batch}: {total:.3f} ms per run (profiled), kernels by op type:")
         for op, ms in by_op.items():
             print(f"  {op:<28} {ms:8.3f} ms  {100 * ms / total:5.1f} %")
+        print("  the slowest nodes:")
+        for node, ms in list(by_node.items())[:8]:
+            print(f"    {node[:60]:<60} {ms:8.3f} ms")
         print(f"  optimized graph: {ops}")
 
 
