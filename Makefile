@@ -43,7 +43,7 @@ demo: install dataset
 	$(SEDEPLOY) samples --n 6 --out $(DEMO)/images
 	$(SEDEPLOY) infer $(DEMO)/images --model $(DEMO)/run/model.onnx --topk 3 --heatmaps $(DEMO)/heatmaps
 	$(SEDEPLOY) bench --model $(DEMO)/run/model.onnx --batch-sizes 1,64 --min-time 0.5 \
-	  --json $(DEMO)/bench.json --csv $(DEMO)/bench.csv
+	  --save-json $(DEMO)/bench.json --save-csv $(DEMO)/bench.csv
 	@echo
 	@echo "demo done. Look at:"
 	@echo "  $(DEMO)/run/curves.png, $(DEMO)/run/loss_iterations.png   training curves"

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import assert_one_line_error
 from sedeploy import contract
-from sedeploy.bench import BACKENDS, BenchConfig, model_flops, run_bench
+from sedeploy.bench import BACKENDS, PYTORCH_CPU, BenchConfig, model_flops, run_bench
 from sedeploy.export.exporter import ExportOptions, export_checkpoint
 
 
@@ -22,16 +22,21 @@ def fm_full(trained_fm, tmp_path_factory, fmnist_dir):
     return d, man
 
 
+FAST_BACKENDS = tuple(b for b in BACKENDS if b != "torch-compile")   # inductor compiles for minutes: slow test
+
+
 def test_bench_rows_json_csv(run_cli, fm_full, fmnist_dir, tmp_path):
     d, _ = fm_full
     r = run_cli("bench", "--model", d / "model.onnx", "--batch-sizes", "1,4", "--warmup", "1", "--min-time", "0.01",
-                "--data-dir", fmnist_dir, "--json", tmp_path / "b.json", "--csv", tmp_path / "b.csv")
+                "--backends", ",".join(FAST_BACKENDS), "--data-dir", fmnist_dir, "--json",
+                "--save-json", tmp_path / "b.json", "--save-csv", tmp_path / "b.csv")
     assert r.code == 0, r.err
-    res = json.loads((tmp_path / "b.json").read_text())
+    res = json.loads(r.out)                                      # --json: the results on stdout, nothing else
+    assert res == json.loads((tmp_path / "b.json").read_text())
     rows = res["rows"]
-    assert [(x["backend"], x["batch"]) for x in rows] == [(b, n) for b in BACKENDS for n in (1, 4)]
+    assert [(x["backend"], x["batch"]) for x in rows] == [(b, n) for b in FAST_BACKENDS for n in (1, 4)]
     by = {(x["backend"], x["batch"]): x for x in rows}
-    for b in ("pytorch", "torchscript", "ort-cpu", "ort-cpu-int8"):
+    for b in ("pytorch", "pytorch-cl", "torchscript", "ort-cpu", "ort-cpu-int8"):
         for n in (1, 4):
             x = by[(b, n)]
             assert x["status"] == "ok", x
@@ -39,15 +44,67 @@ def test_bench_rows_json_csv(run_cli, fm_full, fmnist_dir, tmp_path):
             assert x["images_per_s"] > 0 and x["size_mb"] > 0
             assert 0 <= x["accuracy"] <= 100 and x["top1_agreement"] >= 50
     assert by[("pytorch", 1)]["max_abs_diff"] == 0
-    assert by[("ort-cpu", 1)]["max_abs_diff"] < 1e-4 and by[("ort-cpu", 1)]["top1_agreement"] == 100
-    assert by[("ort-cpu", 1)]["accuracy"] == by[("pytorch", 1)]["accuracy"]
+    for b in ("pytorch-cl", "ort-cpu"):
+        assert by[(b, 1)]["max_abs_diff"] < 1e-4 and by[(b, 1)]["top1_agreement"] == 100
+        assert by[(b, 1)]["accuracy"] == by[("pytorch", 1)]["accuracy"]
     assert by[("ort-cpu-int8", 1)]["size_mb"] < by[("ort-cpu", 1)]["size_mb"] / 2
+    assert "fp32" in by[("ort-cpu-int8", 4)]["note"] and by[("ort-cpu-int8", 4)]["peak_pct"] is None
+    assert by[("ort-cpu", 4)]["sgemm_pct"] > 0 and res["header"]["sgemm"]["flops"] > 0
+    import importlib.util
+    ov = by[("openvino", 1)]
+    if importlib.util.find_spec("openvino") is None:
+        assert ov["status"] == "skipped: openvino is not installed (pip install 'sedeploy[openvino]')"
+    else:
+        assert ov["status"] == "ok" and ov["max_abs_diff"] < 1e-3, ov
     import onnxruntime as ort
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert by[("ort-cuda", 1)]["status"].startswith("skipped: ") and "onnxruntime-gpu" in by[("ort-cuda", 1)]["status"]
-    assert "machine:" in r.out and "timing:" in r.out and "ort-cpu-int8" in r.out
+    # the headline compares with the fastest PyTorch row, whichever it is
+    for n in (1, 4):
+        s = res["summary"][str(n)]
+        torch_ips = {b: by[(b, n)]["images_per_s"] for b in PYTORCH_CPU if b in FAST_BACKENDS}
+        assert s["best_pytorch_backend"] == max(torch_ips, key=torch_ips.get)
+        assert s["ort_vs_best_pytorch"] <= by[("ort-cpu", n)]["images_per_s"] / by[("pytorch", n)]["images_per_s"]
+    assert "machine:" in r.err and "ISA: AVX2" in r.err and "best PyTorch row" in r.err and "ort-cpu-int8" in r.err
     with open(tmp_path / "b.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
+
+
+def test_bench_deprecated_data_alias(run_cli, fm_full, fmnist_dir, tmp_path):
+    d, _ = fm_full
+    r = run_cli("bench", "--model", d / "model.onnx", "--batch-sizes", "2", "--warmup", "0", "--min-time", "0",
+                "--repeats", "1", "--backends", "ort-cpu", "--data", "fashion-mnist", "--data-dir", fmnist_dir,
+                "--csv", tmp_path / "b.csv")
+    assert r.code == 0, r.err
+    assert "--data is deprecated; use --dataset" in r.err and (tmp_path / "b.csv").exists()
+    assert "200 fashion-mnist test images" in r.out
+    assert_one_line_error(run_cli("bench", "--model", d / "model.onnx", "--dataset", "mnist"), "fashion-mnist")
+
+
+def test_int8_notes_say_when_int8_loses():
+    from sedeploy.bench import Row
+    from sedeploy.bench.report import annotate, headline
+    rows = [Row("ort-cpu", 1, "ok", images_per_s=1000.0), Row("ort-cpu", 64, "ok", images_per_s=1000.0),
+            Row("ort-cpu-int8", 1, "ok", images_per_s=800.0), Row("ort-cpu-int8", 64, "ok", images_per_s=1900.0),
+            Row("pytorch", 64, "ok", images_per_s=400.0), Row("pytorch-cl", 64, "ok", images_per_s=500.0)]
+    annotate(rows)
+    assert rows[2].note.startswith("int8 NOT faster than fp32 here (0.80x)")
+    assert rows[3].note == "int8 1.90x fp32"
+    s = headline([r.__dict__ for r in rows])
+    assert s["64"]["best_pytorch_backend"] == "pytorch-cl" and s["64"]["ort_vs_best_pytorch"] == 2.0
+    assert s["1"]["best_pytorch_backend"] is None and s["1"]["int8_vs_fp32"] == 0.8
+
+
+@pytest.mark.slow
+def test_bench_torch_compile_row(fm_full, fmnist_dir):
+    d, _ = fm_full
+    res = run_bench(BenchConfig(model=str(d / "model.onnx"), batch_sizes=(2,), warmup=1, min_time=0.0, repeats=1,
+                                backends=("pytorch", "torch-compile"), data_dir=str(fmnist_dir), limit=50),
+                    log=lambda s: None)
+    row = {x["backend"]: x for x in res["rows"]}["torch-compile"]
+    assert row["status"] == "ok" or row["status"].startswith("skipped: torch.compile"), row
+    if row["status"] == "ok":
+        assert row["max_abs_diff"] < 1e-3 and row["top1_agreement"] == 100
 
 
 def test_bench_missing_backends_are_skipped_not_fatal(tmp_path, fm_full):
@@ -127,3 +184,19 @@ def test_model_flops_reference():
     assert 11.2e6 < model_flops(cfg) / 2 < 11.6e6
     macs_fc = 2048 * 512 + 512 * 10
     assert model_flops({**cfg, "se": False}) / 2 - (3 * 32 * 9 * 1024 + 32 * 64 * 9 * 256 + 64 * 128 * 9 * 64) == macs_fc
+
+
+def test_isa_features_from_flags():
+    from sedeploy.hardware import has_vnni, isa_features, isa_summary
+    zen3 = {"fpu", "avx", "avx2", "fma"}
+    assert isa_features(zen3) == {"AVX2": True, "AVX-512F": False, "AVX512-VNNI": False, "AVX-VNNI": False,
+                                  "AMX": False}
+    assert not has_vnni(zen3) and has_vnni(zen3 | {"avx512f", "avx512_vnni"}) and has_vnni(zen3 | {"avx_vnni"})
+    assert has_vnni({"avx512f", "amx_tile", "amx_int8"})
+    assert isa_summary(set()) == "AVX2 unknown, AVX-512F unknown, AVX512-VNNI unknown, AVX-VNNI unknown, AMX unknown"
+
+
+def test_sgemm_is_measured_on_the_threads_asked():
+    from sedeploy.hardware import sgemm_flops
+    s = sgemm_flops(1, n=256, min_time=0.01)
+    assert s["threads"] == 1 and s["by_library"]["numpy"] > 1e8 and s["flops"] == max(s["by_library"].values())

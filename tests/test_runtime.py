@@ -245,7 +245,12 @@ def test_bad_models(run_cli, fm_export, tmp_path):
     assert_one_line_error(run_cli("infer", tmp_path / "x.png", "--model", tmp_path / "noout.onnx"),
                           "missing from the graph")
     assert_one_line_error(run_cli("infer", tmp_path / "x.png", "--model", model, "--provider", "tpu"),
-                          "auto, cpu, cuda")
+                          "'tpu' is not one of 'auto', 'cpu', 'cuda'")
+    assert_one_line_error(run_cli("infer", tmp_path / "x.png", "--model", model, "--precision", "int4"),
+                          "'int4' is not one of 'auto', 'fp32', 'int8'")
+    assert_one_line_error(run_cli("infer", tmp_path / "x.png", "--model", model, "--precision", "int8"),
+                          "no model.int8.onnx", "export --ckpt best.pt --int8")
+    assert_one_line_error(run_cli("infer", tmp_path / "x.png", "--model", model, "--workers", "-1"), "--workers")
     assert_one_line_error(run_cli("infer", tmp_path / "x.png", "--model", model, "--topk", "0"), "--topk")
 
 

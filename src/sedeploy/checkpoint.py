@@ -8,7 +8,6 @@ versions. `last.pt` adds optimizer, scheduler and RNG state for an exact resume.
 """
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from .errors import UserError, atomic_write
+from .errors import UserError, atomic_write, file_sha256  # noqa: F401 - export imports file_sha256 from here
 from .models import create_model
 from .versions import versions
 
@@ -92,9 +91,3 @@ def build_model(ckpt: Dict[str, Any], path: str = "checkpoint") -> nn.Module:
     return model.eval()
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

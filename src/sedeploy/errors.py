@@ -82,3 +82,13 @@ def ensure_writable_dir(path: PathLike, what: str = "output directory") -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"{what} {path} is not writable; choose another with --out")
     return path
+
+
+def file_sha256(path: PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (checkpoints, exports, the precision cache key)."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -5,12 +5,12 @@ the candidates in alternating rounds so that a burst of load hits all of them al
 """
 from __future__ import annotations
 
-import os
-import platform
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import numpy as np
+
+from .hardware import cpu_name, cpu_peak_flops  # noqa: F401 - their old home; callers import them from here
 
 
 def summarize(samples_s) -> Dict[str, float]:
@@ -47,39 +47,3 @@ def interleaved(fns: Dict[str, Callable[[], object]], warmup: int = 5, rounds: i
                 fn()
                 samples[k].append(time.perf_counter() - t)
     return {k: summarize(v) for k, v in samples.items()}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def cpu_peak_flops(cores: Optional[int] = None) -> Dict[str, object]:
-    """fp32 peak = cores x clock x FMA units x SIMD lanes x 2 (an FMA is 2 FLOPs).
-
-    Clock: /proc/cpuinfo's current MHz (the sustained all-core clock on these VMs). Lanes: 16 with
-    AVX-512F, 8 with AVX2, else 4. FMA units: 2 per core (Zen 4/5 and Intel server cores issue two
-    vector FMAs per cycle); an assumption stated with the figure.
-    """
-    cores = cores or os.cpu_count() or 1
-    mhz, flags = 0.0, ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("cpu MHz") and not mhz:
-                    mhz = float(line.split(":", 1)[1])
-                elif line.startswith("flags") and not flags:
-                    flags = line
-    except OSError:
-        pass
-    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
-    fma_units = 2
-    peak = cores * mhz * 1e6 * fma_units * lanes * 2
-    return {"cores": cores, "ghz": mhz / 1e3, "fma_units": fma_units, "lanes": lanes, "peak_flops": peak,
-            "formula": f"{cores} cores x {mhz / 1e3:.2f} GHz x {fma_units} FMA units x {lanes} fp32 lanes x 2"}

@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 import os
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -18,6 +20,8 @@ from PIL import Image
 from .. import contract
 from ..errors import UserError, atomic_write
 from . import heatmap as hm
+from .pipeline import available_cores, ordered_map
+from .precision import PrecisionChoice, choose_precision
 from .preprocess import BACKGROUNDS, ImageError, decode_image, load_image, preprocess, to_model_mode
 from .session import ModelInfo, create_session, find_model, model_info
 
@@ -44,26 +48,56 @@ class Prediction:
                                              for t in self.top]}
 
 
+@dataclass
+class _Prepared:
+    """One decoded, preprocessed image on its way to the model."""
+    name: str
+    x: np.ndarray                         # (C, H, W) float32 model input
+    original: Optional[Image.Image]       # the decoded image, only while heatmaps need it
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
 
 
 class Predictor:
+    """One model, its preprocessing, and folder inference on every core.
+
+    fast_decode: decode JPEGs at reduced size (preprocess.load_image); workers: decoding threads
+    (default: the cores; 0 decodes inline); precision: None loads `model` as given, else
+    "fp32" / "int8" / "auto" as runtime.precision chooses (self.choice says what and why).
+    """
+
     def __init__(self, model: Optional[Union[str, os.PathLike]] = None, provider: str = "auto",
-                 threads: Optional[int] = None, graph_opt: str = "all", background: str = "black") -> None:
+                 threads: Optional[int] = None, graph_opt: str = "all", background: str = "black",
+                 fast_decode: bool = False, workers: Optional[int] = None, precision: Optional[str] = None,
+                 precision_batch: int = 32) -> None:
         if background not in BACKGROUNDS:
             raise UserError(f"unknown background {background!r}; choose one of: {', '.join(BACKGROUNDS)}")
+        if workers is not None and workers < 0:
+            raise UserError(f"--workers must be 0 or more, got {workers}")
         self.path = find_model(None if model is None else str(model))
-        self.session, self.provider = create_session(self.path, provider, threads, graph_opt)
+        self.choice: Optional[PrecisionChoice] = None
+        if precision is not None:
+            self.choice = choose_precision(self.path, precision, provider, threads, precision_batch)
+            self.path = self.choice.path
+        self.workers = available_cores() if workers is None else workers
+        # With decoding threads on every core, onnxruntime's workers must not spin-wait for the next
+        # run between batches: that would take the cores from the decoders.
+        self.session, self.provider = create_session(self.path, provider, threads, graph_opt,
+                                                     spin=self.workers == 0)
         self.info: ModelInfo = model_info(self.session, self.path)
         self.background = BACKGROUNDS[background]
+        self.fast_decode = fast_decode
+        self.model_seconds = 0.0            # time spent in session.run (the model's share of a run)
 
     # -- preprocessing
     def load(self, image: ImageLike) -> Image.Image:
         if isinstance(image, Image.Image):
             return to_model_mode(image, self.info.input_size[0], self.background)
-        return load_image(image, self.info.input_size[0], self.background)
+        c, h, w = self.info.input_size
+        return load_image(image, c, self.background, fast_size=(w, h) if self.fast_decode else None)
 
     def decode(self, data: bytes, name: str = "upload") -> Image.Image:
         """`load` for an image file's bytes in memory (an upload); raises ImageError."""
@@ -75,6 +109,13 @@ class Predictor:
     # -- inference
     def run(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         """Raw graph outputs for a preprocessed float32 batch (B, C, H, W)."""
+        start = time.perf_counter()
+        try:
+            return self._run(batch)
+        finally:
+            self.model_seconds += time.perf_counter() - start
+
+    def _run(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         fb = self.info.fixed_batch
         if fb is None:
             outs = self.session.run(None, {self.info.input_name: batch})
@@ -89,9 +130,9 @@ class Predictor:
                 parts[name].append(o[:n])
         return {k: np.concatenate(v) for k, v in parts.items()}
 
-    def _results(self, names: Sequence[str], originals: Sequence[Image.Image], batch: np.ndarray,
-                 topk: int) -> List[Prediction]:
-        return self.predictions(names, originals, self.run(batch), topk)
+    def _results(self, prepared: Sequence[_Prepared], topk: int) -> List[Prediction]:
+        outs = self.run(np.stack([p.x for p in prepared]))
+        return self.predictions([p.name for p in prepared], [p.original for p in prepared], outs, topk)
 
     def predictions(self, names: Sequence[str], originals: Sequence[Optional[Image.Image]],
                     outs: Dict[str, np.ndarray], topk: int) -> List[Prediction]:
@@ -102,46 +143,61 @@ class Predictor:
         for i, name in enumerate(names):
             order = np.argsort(-probs[i], kind="stable")[:k]
             top = [TopClass(self.info.classes[j], int(j), float(probs[i, j])) for j in order]
-            res.append(Prediction(name, top, probs[i], {n: o[i] for n, o in outs.items()}, originals[i]))
+            # copies: a view would keep the whole batch's outputs alive as long as one Prediction
+            res.append(Prediction(name, top, probs[i].copy(), {n: o[i].copy() for n, o in outs.items()},
+                                  originals[i]))
         return res
 
-    def predict_iter(self, images: Iterable[ImageLike], topk: int = 5, batch_size: int = 32
+    def _prepare(self, job: Tuple[int, ImageLike], keep_original: bool) -> Union[_Prepared, ImageError]:
+        """Decode + preprocess one image (runs on a decoding thread)."""
+        j, image = job
+        name = str(image) if not isinstance(image, Image.Image) else f"<image {j}>"
+        try:
+            im = self.load(image)
+            return _Prepared(name, self.to_input(im), im if keep_original else None)
+        except ImageError as e:
+            e.path = e.path or name
+            return e
+
+    def predict_iter(self, images: Iterable[ImageLike], topk: int = 5, batch_size: int = 32,
+                     keep_originals: bool = True, window: Optional[int] = None
                      ) -> Iterator[Union[Prediction, ImageError]]:
-        """Yield a Prediction, or the ImageError of an unreadable image, per input, in order."""
+        """Yield a Prediction, or the ImageError of an unreadable image, per input, in input order.
+
+        Images are decoded on `self.workers` threads while the model runs; at most `window`
+        (default: batch_size + 2 x workers) decoded images wait beyond the batch being filled, so
+        memory stays bounded on any folder. keep_originals=False drops each full-size decoded image
+        as soon as it is preprocessed (Prediction.original is then None: no heatmaps).
+        """
         if topk <= 0:
             raise UserError(f"--topk must be positive, got {topk}")
         if batch_size <= 0:
             raise UserError(f"--batch-size must be positive, got {batch_size}")
-        pending: List[Tuple[int, str, Image.Image, np.ndarray]] = []
-        slots: List[Union[Prediction, ImageError, None]] = []
+        window = window or batch_size + 2 * self.workers
+        # queue: one slot per input not yet yielded, in order; a slot is filled with its ImageError at
+        # once, with its Prediction when its batch has run. Only the batch being filled is unresolved.
+        queue: Deque[List[Union[Prediction, ImageError, None]]] = deque()
+        batch: List[Tuple[list, _Prepared]] = []
 
-        def flush():
-            if pending:
-                preds = self._results([p[1] for p in pending], [p[2] for p in pending],
-                                      np.stack([p[3] for p in pending]), topk)
-                for (slot, *_), pr in zip(pending, preds):
-                    slots[slot] = pr
-                pending.clear()
+        def run_batch() -> None:
+            for (slot, _), pred in zip(batch, self._results([p for _, p in batch], topk)):
+                slot[0] = pred
+            batch.clear()
 
-        emitted = 0
-        for j, image in enumerate(images):
-            name = str(image) if not isinstance(image, Image.Image) else f"<image {j}>"
-            slots.append(None)
-            try:
-                im = self.load(image)
-                pending.append((j, name, im, self.to_input(im)))
-            except ImageError as e:
-                e.path = e.path or name
-                slots[j] = e
-            if len(pending) >= batch_size:
-                flush()
-            while emitted < len(slots) and slots[emitted] is not None:
-                yield slots[emitted]
-                emitted += 1
-        flush()
-        while emitted < len(slots):
-            yield slots[emitted]
-            emitted += 1
+        jobs = enumerate(images)
+        for prepared in ordered_map(lambda job: self._prepare(job, keep_originals), jobs, self.workers, window):
+            slot: list = [prepared if isinstance(prepared, ImageError) else None]
+            queue.append(slot)
+            if slot[0] is None:
+                batch.append((slot, prepared))
+                if len(batch) >= batch_size:
+                    run_batch()
+            while queue and queue[0][0] is not None:
+                yield queue.popleft()[0]
+        if batch:
+            run_batch()
+        while queue:
+            yield queue.popleft()[0]
 
     def predict(self, images: Sequence[ImageLike], topk: int = 5, batch_size: int = 32) -> List[Prediction]:
         """Predictions for every image; the first unreadable image raises its ImageError."""

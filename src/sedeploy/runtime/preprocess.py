@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import BinaryIO, Sequence, Tuple, Union
+from typing import BinaryIO, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,6 +25,7 @@ from ..errors import UserError
 
 MAX_PIXELS = 40_000_000  # refuse larger images: a decompression bomb, or not something to classify
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+_ORIENTATION = 0x0112  # EXIF tag
 BACKGROUNDS = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 128)}
 
 
@@ -64,8 +65,13 @@ def to_model_mode(im: Image.Image, channels: int, background: Tuple[int, int, in
 
 
 def load_image(path: Union[str, os.PathLike], channels: int, background: Tuple[int, int, int] = (0, 0, 0),
-               max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode `path` into an 'L' or 'RGB' PIL image, EXIF orientation applied. Raises ImageError."""
+               max_pixels: int = MAX_PIXELS, fast_size: Optional[Tuple[int, int]] = None) -> Image.Image:
+    """Decode `path` into an 'L' or 'RGB' PIL image, EXIF orientation applied. Raises ImageError.
+
+    fast_size=(W, H), the model's input size, asks for the fast path: a JPEG is decoded at reduced
+    size by DCT scaling (Pillow's draft mode: 1/2, 1/4 or 1/8, never below W x H), and straight to
+    grey for a 1-channel model; other formats are box-reduced to about twice W x H. The result then
+    differs slightly from the exact path's (docs/BENCHMARKS.md gives the measured drift)."""
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file", path)
@@ -73,27 +79,32 @@ def load_image(path: Union[str, os.PathLike], channels: int, background: Tuple[i
         raise ImageError(f"{path}: is a directory, not an image", path)
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file (0 bytes), not an image", path)
-    return _decode(path, str(path), channels, background, max_pixels)
+    return _decode(path, str(path), channels, background, max_pixels, fast_size)
 
 
 def decode_image(data: bytes, name: str, channels: int, background: Tuple[int, int, int] = (0, 0, 0),
-                 max_pixels: int = MAX_PIXELS) -> Image.Image:
+                 max_pixels: int = MAX_PIXELS, fast_size: Optional[Tuple[int, int]] = None) -> Image.Image:
     """`load_image` for bytes in memory (an upload): the same checks and conversions. Raises ImageError."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes), not an image", name)
-    return _decode(io.BytesIO(data), name, channels, background, max_pixels)
+    return _decode(io.BytesIO(data), name, channels, background, max_pixels, fast_size)
 
 
 def _decode(source: Union[Path, BinaryIO], name: str, channels: int, background: Tuple[int, int, int],
-            max_pixels: int) -> Image.Image:
+            max_pixels: int, fast_size: Optional[Tuple[int, int]] = None) -> Image.Image:
     try:
         with Image.open(source) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageError(f"{name}: {w}x{h} pixels exceeds the {max_pixels:,}-pixel limit "
                                  f"(decompression bomb?); downscale it first", name)
+            if fast_size is not None:
+                _draft(im, channels, fast_size)
             im.load()
-            im = ImageOps.exif_transpose(im)
+            if im.getexif().get(_ORIENTATION, 1) != 1:      # exif_transpose copies even when upright
+                im = ImageOps.exif_transpose(im)
+            if fast_size is not None:
+                im = _reduce(im, fast_size)
             return to_model_mode(im, channels, background)
     except ImageError:
         raise
@@ -103,6 +114,24 @@ def _decode(source: Union[Path, BinaryIO], name: str, channels: int, background:
         raise ImageError(f"{name}: not an image Pillow can read", name) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name}: corrupt or truncated image ({str(e).splitlines()[0][:100]})", name) from None
+
+
+def _draft(im: Image.Image, channels: int, size_wh: Tuple[int, int]) -> None:
+    """JPEG only: decode at the smallest DCT scale that keeps both sides >= the model's larger side
+    (square, since the EXIF rotation is applied after decoding); grey straight from the luma
+    channel for a 1-channel model."""
+    if im.format != "JPEG":
+        return
+    side = max(size_wh)
+    mode = "L" if channels == 1 and im.mode == "RGB" else im.mode
+    im.draft(mode, (side, side))
+
+
+def _reduce(im: Image.Image, size_wh: Tuple[int, int]) -> Image.Image:
+    """Box-reduce by an integer factor that leaves at least 2x the model's size, so the final
+    bilinear resize still averages over every pixel."""
+    factor = min(im.size[0] // (2 * size_wh[0]), im.size[1] // (2 * size_wh[1]))
+    return im.reduce(factor) if factor >= 2 else im
 
 
 def resize(im: Image.Image, size_hw: Tuple[int, int]) -> Image.Image:

@@ -16,6 +16,9 @@ from .. import contract
 from ..errors import UserError
 
 PROVIDERS = ("auto", "cpu", "cuda")
+# --graph-opt name -> onnxruntime GraphOptimizationLevel member
+GRAPH_LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                "all": "ORT_ENABLE_ALL"}
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -35,24 +38,25 @@ class ModelInfo:
     fixed_batch: Optional[int]     # None for a dynamic batch axis
 
 
-def session_options(threads: Optional[int] = None, graph_opt: str = "all"):
+def session_options(threads: Optional[int] = None, graph_opt: str = "all", spin: bool = True):
     """Low latency by default: all graph optimizations, sequential execution, intra-op threads =
     the number of CPUs unless `threads` is given. The count is always set explicitly: left at 0,
     onnxruntime pins its worker threads to cores, which on the shared 2-core VM measured slower
-    (int8 at batch 64: 2.4-2.9 ms pinned vs 2.1 ms unpinned, docs/BENCHMARKS.md)."""
+    (int8 at batch 64: 2.4-2.9 ms pinned vs 2.1 ms unpinned, docs/BENCHMARKS.md).
+    spin=False stops the worker threads from spin-waiting between runs: slower for back-to-back
+    runs, but it leaves the cores to other work (image decoding threads) in between."""
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    levels = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    if graph_opt not in levels:
-        raise UserError(f"unknown graph optimization level {graph_opt!r}; choose one of: {', '.join(levels)}")
-    so.graph_optimization_level = levels[graph_opt]
+    if graph_opt not in GRAPH_LEVELS:
+        raise UserError(f"unknown graph optimization level {graph_opt!r}; choose one of: {', '.join(GRAPH_LEVELS)}")
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_LEVELS[graph_opt])
     if threads is not None and threads <= 0:
         raise UserError(f"--threads must be positive, got {threads}")
     so.intra_op_num_threads = threads or os.cpu_count() or 1
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
@@ -65,7 +69,8 @@ def _cuda_missing_reason(available: List[str]) -> str:
             "onnxruntime-gpu requires")
 
 
-def create_session(path: Path, provider: str = "auto", threads: Optional[int] = None, graph_opt: str = "all"):
+def create_session(path: Path, provider: str = "auto", threads: Optional[int] = None, graph_opt: str = "all",
+                   spin: bool = True):
     """-> (InferenceSession, provider actually running). Errors are UserError naming the fix."""
     import onnxruntime as ort
     if provider not in PROVIDERS:
@@ -76,7 +81,7 @@ def create_session(path: Path, provider: str = "auto", threads: Optional[int] = 
     if path.is_dir():
         raise UserError(f"model {path} is a directory; pass the model.onnx file inside it")
     available = ort.get_available_providers()
-    so = session_options(threads, graph_opt)
+    so = session_options(threads, graph_opt, spin)
     wants_cuda = provider == "cuda" or (provider == "auto" and CUDA in available)
     if provider == "cuda" and CUDA not in available:
         raise UserError(f"--provider cuda: {_cuda_missing_reason(available)}")

@@ -1,0 +1,191 @@
+"""The bench's backends: for each row kind, a runner `x (B, C, H, W) float32 -> logits` on one file.
+
+What a user would run instead of onnxruntime on a CPU, on the same exported model: PyTorch eager
+(NCHW and channels-last), torch.compile (inductor), TorchScript, OpenVINO (when installed), and on
+CUDA PyTorch and onnxruntime fp32/fp16 with IO binding. A backend that cannot run here raises
+Skip with the reason; torch and openvino are imported only when their rows are asked for.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+BACKENDS = ("pytorch", "pytorch-cl", "torch-compile", "torchscript", "ort-cpu", "ort-cpu-int8", "openvino",
+            "pytorch-cuda", "ort-cuda", "ort-cuda-fp16")
+PYTORCH_CPU = ("pytorch", "pytorch-cl", "torch-compile", "torchscript")   # the PyTorch rows to compare against
+FP32_CPU = PYTORCH_CPU + ("ort-cpu", "openvino")                          # rows with a share of the fp32 peak
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+class Skip(Exception):
+    """The backend cannot run on this machine; the message says why."""
+
+
+def first_line(e: Exception, n: int = 160) -> str:
+    """An exception as one short line for a table cell or a log line."""
+    return str(e).strip().splitlines()[0][:n] if str(e).strip() else type(e).__name__
+
+
+# ---------------------------------------------------------------- onnxruntime
+def _ort_session(path: Path, providers: List[str], threads: Optional[int]):
+    import onnxruntime as ort
+    from ..runtime.session import session_options
+    return ort.InferenceSession(str(path), session_options(threads), providers=providers)
+
+
+def ort_cpu(path: Path, threads: Optional[int]) -> Runner:
+    s = _ort_session(path, ["CPUExecutionProvider"], threads)
+    name = s.get_inputs()[0].name
+    return lambda x: s.run(None, {name: x})[0]
+
+
+def ort_cuda(path: Path) -> Runner:
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise Skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    s = _ort_session(path, ["CUDAExecutionProvider"], None)
+    if s.get_providers()[0] != "CUDAExecutionProvider":
+        raise Skip("CUDAExecutionProvider did not start (CUDA/cuDNN libraries or GPU missing)")
+    inp = s.get_inputs()[0].name
+    outs = [o.name for o in s.get_outputs()]
+    state: Dict[str, object] = {}
+
+    def run(x: np.ndarray):
+        # IO binding: input copied to the GPU once per array, outputs stay on the device; only
+        # logits come back to the host for parity/accuracy.
+        if state.get("host") is not x:
+            b = s.io_binding()
+            b.bind_ortvalue_input(inp, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+            for o in outs:
+                b.bind_output(o, "cuda")
+            state.update(host=x, binding=b)
+        b = state["binding"]
+        s.run_with_iobinding(b)
+        return b.get_outputs()[0]
+
+    def run_host(x: np.ndarray) -> np.ndarray:
+        return run(x).numpy()
+    run_host.device_run = run  # timing uses the device-resident path
+    return run_host
+
+
+# ---------------------------------------------------------------- PyTorch
+def torch_runner(model, device: str, threads: Optional[int], channels_last: bool = False) -> Runner:
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    model = model.to(device).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model = model.to(memory_format=fmt)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(x).to(device).contiguous(memory_format=fmt))
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return out.float().cpu().numpy()
+    return run
+
+
+def compiled_runner(model, threads: Optional[int], probe: np.ndarray) -> Runner:
+    """torch.compile (inductor, channels-last: its best CPU layout here), compiled now on `probe`."""
+    import torch
+    if not any(shutil.which(c) for c in ("cc", "gcc", "clang", "g++")):
+        raise Skip("torch.compile needs a C/C++ compiler for inductor's CPU kernels (none on PATH)")
+    try:
+        compiled = torch.compile(model.eval().to(memory_format=torch.channels_last), backend="inductor")
+        run = torch_runner(compiled, "cpu", threads, channels_last=True)
+        run(probe)                         # the first call compiles: a failure is a skip, not a row
+    except Exception as e:  # noqa: BLE001 - inductor raises many kinds (compiler, codegen, dynamo)
+        raise Skip(f"torch.compile failed: {first_line(e)}") from None
+    return run
+
+
+def _pytorch(name: str, model: Path, ckpt: Optional[Path], threads: Optional[int], probe: np.ndarray
+             ) -> Tuple[Runner, Optional[Path]]:
+    try:
+        import torch
+    except ImportError:
+        raise Skip("torch is not installed (pip install sedeploy[full])") from None
+    if name == "pytorch-cuda" and not torch.cuda.is_available():
+        raise Skip("no CUDA GPU (torch.cuda.is_available() is False)")
+    if name == "torchscript":
+        ts = sibling(model, model.stem + ".ts")
+        if not ts.exists():
+            raise Skip(f"no {ts.name} beside the model (export with --formats onnx,torchscript)")
+        from ..export.torchscript import load_torchscript
+        m, _ = load_torchscript(ts, ())
+        return torch_runner(m, "cpu", threads), ts
+    if ckpt is None:
+        raise Skip("no checkpoint (pass --ckpt)")
+    from ..checkpoint import build_model, load_checkpoint
+    m = build_model(load_checkpoint(ckpt), str(ckpt))
+    if name == "torch-compile":
+        return compiled_runner(m, threads, probe), ckpt
+    device = "cuda" if name.endswith("cuda") else "cpu"
+    return torch_runner(m, device, threads, channels_last=name == "pytorch-cl"), ckpt
+
+
+# ---------------------------------------------------------------- OpenVINO
+def openvino_runner(path: Path, threads: Optional[int]) -> Runner:
+    """OpenVINO on the CPU, latency hint, fp32 inference (its default on bf16/AMX CPUs would be bf16)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise Skip("openvino is not installed (pip install 'sedeploy[openvino]')") from None
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+    logits = compiled.output("logits")
+
+    def run(x: np.ndarray) -> np.ndarray:
+        request.infer({0: x})
+        return request.get_tensor(logits).data.copy()
+    return run
+
+
+# ---------------------------------------------------------------- files
+def sibling(model: Path, name: str) -> Path:
+    return model.parent / name
+
+
+def resolve_ckpt(model: Path, ckpt: Optional[str]) -> Optional[Path]:
+    """--ckpt, else the checkpoint recorded in export.json beside the model, else best.pt beside it."""
+    if ckpt:
+        return Path(ckpt)
+    manifest = sibling(model, "export.json")
+    if manifest.exists():
+        try:
+            p = Path(json.loads(manifest.read_text()).get("checkpoint", ""))
+            if p.is_file():
+                return p
+        except (json.JSONDecodeError, OSError):
+            pass
+    best = sibling(model, "best.pt")
+    return best if best.exists() else None
+
+
+def make_backend(name: str, model: Path, ckpt: Optional[Path], threads: Optional[int], probe: np.ndarray
+                 ) -> Tuple[Runner, Optional[Path]]:
+    """-> (runner, file). Raises Skip with the reason when the backend cannot run here."""
+    if name in PYTORCH_CPU or name == "pytorch-cuda":
+        return _pytorch(name, model, ckpt, threads, probe)
+    if name == "openvino":
+        return openvino_runner(model, threads), model
+    files = {"ort-cpu": model.name, "ort-cpu-int8": model.stem + ".int8.onnx", "ort-cuda": model.name,
+             "ort-cuda-fp16": model.stem + ".fp16.onnx"}
+    path = sibling(model, files[name])
+    if not path.exists():
+        flag = {"ort-cpu-int8": "--int8", "ort-cuda-fp16": "--half"}.get(name, "")
+        raise Skip(f"no {path.name} (run sedeploy export {flag})".replace("  ", " "))
+    if name.startswith("ort-cuda"):
+        return ort_cuda(path), path
+    return ort_cpu(path, threads), path

@@ -1,0 +1,115 @@
+"""Per-image work on every core, in input order, with bounded memory (standard library only).
+
+Folder inference is decode-bound: one 640x480 JPEG costs ~6 ms of Pillow decoding and resizing,
+the model well under 1 ms per image (docs/BENCHMARKS.md, "Edge throughput"). Pillow releases the
+GIL while it decodes, converts and resizes, so a pool of threads (no processes: nothing to pickle,
+no start-up) runs that work on every core while the main thread runs the model.
+
+`ordered_map` is `concurrent.futures.Executor.map` with two differences that matter for a folder
+of 100,000 images: it submits lazily, keeping at most `window` items submitted and not yet taken
+(Executor.map submits everything at once and so holds every result), and closing the generator
+cancels what has not started (a consumer that stops, e.g. `| head`, stops the work).
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Deque, Iterable, Iterator, Optional, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int) -> Iterator[R]:
+    """fn(item) for every item, run on `workers` threads, yielded in input order.
+
+    At most `window` items are submitted and not yet yielded, and `items` is read only as far as
+    that window reaches. fn must catch its own per-item errors (an exception it raises stops the
+    iteration, as a plain loop would). workers=0 runs fn inline, one item at a time.
+    """
+    if workers < 0 or window < 1:
+        raise ValueError(f"workers must be >= 0 and window >= 1, got {workers}, {window}")
+    if workers == 0:
+        for item in items:
+            yield fn(item)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sedeploy-decode")
+    pending: Deque[Future] = deque()
+    it = iter(items)
+    try:
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < window:
+                item = next(it, _END)
+                if item is _END:
+                    exhausted = True
+                else:
+                    pending.append(pool.submit(fn, item))
+            if not pending:
+                return
+            yield pending.popleft().result()
+    finally:
+        # Reached on exhaustion, on an error, and when the consumer closes the generator early:
+        # drop what has not started; let the running ones finish (they hold no locks of ours).
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True)
+
+
+_END = object()
+
+
+class Progress:
+    """A one-line progress bar on a terminal (stderr), nothing elsewhere; no tqdm needed.
+
+    Redraws at most every `interval` seconds; `close()` clears the line so that what follows
+    (errors, the summary) prints cleanly.
+    """
+
+    def __init__(self, total: int, stream=None, enabled: Optional[bool] = None, interval: float = 0.1) -> None:
+        import sys
+        import time
+        self._time = time.perf_counter
+        self.stream = stream if stream is not None else sys.stderr
+        isatty = getattr(self.stream, "isatty", lambda: False)
+        self.enabled = bool(isatty()) if enabled is None else enabled
+        self.total, self.done, self.interval = total, 0, interval
+        self.start = self._last = self._time()
+        self._width = 0
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = self._time()
+        if self.enabled and (now - self._last >= self.interval or self.done >= self.total):
+            self._last = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        frac = self.done / self.total if self.total else 1.0
+        rate = self.done / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        bar = "#" * int(24 * frac)
+        line = f"{self.done:>{len(str(self.total))}}/{self.total} [{bar:<24}] {100 * frac:3.0f}% " \
+               f"{rate:6.0f} img/s  eta {eta:4.0f} s"
+        self._width = max(self._width, len(line))
+        self.stream.write("\r" + line)
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """Erase the bar (before another line is printed on stderr); the next update redraws it."""
+        if self.enabled and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+
+    def close(self) -> None:
+        self.clear()
+        self._width = 0
