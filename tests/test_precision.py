@@ -116,3 +116,13 @@ def test_cli_says_what_it_chose_and_why(run_cli, pair, tmp_path):
     assert json.loads(r.out)["precision"] == "int8"
     assert_one_line_error(run_cli("infer", tmp_path / "x.png", "--model", tmp_path / "nope.onnx",
                                   "--precision", "int8"), "nope.int8.onnx")
+
+
+def test_serve_loads_the_chosen_precision(pair):
+    """`sedeploy serve --precision int8` serves model.int8.onnx beside the model; fp32 (None) the file given."""
+    pytest.importorskip("starlette")
+    from sedeploy.serve.model import ModelSpec, ServedModel
+    for precision, name in ((None, "model.onnx"), ("int8", "model.int8.onnx")):
+        m = ServedModel(ModelSpec("m", pair), "cpu", 1, precision)
+        m.load()
+        assert m.predictor.path.name == name

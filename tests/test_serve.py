@@ -515,7 +515,8 @@ def test_serve_cli_errors(run_cli, fm_onnx, tmp_path):
     assert_one_line_error(run_cli("serve", "--model", f"a b={fm_onnx}"), "model name")
     assert_one_line_error(run_cli("serve", "--model", fm_onnx, "--max-batch", "0"), "--max-batch")
     assert_one_line_error(run_cli("serve", "--model", fm_onnx, "--port", "70000"), "--port")
-    assert_one_line_error(run_cli("serve", "--model", fm_onnx, "--provider", "tpu"), "auto, cpu, cuda")
+    assert_one_line_error(run_cli("serve", "--model", fm_onnx, "--provider", "tpu"), "--provider", "'auto', 'cpu', 'cuda'")
+    assert_one_line_error(run_cli("serve", "--model", fm_onnx, "--precision", "int4"), "--precision", "'fp32'")
     assert_one_line_error(run_cli("serve", "--model-repository", tmp_path / "nope"), "not a directory")
     import socket
     with socket.socket() as s:

@@ -53,6 +53,7 @@ class ServedModel:
     spec: ModelSpec
     provider: str = "auto"
     threads: Optional[int] = None
+    precision: Optional[str] = None  # None: the file as given; "auto" / "int8": runtime.precision's choice
     state: State = State.LOADING
     reason: str = ""
     predictor: Any = None            # runtime.predictor.Predictor once loaded
@@ -76,7 +77,7 @@ class ServedModel:
     # -- loading (in a worker thread: onnxruntime session creation and a warm-up run)
     def load(self) -> None:
         from ..runtime.predictor import Predictor
-        p = Predictor(self.spec.path, self.provider, self.threads or default_threads())
+        p = Predictor(self.spec.path, self.provider, self.threads or default_threads(), precision=self.precision)
         sess = p.session
         self.inputs = [tc.TensorSpec(a.name, tc.ORT_TYPES.get(a.type, "BYTES"), _dims(a.shape)) for a in sess.get_inputs()]
         self.outputs = [tc.TensorSpec(a.name, tc.ORT_TYPES.get(a.type, "BYTES"), _dims(a.shape))

@@ -83,6 +83,10 @@ def serve(models: List[ServedModel], host: str, port: int, max_body: int, say: C
                           f"{'dynamic batching' if m.batcher and m.batcher.batching else 'no batching'})"
                           for m in models)
         say(f"ready: {url}  models: {names}")
+        for m in models:
+            choice = getattr(m.predictor, "choice", None)
+            if choice is not None:
+                say(f"  {m.name}: {choice.precision} ({choice.reason})")
         say(f"  page {url}/   protocol {url}/v2/models/<name>/infer   Ctrl-C or SIGTERM drains and stops")
 
     st.on_load_error, st.on_ready = failed, ready
