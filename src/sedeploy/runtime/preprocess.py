@@ -13,9 +13,11 @@ Any image Pillow reads becomes the model's input as the model's own metadata say
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from pathlib import Path
-from typing import Sequence, Tuple, Union
+from typing import Iterator, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,6 +27,8 @@ from ..errors import UserError
 MAX_PIXELS = 40_000_000  # refuse larger images: a decompression bomb, or not something to classify
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 BACKGROUNDS = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 128)}
+# Pillow warns from 89 M pixels; MAX_PIXELS refuses (with a message) well below that, so the warning says nothing
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageError(UserError):
@@ -62,9 +66,12 @@ def to_model_mode(im: Image.Image, channels: int, background: Tuple[int, int, in
     return im if im.mode == target else im.convert(target)
 
 
-def load_image(path: Union[str, os.PathLike], channels: int, background: Tuple[int, int, int] = (0, 0, 0),
-               max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode `path` into an 'L' or 'RGB' PIL image, EXIF orientation applied. Raises ImageError."""
+@contextlib.contextmanager
+def opened(path: Union[str, os.PathLike], max_pixels: int = MAX_PIXELS) -> Iterator[Image.Image]:
+    """Open `path` lazily (header read, pixels not yet decoded) with the checks every reader needs.
+
+    Missing, empty, non-image, oversized and corrupt files raise ImageError, also when the failure
+    happens in the caller's block (decoding is lazy: a truncated file fails at im.load())."""
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file", path)
@@ -78,9 +85,7 @@ def load_image(path: Union[str, os.PathLike], channels: int, background: Tuple[i
             if w * h > max_pixels:
                 raise ImageError(f"{path}: {w}x{h} pixels exceeds the {max_pixels:,}-pixel limit "
                                  f"(decompression bomb?); downscale it first", path)
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return to_model_mode(im, channels, background)
+            yield im
     except ImageError:
         raise
     except Image.DecompressionBombError:
@@ -91,15 +96,37 @@ def load_image(path: Union[str, os.PathLike], channels: int, background: Tuple[i
         raise ImageError(f"{path}: corrupt or truncated image ({str(e).splitlines()[0][:100]})", path) from None
 
 
+def load_image(path: Union[str, os.PathLike], channels: int, background: Tuple[int, int, int] = (0, 0, 0),
+               max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode `path` into an 'L' or 'RGB' PIL image, EXIF orientation applied. Raises ImageError."""
+    with opened(path, max_pixels) as im:
+        im.load()
+        return to_model_mode(ImageOps.exif_transpose(im), channels, background)
+
+
 def resize(im: Image.Image, size_hw: Tuple[int, int]) -> Image.Image:
     h, w = size_hw
     return im if im.size == (w, h) else im.resize((w, h), Image.BILINEAR)
 
 
+def to_chw(im: Image.Image) -> np.ndarray:
+    """PIL 'L'/'RGB' -> uint8 (C, H, W): the pixels a model sees before normalization."""
+    a = np.asarray(im, dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def load_chw(path: Union[str, os.PathLike], channels: int, size_hw: Tuple[int, int],
+             background: Tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """A file -> uint8 (C, H, W) at the model's size, through exactly the runtime's steps 1-4.
+
+    Training on a folder decodes its images with this, so a model trains on the pixels that
+    `sedeploy infer` will give it. Raises ImageError."""
+    return np.ascontiguousarray(to_chw(resize(load_image(path, channels, background), size_hw)))
+
+
 def normalize(im: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """PIL 'L'/'RGB' -> float32 (C, H, W), (x/255 - mean) / std."""
-    a = np.asarray(im, dtype=np.float32) / 255.0
-    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)             # (C, H, W)
+    a = to_chw(im).astype(np.float32) / 255.0                        # (C, H, W)
     m = np.asarray(mean, dtype=np.float32)[:, None, None]
     s = np.asarray(std, dtype=np.float32)[:, None, None]
     return np.ascontiguousarray((a - m) / s, dtype=np.float32)
