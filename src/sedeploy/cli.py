@@ -44,8 +44,20 @@ def _dump_json(obj) -> None:
 def _train_options(f):
     opts = [
         click.option("--model", "model", default="se_cnn", show_default=True, help="Model name (cnn, se_cnn)."),
-        click.option("--dataset", default="cifar10", show_default=True, help="cifar10 or fashion-mnist."),
-        click.option("--data-dir", default=None, help="Dataset root [cifar10: ./data; fashion-mnist: Debian's copy]."),
+        click.option("--dataset", default="cifar10", show_default=True,
+                     help="cifar10, fashion-mnist, or folder (your own images in --data-dir)."),
+        click.option("--data-dir", default=None, help="Dataset root [cifar10: ./data; fashion-mnist: Debian's copy; "
+                                                   "folder: PATH/<class>/* or PATH/{train,val,test}/<class>/*]."),
+        click.option("--input-size", type=int, default=None,
+                     help="folder: square input side, a multiple of 8 [the images' own if all share one, else 32]."),
+        click.option("--color", type=click.Choice(["auto", "grey", "rgb"]), default="auto", show_default=True,
+                     help="folder: input channels; auto = grey (1) when every image is grey, else RGB (3)."),
+        click.option("--val-split", type=float, default=0.1, show_default=True,
+                     help="Share of each class held out for validation (folder without val/)."),
+        click.option("--test-split", type=float, default=0.1, show_default=True,
+                     help="folder without test/: share of each class held out for test."),
+        click.option("--cache-dir", default=None,
+                     help="folder: where decoded images are cached [$SEDEPLOY_CACHE or ~/.cache/sedeploy]."),
         click.option("--download", is_flag=True, help="Let torchvision download the dataset (needs internet)."),
         click.option("--epochs", type=int, default=50, show_default=True),
         click.option("--batch-size", type=int, default=64, show_default=True),
@@ -75,7 +87,9 @@ def _train_config(kw: dict, out: str, resume: Optional[str] = None):
                        epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], seed=kw["seed"],
                        device=kw["device"], workers=kw["workers"], out=out, resume=resume,
                        limit_train=kw["limit_train"], limit_test=kw["limit_test"], augment=kw["augment"],
-                       pipeline=kw["pipeline"], amp=not kw["no_amp"])
+                       pipeline=kw["pipeline"], amp=not kw["no_amp"], val_split=kw["val_split"],
+                       test_split=kw["test_split"], input_size=kw["input_size"],
+                       channels={"grey": 1, "rgb": 3}.get(kw["color"]), cache_dir=kw["cache_dir"])
 
 
 @cli.command(context_settings=CONTEXT)
@@ -90,6 +104,7 @@ def train(out: str, resume: Optional[str], **kw) -> None:
       sedeploy train --dataset fashion-mnist --epochs 10 --out runs/fm
       sedeploy train --dataset cifar10 --download                    # the full reference run
       sedeploy train --dataset fashion-mnist --limit-train 5000 --epochs 1   # quick check
+      sedeploy train --dataset folder --data-dir photos/ --input-size 64 --epochs 30 --out runs/mine
       sedeploy train --resume runs/fm/last.pt --epochs 20 --dataset fashion-mnist --out runs/fm
       torchrun --nproc_per_node 2 -m sedeploy train --dataset fashion-mnist   # data-parallel
     """

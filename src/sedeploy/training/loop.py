@@ -25,15 +25,15 @@ from ..errors import UserError, atomic_write_text, ensure_writable_dir
 from ..models import count_parameters, create_model, list_models, model_config
 from .augment import AUGMENT_PRESETS, BatchAugment, PILDataset, reference_transform
 from ..checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from .data import DATASETS, Split, load_dataset, subset
+from .data import DATASETS, Split, check_data_options, folder_options, load_dataset, subset, write_data_files
 
-DEFAULT_AUGMENT = {"cifar10": "reference", "fashion-mnist": "light"}
+DEFAULT_AUGMENT = {"cifar10": "reference", "fashion-mnist": "light", "folder": "light"}
 
 
 @dataclass
 class TrainConfig:
     model: str = "se_cnn"              # registry name
-    dataset: str = "cifar10"           # cifar10 | fashion-mnist
+    dataset: str = "cifar10"           # cifar10 | fashion-mnist | folder
     data_dir: Optional[str] = None     # dataset root (default: ./data, or Debian's copy for fashion-mnist)
     download: bool = False             # let torchvision download the dataset
     epochs: int = 50
@@ -53,6 +53,11 @@ class TrainConfig:
     factor: float = 0.5
     log_every: int = 100               # batches between log lines (0 = epoch lines only)
     model_config: Dict[str, Any] = field(default_factory=dict)  # overrides of the model config
+    val_split: float = 0.1             # share of each class held out for validation
+    test_split: float = 0.1            # folder without a test/ folder: share of each class held out for test
+    input_size: Optional[int] = None   # folder: square input side (None: from the data, else 32)
+    channels: Optional[int] = None     # folder: 1 or 3 (None: 1 when every image is grey, else 3)
+    cache_dir: Optional[str] = None    # folder: decode cache root (None: ~/.cache/sedeploy)
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -76,6 +81,7 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {v}")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise UserError(f"unknown device {cfg.device!r}; choose auto, cpu or cuda")
+    check_data_options(cfg)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
 
@@ -200,7 +206,9 @@ def fit(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             raise UserError(f"{cfg.resume} is a {resume_ckpt['model_name']} on {resume_ckpt['dataset']}; "
                             f"resume with --model {resume_ckpt['model_name']} --dataset {resume_ckpt['dataset']}")
 
-    info, data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+    info, data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, folder=folder_options(cfg),
+                              progress=progress and d.main, log=lambda m: _log(m, d))
+    data_ref = write_data_files(info, out) if d.main else None   # a folder's split.json, skipped.json
     train_split = subset(data["train"], cfg.limit_train, cfg.seed)
     test_split = subset(data["test"], cfg.limit_test, cfg.seed + 1)
     aug_name = cfg.augment or DEFAULT_AUGMENT[cfg.dataset]
@@ -237,13 +245,13 @@ def fit(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         model = nn.parallel.DistributedDataParallel(model)
 
     n_params = count_parameters(model)
-    _log(f"{cfg.model} ({n_params:,} params) on {info.name} [{len(train_split.labels)} train / "
+    _log(f"{cfg.model} ({n_params:,} params, input {'x'.join(map(str, info.input_size))}) on {info.name} [{len(train_split.labels)} train / "
          f"{len(test_split.labels)} test, {info.source}], device {device}, world {d.world}, "
          f"augment {aug_name}, pipeline {cfg.pipeline}", d)
-    ref_train_tf = reference_transform(aug_cfg, info.mean, info.std, train=True)
-    ref_test_tf = reference_transform(aug_cfg, info.mean, info.std, train=False)
+    ref_train_tf = reference_transform(aug_cfg, info.mean, info.std, train=True, size=info.input_size[1])
+    ref_test_tf = reference_transform(aug_cfg, info.mean, info.std, train=False, size=info.input_size[1])
     meta = dict(classes=info.classes, mean=info.mean, std=info.std, input_size=info.input_size,
-                dataset=info.name)
+                dataset=info.name, data=data_ref)
     epoch_times: List[float] = []
     n_batches = -(-len(train_split.labels[d.rank::d.world]) // cfg.batch_size)
 
