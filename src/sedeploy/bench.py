@@ -193,7 +193,7 @@ def test_data(meta: dict, cfg: BenchConfig) -> Tuple[Optional[np.ndarray], Optio
     from .datasets import load_arrays, normalize_batch
     name = cfg.data or meta.get("dataset")
     try:
-        _, x, y = load_arrays(name, cfg.data_dir, "test")
+        _, x, y = load_arrays(name, cfg.data_dir, "test", ref=meta.get("data"))
     except UserError as e:
         return None, None, f"no test data ({str(e).split(';')[0]})"
     if cfg.limit:

@@ -75,7 +75,7 @@ def build_metadata(ckpt: dict, model, names: List[str], sha: str, opset: Optiona
         "model_name": ckpt["model_name"], "model_config": ckpt["model_config"],
         "output_names": names, "se_outputs": [n for n in names if n in contract.se_output_names(n_se)],
         "feature_map": contract.FEATURE_MAP if contract.FEATURE_MAP in names else None,
-        "dataset": ckpt["dataset"], "test_accuracy": ckpt.get("metrics", {}).get("test_acc"),
+        "dataset": ckpt["dataset"], "data": ckpt.get("data"), "test_accuracy": ckpt.get("metrics", {}).get("test_acc"),
         "checkpoint_sha256": sha, "versions": versions("torch", "onnx", "onnxruntime", "onnxsim"), "opset": opset,
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "precision": precision,
     }
@@ -191,7 +191,7 @@ def _variants(fp32: Path, tmp: Path, ckpt: dict, opts: ExportOptions, reference:
     out: Dict[str, Path] = {}
     if opts.int8:
         t = time.perf_counter()
-        meta = {"dataset": ckpt["dataset"], "mean": ckpt["mean"], "std": ckpt["std"]}
+        meta = {"dataset": ckpt["dataset"], "data": ckpt.get("data"), "mean": ckpt["mean"], "std": ckpt["std"]}
         q = quantize_int8(fp32, tmp / "model.int8.onnx", calibration_images(meta, opts.calib, opts.data_dir))
         timings["int8"] = time.perf_counter() - t
         check_onnx(q)
