@@ -247,6 +247,12 @@ def _make(tmp_path: Path, case: str) -> Path:
         (root / "cow").mkdir()
         for i in range(3):
             (root / "cow" / f"{i}.jpg").write_text("oops")
+    elif case == "all-truncated":
+        class_folder(root, n=5, classes=("ant", "bee"))
+        good = (root / "ant" / "ant_000.png").read_bytes()
+        (root / "cow").mkdir()
+        for i in range(3):
+            (root / "cow" / f"{i}.png").write_bytes(good[:len(good) // 2])   # headers fine, pixels cut
     elif case == "val-without-train":
         class_folder(root / "val", n=3, classes=("ant", "bee"))
     elif case == "test-class-not-in-train":
@@ -261,6 +267,7 @@ def _make(tmp_path: Path, case: str) -> Path:
     ("too-small", ["data/cow", "2 usable image(s)", "too few to split", "add at least 1"]),
     ("no-images", ["no class folders with images", "<class>"]),
     ("all-unreadable", ["'cow'", "no readable images", "not an image"]),
+    ("all-truncated", ["'cow'", "no decodable training images", "truncated"]),
     ("val-without-train", ["val/ but no train/", "train/<class>"]),
     ("test-class-not-in-train", ["test/cow", "train/cow"]),
 ])

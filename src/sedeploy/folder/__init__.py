@@ -20,7 +20,7 @@ import numpy as np
 from ..datasets import DatasetInfo
 from ..errors import UserError
 from .cache import Decoded, channel_stats, cpu_count, decode_splits, default_cache_root, folder_cache_dir
-from .index import SPLITS, FileEntry, FolderIndex, index_folder
+from .index import SPLITS, FileEntry, FolderIndex, first_reason, index_folder
 from .split import assign, dump_record, make_record, read_record
 
 __all__ = ["FolderOptions", "FolderData", "load_folder", "folder_arrays", "default_cache_root"]
@@ -107,11 +107,10 @@ def load_folder(data_dir: Optional[str], opts: FolderOptions = FolderOptions(), 
     final = {s: [f for f in splits[s] if f.rel not in dropped] for s in SPLITS}
     for label, cls in enumerate(index.classes):
         if not any(f.label == label for f in final["train"]):
-            raise UserError(f"class {cls!r} in {root} has no decodable training images ({dec.dropped[0][1]}); "
-                            f"add images or remove the folder")
+            raise UserError(f"class {cls!r} in {root} has no decodable training images ({first_reason(dec.dropped, cls)}"
+                            f"); add images or remove the folder")
     if not final["test"]:
-        raise UserError(f"every test image of {root} failed to decode; fix or replace them (see the reasons with "
-                        f"--no-progress)")
+        raise UserError(f"every test image of {root} failed to decode ({dec.dropped[-1][1]}); fix or replace them")
     skipped = [{"path": rel, "reason": r} for rel, r in sorted(index.skipped + dec.dropped)]
     how = "cache hit" if dec.hit else f"decoded {dec.decoded}, re-used {dec.reused}"
     rate = f", {dec.decoded / dec.seconds:.0f} img/s" if dec.decoded and dec.seconds else ""

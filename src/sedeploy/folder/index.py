@@ -204,12 +204,13 @@ def index_folder(root: Path, headers_file: Optional[Path], workers: int, progres
     for cls in classes:
         if not any(classes[f.label] == cls for f in files):
             raise UserError(f"class {cls!r} in {root} has no readable images (all skipped: "
-                            f"{_first_reason(skipped, cls)}); add images or remove the folder")
+                            f"{first_reason(skipped, cls)}); add images or remove the folder")
     return FolderIndex(root, layout, classes, sorted(files, key=lambda f: f.rel), sorted(skipped), grey,
                        next(iter(sizes)) if len(sizes) == 1 else None)
 
 
-def _first_reason(skipped: List[Tuple[str, str]], cls: str) -> str:
+def first_reason(skipped: List[Tuple[str, str]], cls: str) -> str:
+    """The reason the first skipped file of class `cls` was skipped (for one-line errors)."""
     mine = [r for rel, r in skipped if f"/{cls}/" in f"/{rel}"]
     return mine[0] if mine else "none found"
 
