@@ -10,6 +10,7 @@ import this.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +165,7 @@ def folder_arrays(ref: Optional[dict], data_dir: Optional[str] = None, split: st
 
 def _stat(root: Path, rel: str, label: int) -> FileEntry:
     try:
-        st = (root / rel).stat()
+        st = os.stat(os.path.join(root, rel))
     except OSError:
         raise UserError(f"{root / rel} (listed in the split file) is missing; pass --data-dir with the folder the "
                         f"model was trained on") from None

@@ -84,12 +84,25 @@ def _visible(names: Iterable[str]) -> List[str]:
     return sorted(n for n in names if not n.startswith("."))
 
 
-def _walk(folder: Path) -> List[Path]:
-    """Every non-hidden file under folder, sorted; nested folders count (ImageFolder's os.walk)."""
-    out = []
-    for d, dirs, files in os.walk(folder):
-        dirs[:] = _visible(dirs)
-        out += [Path(d) / f for f in _visible(files)]
+Found = Tuple[str, int, int]   # (path relative to the data folder, size in bytes, mtime_ns)
+
+
+def _walk(folder: str, rel: str) -> List[Found]:
+    """Every non-hidden file under folder, recursively (ImageFolder's os.walk; linked sub-folders are
+    not followed), sorted. Strings and os.scandir, not pathlib: 70k files index in a second, not ten."""
+    out: List[Found] = []
+    stack = [(folder, rel)]
+    while stack:
+        d, r = stack.pop()
+        with os.scandir(d) as it:
+            for e in it:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((e.path, f"{r}/{e.name}"))
+                elif e.is_file():
+                    st = e.stat()
+                    out.append((f"{r}/{e.name}", st.st_size, st.st_mtime_ns))
     return sorted(out)
 
 
@@ -108,11 +121,11 @@ def find_layout(root: Path) -> str:
     return "classes"
 
 
-def list_files(root: Path, layout: str) -> Tuple[List[str], List[Tuple[str, Optional[str], str]],
+def list_files(root: Path, layout: str) -> Tuple[List[str], List[Tuple[Found, Optional[str], str]],
                                                   List[Tuple[str, str]]]:
-    """-> (classes, [(rel, role, class)], [(rel, reason)] of files outside any class folder)."""
+    """-> (classes, [((rel, size, mtime), role, class)], [(rel, reason)] of files outside any class folder)."""
     skipped: List[Tuple[str, str]] = []
-    found: List[Tuple[str, Optional[str], str]] = []
+    found: List[Tuple[Found, Optional[str], str]] = []
     tops = [(root / s, s) for s in SPLITS if (root / s).is_dir()] if layout == "splits" else [(root, None)]
     per_role: Dict[Optional[str], List[str]] = {}
     for top, role in tops:
@@ -122,10 +135,10 @@ def list_files(root: Path, layout: str) -> Tuple[List[str], List[Tuple[str, Opti
         dirs = _class_dirs(top)
         per_role[role] = [d.name for d in dirs]
         for d in dirs:
-            files = _walk(d)
+            files = _walk(str(d), _rel(d, root))
             if not files:
                 raise UserError(f"class folder {d} is empty; add images of class {d.name!r} or remove the folder")
-            found += [(_rel(p, root), role, d.name) for p in files]
+            found += [(f, role, d.name) for f in files]
     classes = per_role.get("train", per_role.get(None, []))
     for role, names in per_role.items():
         extra = sorted(set(names) - set(classes))
@@ -179,12 +192,12 @@ def index_folder(root: Path, headers_file: Optional[Path], workers: int, progres
     label = {c: i for i, c in enumerate(classes)}
     known = _read_headers(headers_file)
     entries, todo = [], []
-    for rel, role, cls in found:
-        if Path(rel).suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append((rel, f"not an image file name ({Path(rel).suffix or 'no suffix'})"))
+    for (rel, size, mtime), role, cls in found:
+        suffix = os.path.splitext(rel)[1]
+        if suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append((rel, f"not an image file name ({suffix or 'no suffix'})"))
             continue
-        st = (root / rel).stat()
-        e = FileEntry(rel, label[cls], st.st_size, st.st_mtime_ns, role)
+        e = FileEntry(rel, label[cls], size, mtime, role)
         entries.append(e)
         if known.get(rel, [None])[:2] != [e.size, e.mtime_ns]:
             todo.append(e)
@@ -201,8 +214,9 @@ def index_folder(root: Path, headers_file: Optional[Path], workers: int, progres
         sizes.add((w, h))
     if headers_file is not None and todo:
         _write_headers(headers_file, {e.rel: known[e.rel] for e in entries})
-    for cls in classes:
-        if not any(classes[f.label] == cls for f in files):
+    have = {f.label for f in files}
+    for i, cls in enumerate(classes):
+        if i not in have:
             raise UserError(f"class {cls!r} in {root} has no readable images (all skipped: "
                             f"{first_reason(skipped, cls)}); add images or remove the folder")
     return FolderIndex(root, layout, classes, sorted(files, key=lambda f: f.rel), sorted(skipped), grey,
