@@ -23,15 +23,20 @@ from sedeploy.timing import cpu_name
 
 
 def make_jpegs(out: Path, n: int, classes: int = 10) -> None:
-    """n 640x480 JPEGs (quality 90) in `classes` folders: smooth colour fields plus noise, photo-like sizes."""
+    """n 640x480 JPEGs (quality 90) in `classes` folders, photo-like in size and noise: class k is a
+    colour grating at angle k * 180 / classes degrees (random frequency and phase), so a model can
+    learn it at 64x64."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:480, 0:640].astype(np.float32)
     for i in range(n):
-        d = out / f"c{i % classes}"
+        k = i % classes
+        d = out / f"c{k}"
         d.mkdir(parents=True, exist_ok=True)
-        f = rng.uniform(0.005, 0.03, 3)
-        a = np.stack([127 + 100 * np.sin(xx * f[0] + yy * f[1] + k) for k in range(3)], -1)
-        a += rng.normal(0, 12, a.shape)
+        theta = np.pi * k / classes
+        f, phase = rng.uniform(0.02, 0.05), rng.uniform(0, 2 * np.pi)
+        wave = f * (xx * np.cos(theta) + yy * np.sin(theta)) + phase
+        a = np.stack([127 + 90 * np.sin(wave + c * 2.1) for c in range(3)], -1)    # (480, 640, 3)
+        a += rng.normal(0, 20, a.shape)
         Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(d / f"{i:05d}.jpg", quality=90)
 
 
