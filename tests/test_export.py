@@ -295,7 +295,7 @@ def test_int8_gate_accuracy_drop_and_unlabelled(trained_fm, fmnist_dir, tmp_path
     assert not (tmp_path / "a").exists()                    # not even an empty folder is left behind
     monkeypatch.setattr(q, "calibration_images", real)
     real_load = ds.load_arrays
-    monkeypatch.setattr(ds, "load_arrays", lambda name, data_dir=None, split="test", native=False:
+    monkeypatch.setattr(ds, "load_arrays", lambda name, data_dir=None, split="test", native=False, ref=None:
                         real_load(name, data_dir, split) if split == "train" else (_ for _ in ()).throw(
                             UserError("Fashion-MNIST test files not found")))
     with pytest.raises(UserError, match="needs labelled fashion-mnist test images.*--int8-allow-unlabelled"):

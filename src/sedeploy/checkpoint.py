@@ -3,8 +3,8 @@
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so that
 `torch.load(weights_only=True)` accepts it: a checkpoint from someone else cannot run code.
 It carries everything needed to rebuild and use the model without the training code's
-arguments: model name and config, class names, mean/std, input size, dataset, epoch, metrics,
-versions. `last.pt` adds optimizer, scheduler and RNG state for an exact resume.
+arguments: model name and config, class names, mean/std, input size, dataset (and for a folder
+dataset where its data and split file are), epoch, metrics, versions. `last.pt` adds optimizer, scheduler and RNG state for an exact resume.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ FORMAT_VERSION = 1
 
 def make_checkpoint(model: nn.Module, model_name: str, model_config: Dict[str, Any], *, classes, mean, std,
                     input_size, dataset: str, epoch: int, metrics: Dict[str, Any],
-                    extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                    extra: Optional[Dict[str, Any]] = None, data: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     ckpt = {
         "format": FORMAT,
@@ -39,6 +39,7 @@ def make_checkpoint(model: nn.Module, model_name: str, model_config: Dict[str, A
         "std": [float(s) for s in std],
         "input_size": [int(i) for i in input_size],
         "dataset": dataset,
+        "data": data,          # where the data is (folder datasets: path, split file, seed), else None
         "epoch": int(epoch),
         "metrics": dict(metrics),
         "versions": versions("torch", "torchvision"),

@@ -87,7 +87,20 @@ def _train_options(f=None, *, exclude: Sequence[str] = ()):
     opts = {
         "model": click.option("--model", "model", type=LazyChoice(_models), default=d.model, show_default=True),
         "dataset": click.option("--dataset", type=LazyChoice(_datasets), default=d.dataset, show_default=True),
-        "data_dir": click.option("--data-dir", default=None, help="Dataset root [cifar10: ./data; fashion-mnist: Debian's copy]."),
+        "data_dir": click.option("--data-dir", default=None,
+                                 help="Dataset root [cifar10: ./data; fashion-mnist: Debian's copy; "
+                                      "folder: PATH/<class>/* or PATH/{train,val,test}/<class>/*]."),
+        "input_size": click.option("--input-size", type=int, default=None,
+                                   help="folder: square input side, a multiple of 8 [the images' own if all "
+                                        "share one, else 32]."),
+        "color": click.option("--color", type=click.Choice(["auto", "grey", "rgb"]), default="auto",
+                              show_default=True,
+                              help="folder: input channels; auto = grey (1) when every image is grey, else RGB (3)."),
+        "test_split": click.option("--test-split", type=float, default=d.test_split, show_default=True,
+                                   help="folder without test/: share of each class held out for test."),
+        "cache_dir": click.option("--cache-dir", default=None,
+                                  help="folder: where decoded images are cached [$SEDEPLOY_CACHE or "
+                                       "~/.cache/sedeploy]."),
         "download": click.option("--download", is_flag=True, help="Let torchvision download the dataset (needs internet)."),
         "epochs": click.option("--epochs", type=click.IntRange(min=1), default=d.epochs, show_default=True),
         "batch_size": click.option("--batch-size", type=click.IntRange(min=1), default=d.batch_size, show_default=True),
@@ -120,14 +133,15 @@ def _train_options(f=None, *, exclude: Sequence[str] = ()):
     return f
 
 
-_NOT_CONFIG = ("no_amp", "no_progress", "as_json", "seeds", "models")
+_NOT_CONFIG = ("no_amp", "no_progress", "as_json", "seeds", "models", "color")
 
 
 def _train_config(kw: dict, **extra):
     """TrainConfig from the parsed options (one name per field; --no-amp is amp=False)."""
     from .training.config import TrainConfig
     fields = {k: v for k, v in kw.items() if k not in _NOT_CONFIG}
-    return TrainConfig(**fields, amp=not kw["no_amp"], **extra)
+    return TrainConfig(**fields, amp=not kw["no_amp"], channels={"grey": 1, "rgb": 3}.get(kw.get("color", "auto")),
+                       **extra)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -147,6 +161,7 @@ def train(**kw) -> None:
       sedeploy train --dataset fashion-mnist --epochs 10 --out runs/fm
       sedeploy train --dataset cifar10 --download                    # the full reference run
       sedeploy train --dataset fashion-mnist --limit-train 5000 --epochs 1   # quick check
+      sedeploy train --dataset folder --data-dir photos/ --input-size 64 --epochs 30 --out runs/mine
       sedeploy train --dataset fashion-mnist --out runs/fm --epochs 20 --resume runs/fm/last.pt
       torchrun --nproc_per_node 2 -m sedeploy train --dataset fashion-mnist   # data-parallel
     """

@@ -36,6 +36,7 @@ META_KEYS = (
     "se_outputs",      # list[str], the subset of output_names that are SE weights
     "feature_map",     # str or null, name of the feature map output
     "dataset",         # str
+    "data",            # dict or null: where the training data is (folder: data_dir, split_file, seed, ...)
     "test_accuracy",   # float or null, percent
     "checkpoint_sha256",
     "versions",        # dict: sedeploy, torch, onnx, ...

@@ -13,9 +13,9 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -29,7 +29,7 @@ FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal
 FMNIST_MEAN = (0.2860,)  # Fashion-MNIST train set statistics
 FMNIST_STD = (0.3530,)
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
-DATASETS = ("cifar10", "fashion-mnist")
+DATASETS = ("cifar10", "fashion-mnist", "folder")  # folder: your own images (sedeploy.folder)
 
 
 
@@ -41,6 +41,10 @@ class DatasetInfo:
     std: Tuple[float, ...]
     input_size: Tuple[int, int, int]  # (C, H, W)
     source: str                       # where the data was read from
+    ref: Optional[Dict[str, Any]] = None  # where to find the data again (folder: its path, split file, seed);
+                                          # stored in the checkpoint and the ONNX metadata as "data"
+    files: Dict[str, str] = field(default_factory=dict)  # name -> text written to the run folder
+                                                         # (folder: split.json, skipped.json)
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -48,6 +52,9 @@ def dataset_info(name: str) -> DatasetInfo:
         return DatasetInfo("cifar10", CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, (3, 32, 32), "")
     if name == "fashion-mnist":
         return DatasetInfo("fashion-mnist", FMNIST_CLASSES, FMNIST_MEAN, FMNIST_STD, (1, 32, 32), "")
+    if name == "folder":
+        raise UserError("the folder dataset's classes and statistics come from the folder; "
+                        "pass --data-dir with one sub-folder of images per class")
     raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
 
 
@@ -152,11 +159,16 @@ def read_fmnist(dirs: List[Path], split: str, size: Optional[int] = 32) -> Tuple
     return np.ascontiguousarray(x[:, None]), y, img_f.parent
 
 
-def load_arrays(name: str, data_dir: Optional[str] = None, split: str = "test", native: bool = False
-                ) -> Tuple[DatasetInfo, np.ndarray, np.ndarray]:
+def load_arrays(name: str, data_dir: Optional[str] = None, split: str = "test", native: bool = False,
+                ref: Optional[Dict[str, Any]] = None) -> Tuple[DatasetInfo, np.ndarray, np.ndarray]:
     """-> (info, images (N, C, H, W) uint8, labels (N,) int64) from files on disk, no download.
 
-    native=True keeps the files' own size (Fashion-MNIST 28x28) instead of the model input size."""
+    native=True keeps the files' own size (Fashion-MNIST 28x28) instead of the model input size.
+    name "folder": the split a model was trained on, found through `ref` (the checkpoint's or the
+    ONNX metadata's "data"); data_dir, when given, says where the folder is now."""
+    if name == "folder":
+        from .folder import folder_arrays
+        return folder_arrays(ref, data_dir, split)
     info = dataset_info(name)
     if name == "cifar10":
         x, y = read_cifar(Path(data_dir or "data"), split)
@@ -181,6 +193,8 @@ def write_samples(name: str, out: Path, n: int = 8, data_dir: Optional[str] = No
     from .errors import atomic_write, ensure_writable_dir
     if n <= 0:
         raise UserError(f"--n must be positive, got {n}")
+    if name == "folder":
+        raise UserError("samples writes built-in test images; a folder dataset's images are already files")
     info, x, y = load_arrays(name, data_dir, "test", native=True)
     out = ensure_writable_dir(out)
     idx = np.random.default_rng(seed).permutation(len(y))[:n]

@@ -37,7 +37,7 @@ def deletion_eval(model: Optional[str] = None, dataset: Optional[str] = None, da
     if info.feature_map is None:
         raise UserError(f"{pred.path} has no feature_map output; export it without --logits-only")
     ds_name = dataset or info.meta.get("dataset")
-    _, images, _ = load_arrays(ds_name, data_dir, "test")
+    _, images, _ = load_arrays(ds_name, data_dir, "test", ref=info.meta.get("data"))
     images = images[np.random.default_rng(seed).permutation(len(images))[:n]]
     mean = np.asarray(info.mean, np.float32)[:, None, None]
     std = np.asarray(info.std, np.float32)[:, None, None]

@@ -130,7 +130,7 @@ def load_data(m: _Model, cfg: BenchConfig, n_par: int = 64) -> _Data:
     name = cfg.dataset or meta.get("dataset")
     x = y = None
     try:
-        _, x, y = load_arrays(name, cfg.data_dir, "test")
+        _, x, y = load_arrays(name, cfg.data_dir, "test", ref=meta.get("data"))
         if cfg.limit:
             x, y = x[:cfg.limit], y[:cfg.limit]
         if list(x.shape[1:]) != list(meta["input_size"]):

@@ -86,7 +86,7 @@ def build_metadata(ckpt: dict, model, names: List[str], sha: str, opset: Optiona
         "model_name": ckpt["model_name"], "model_config": ckpt["model_config"],
         "output_names": names, "se_outputs": [n for n in names if n in contract.se_output_names(n_se)],
         "feature_map": contract.FEATURE_MAP if contract.FEATURE_MAP in names else None,
-        "dataset": ckpt["dataset"], "test_accuracy": ckpt.get("metrics", {}).get("test_acc"),
+        "dataset": ckpt["dataset"], "data": ckpt.get("data"), "test_accuracy": ckpt.get("metrics", {}).get("test_acc"),
         "checkpoint_sha256": sha, "versions": versions("torch", "onnx", "onnxruntime", "onnxsim"), "opset": opset,
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "precision": precision,
     }
@@ -257,7 +257,7 @@ def _variants(job: Job, fp32: Path, reference: Dict[str, np.ndarray], x: np.ndar
     out: Dict[str, Path] = {}
     if opts.int8:
         t = time.perf_counter()
-        meta = {"dataset": ckpt["dataset"], "mean": ckpt["mean"], "std": ckpt["std"]}
+        meta = {"dataset": ckpt["dataset"], "data": ckpt.get("data"), "mean": ckpt["mean"], "std": ckpt["std"]}
         q = quantize_int8(fp32, tmp / "model.int8.onnx", calibration_images(meta, opts.calib, opts.data_dir))
         job.timings["int8"] = time.perf_counter() - t
         check_onnx(q)
@@ -316,7 +316,7 @@ def int8_gate(fp32: Path, int8: Path, ckpt: dict, opts: ExportOptions, log: Call
     from ..datasets import load_arrays, normalize_batch
     from ..parity import compare
     try:
-        _, xs, ys = load_arrays(ckpt["dataset"], opts.data_dir, "test")
+        _, xs, ys = load_arrays(ckpt["dataset"], opts.data_dir, "test", ref=ckpt.get("data"))
         if list(xs.shape[1:]) != list(ckpt["input_size"]):
             raise UserError(f"test images are {list(xs.shape[1:])}, the model takes {ckpt['input_size']}")
         idx = np.random.default_rng(0).permutation(len(xs))[:opts.int8_eval]

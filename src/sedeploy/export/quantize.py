@@ -46,7 +46,7 @@ def calibration_images(meta: dict, n: int, data_dir: Optional[str] = None, seed:
     """N normalized training images of the model's dataset (UserError if the data is not on disk)."""
     from ..datasets import load_arrays, normalize_batch
     try:
-        _, x, _ = load_arrays(meta["dataset"], data_dir, "train")
+        _, x, _ = load_arrays(meta["dataset"], data_dir, "train", ref=meta.get("data"))
     except UserError as e:
         raise UserError(f"int8 calibration needs {meta['dataset']} training images: {e}") from None
     x = x[np.random.default_rng(seed).permutation(len(x))[:n]]

@@ -39,7 +39,7 @@ def verification_batch(ckpt: dict, n: int = 16, data_dir=None, seed: int = 0) ->
     """-> (float32 batch, description): real test images if the dataset is on disk, else seeded noise."""
     from ..datasets import load_arrays, normalize_batch
     try:
-        _, x, _ = load_arrays(ckpt["dataset"], data_dir, "test")
+        _, x, _ = load_arrays(ckpt["dataset"], data_dir, "test", ref=ckpt.get("data"))
         if list(x.shape[1:]) == list(ckpt["input_size"]):
             return normalize_batch(x[:n], ckpt["mean"], ckpt["std"]), f"{len(x[:n])} {ckpt['dataset']} test images"
     except UserError:

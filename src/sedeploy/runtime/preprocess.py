@@ -13,10 +13,12 @@ Any image Pillow reads becomes the model's input as the model's own metadata say
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import warnings
 from pathlib import Path
-from typing import BinaryIO, Optional, Sequence, Tuple, Union
+from typing import BinaryIO, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -27,6 +29,8 @@ MAX_PIXELS = 40_000_000  # refuse larger images: a decompression bomb, or not so
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 _ORIENTATION = 0x0112  # EXIF tag
 BACKGROUNDS = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 128)}
+# Pillow warns from 89 M pixels; MAX_PIXELS refuses (with a message) well below that, so the warning says nothing
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageError(UserError):
@@ -64,6 +68,45 @@ def to_model_mode(im: Image.Image, channels: int, background: Tuple[int, int, in
     return im if im.mode == target else im.convert(target)
 
 
+def _checked_file(path: Union[str, os.PathLike]) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file", path)
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory, not an image", path)
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes), not an image", path)
+    return path
+
+
+@contextlib.contextmanager
+def _open_checked(source: Union[Path, BinaryIO], name: str, max_pixels: int) -> Iterator[Image.Image]:
+    """Image.open with the size limit; every Pillow failure, also one raised in the caller's block
+    (decoding is lazy: a truncated file fails at im.load()), becomes an ImageError naming `name`."""
+    try:
+        with Image.open(source) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageError(f"{name}: {w}x{h} pixels exceeds the {max_pixels:,}-pixel limit "
+                                 f"(decompression bomb?); downscale it first", name)
+            yield im
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: image is too large (decompression bomb); downscale it first", name) from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image Pillow can read", name) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name}: corrupt or truncated image ({str(e).splitlines()[0][:100]})", name) from None
+
+
+def opened(path: Union[str, os.PathLike], max_pixels: int = MAX_PIXELS):
+    """Open `path` lazily (header read, pixels not decoded) with the checks every reader needs:
+    missing, empty, non-image, oversized and corrupt files raise ImageError (a context manager)."""
+    path = _checked_file(path)
+    return _open_checked(path, str(path), max_pixels)
+
+
 def load_image(path: Union[str, os.PathLike], channels: int, background: Tuple[int, int, int] = (0, 0, 0),
                max_pixels: int = MAX_PIXELS, fast_size: Optional[Tuple[int, int]] = None) -> Image.Image:
     """Decode `path` into an 'L' or 'RGB' PIL image, EXIF orientation applied. Raises ImageError.
@@ -72,13 +115,7 @@ def load_image(path: Union[str, os.PathLike], channels: int, background: Tuple[i
     size by DCT scaling (Pillow's draft mode: 1/2, 1/4 or 1/8, never below W x H), and straight to
     grey for a 1-channel model; other formats are box-reduced to about twice W x H. The result then
     differs slightly from the exact path's (docs/BENCHMARKS.md gives the measured drift)."""
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: no such file", path)
-    if path.is_dir():
-        raise ImageError(f"{path}: is a directory, not an image", path)
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: empty file (0 bytes), not an image", path)
+    path = _checked_file(path)
     return _decode(path, str(path), channels, background, max_pixels, fast_size)
 
 
@@ -92,28 +129,15 @@ def decode_image(data: bytes, name: str, channels: int, background: Tuple[int, i
 
 def _decode(source: Union[Path, BinaryIO], name: str, channels: int, background: Tuple[int, int, int],
             max_pixels: int, fast_size: Optional[Tuple[int, int]] = None) -> Image.Image:
-    try:
-        with Image.open(source) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise ImageError(f"{name}: {w}x{h} pixels exceeds the {max_pixels:,}-pixel limit "
-                                 f"(decompression bomb?); downscale it first", name)
-            if fast_size is not None:
-                _draft(im, channels, fast_size)
-            im.load()
-            if im.getexif().get(_ORIENTATION, 1) != 1:      # exif_transpose copies even when upright
-                im = ImageOps.exif_transpose(im)
-            if fast_size is not None:
-                im = _reduce(im, fast_size)
-            return to_model_mode(im, channels, background)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError:
-        raise ImageError(f"{name}: image is too large (decompression bomb); downscale it first", name) from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image Pillow can read", name) from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{name}: corrupt or truncated image ({str(e).splitlines()[0][:100]})", name) from None
+    with _open_checked(source, name, max_pixels) as im:
+        if fast_size is not None:
+            _draft(im, channels, fast_size)
+        im.load()
+        if im.getexif().get(_ORIENTATION, 1) != 1:      # exif_transpose copies even when upright
+            im = ImageOps.exif_transpose(im)
+        if fast_size is not None:
+            im = _reduce(im, fast_size)
+        return to_model_mode(im, channels, background)
 
 
 def _draft(im: Image.Image, channels: int, size_wh: Tuple[int, int]) -> None:
@@ -139,10 +163,24 @@ def resize(im: Image.Image, size_hw: Tuple[int, int]) -> Image.Image:
     return im if im.size == (w, h) else im.resize((w, h), Image.BILINEAR)
 
 
+def to_chw(im: Image.Image) -> np.ndarray:
+    """PIL 'L'/'RGB' -> uint8 (C, H, W): the pixels a model sees before normalization."""
+    a = np.asarray(im, dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def load_chw(path: Union[str, os.PathLike], channels: int, size_hw: Tuple[int, int],
+             background: Tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """A file -> uint8 (C, H, W) at the model's size, through exactly the runtime's decode and resize.
+
+    Training on a folder decodes its images with this, so a model trains on the pixels that
+    `sedeploy infer` will give it. Raises ImageError."""
+    return np.ascontiguousarray(to_chw(resize(load_image(path, channels, background), size_hw)))
+
+
 def normalize(im: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """PIL 'L'/'RGB' -> float32 (C, H, W), (x/255 - mean) / std."""
-    a = np.asarray(im, dtype=np.float32) / 255.0
-    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)             # (C, H, W)
+    a = to_chw(im).astype(np.float32) / 255.0                        # (C, H, W)
     m = np.asarray(mean, dtype=np.float32)[:, None, None]
     s = np.asarray(std, dtype=np.float32)[:, None, None]
     return np.ascontiguousarray((a - m) / s, dtype=np.float32)

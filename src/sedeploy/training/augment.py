@@ -135,13 +135,14 @@ class BatchAugment:
         return x
 
 
-def reference_transform(cfg: AugmentConfig, mean: Sequence[float], std: Sequence[float], train: bool = True):
+def reference_transform(cfg: AugmentConfig, mean: Sequence[float], std: Sequence[float], train: bool = True,
+                        size: int = 32):
     """The reference's torchvision PIL pipeline for the same AugmentConfig (for comparison runs)."""
     from torchvision import transforms as T
     ops = []
     if train:
         if cfg.pad:
-            ops.append(T.RandomCrop(32, padding=cfg.pad))
+            ops.append(T.RandomCrop(size, padding=cfg.pad))
         if cfg.hflip:
             ops.append(T.RandomHorizontalFlip())
         if cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue:

@@ -20,11 +20,11 @@ from ..errors import UserError
 DEVICES = ("auto", "cpu", "cuda")
 PIPELINES = ("fast", "reference")
 SELECT_ON = ("val", "test")
-DEFAULT_AUGMENT = {"cifar10": "reference", "fashion-mnist": "light"}
+DEFAULT_AUGMENT = {"cifar10": "reference", "fashion-mnist": "light", "folder": "light"}
 # Fields that do not change the weights of an epoch: everything else is part of the recipe that a
 # resumed run must share (TrainConfig.recipe), so a new field is checked on resume by default.
 NOT_RECIPE = frozenset({"epochs", "out", "resume", "allow_recipe_change", "download", "log_every", "device",
-                        "data_dir", "amp"})
+                        "data_dir", "amp", "cache_dir"})
 
 
 @dataclass
@@ -53,6 +53,10 @@ class TrainConfig:
     factor: float = 0.5
     log_every: int = 100               # batches between log lines (0 = epoch lines only)
     model_config: Dict[str, Any] = field(default_factory=dict)  # overrides of the model config
+    test_split: float = 0.1            # folder without a test/ folder: share of each class held out for test
+    input_size: Optional[int] = None   # folder: square input side (None: from the data, else 32)
+    channels: Optional[int] = None     # folder: 1 or 3 (None: 1 when every image is grey, else 3)
+    cache_dir: Optional[str] = None    # folder: decode cache root (None: ~/.cache/sedeploy)
 
     def augment_name(self) -> str:
         return self.augment or DEFAULT_AUGMENT.get(self.dataset, "light")
@@ -102,6 +106,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.select_on == "val" and not 0.0 < cfg.val_split < 0.9:
         raise UserError(f"--val-split must be in (0, 0.9), got {cfg.val_split}; "
                         f"use --select-on test to select on the test set (the reference's way)")
+    from .data import check_data_options
+    check_data_options(cfg)
     if cfg.device == "cuda":
         import torch
         if not torch.cuda.is_available():

@@ -8,12 +8,14 @@ by sedeploy.datasets (numpy only); this module adds torchvision's CIFAR-10 loade
   md5 sums differ from the published ones (a re-packed or synthetic copy), the
   cifar-10-batches-py pickles are read directly.
 - fashion-mnist: see sedeploy.datasets; --download fetches the files through torchvision.
+- folder: your own images (sedeploy.folder): train/val/test as zero-copy tensors over the
+  memory-mapped decode cache, so batches are gathered from the map and a dataset larger than RAM trains.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +23,7 @@ import torch
 from ..datasets import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, DATASETS, FMNIST_CLASSES, FMNIST_MEAN,  # noqa: F401
                         FMNIST_STD, DatasetInfo, _find_idx, _IDX, dataset_info, fmnist_dirs, read_cifar,
                         read_cifar_batch, read_fmnist, read_idx, resize_uint8)
-from ..errors import UserError
+from ..errors import UserError, atomic_write_text
 
 
 @dataclass
@@ -31,8 +33,12 @@ class Split:
 
 
 def load_dataset(name: str, data_dir: Optional[str] = None, download: bool = False,
-                 splits: Tuple[str, ...] = ("train", "test")) -> Tuple[DatasetInfo, dict]:
-    """-> (info, {"train": Split, "test": Split}). Missing data raises UserError naming the fix."""
+                 splits: Tuple[str, ...] = ("train", "test"), folder: Any = None, progress: bool = True,
+                 log: Callable[[str], None] = print) -> Tuple[DatasetInfo, dict]:
+    """-> (info, {"train": Split, "test": Split}; a folder also "val" when it has one). Missing data
+    raises UserError naming the fix. `folder`: sedeploy.folder.FolderOptions for name "folder"."""
+    if name == "folder":
+        return _load_folder(data_dir, folder, progress, log)
     if name == "cifar10":
         return _load_cifar10(Path(data_dir or "data"), download, splits)
     if name == "fashion-mnist":
@@ -112,3 +118,41 @@ def stratified_split(split: Split, fraction: float, seed: int) -> Tuple[Split, S
     rest_idx = torch.nonzero(keep).flatten()
     return (Split(split.images[rest_idx], split.labels[rest_idx]),
             Split(split.images[held_idx], split.labels[held_idx]))
+
+
+# ---------------------------------------------------------------- folder
+def folder_options(cfg: Any) -> Any:
+    """sedeploy.folder.FolderOptions from a TrainConfig's fields."""
+    from ..folder import FolderOptions
+    return FolderOptions(seed=cfg.seed, val_split=cfg.val_split, test_split=cfg.test_split,
+                         input_size=cfg.input_size, channels=cfg.channels, cache_dir=cfg.cache_dir)
+
+
+def check_data_options(cfg: Any) -> None:
+    """The folder-only options are refused for the built-in datasets, whose size and channels are fixed."""
+    if cfg.dataset != "folder" and (cfg.input_size is not None or cfg.channels is not None):
+        raise UserError(f"--input-size and --color apply to --dataset folder; {cfg.dataset} has a fixed input size "
+                        f"and channel count")
+    if cfg.dataset == "folder":
+        folder_options(cfg).validate()
+
+
+def _load_folder(data_dir: Optional[str], folder: Any, progress: bool,
+                 log: Callable[[str], None]) -> Tuple[DatasetInfo, dict]:
+    from ..folder import FolderOptions, load_folder
+    fd = load_folder(data_dir, folder or FolderOptions(), progress, log)
+    # torch.from_numpy over the copy-on-write memory map: no copy, rows are read as batches gather them
+    return fd.info, {s: Split(torch.from_numpy(x), torch.from_numpy(y)) for s, (x, y) in fd.arrays.items()}
+
+
+def write_data_files(info: DatasetInfo, out: Path) -> Optional[Dict[str, Any]]:
+    """Write the dataset's run-folder files (a folder's split.json, skipped.json); -> the data reference
+    for the checkpoint, with the split file's absolute path (None for the built-in datasets)."""
+    for name, text in info.files.items():
+        atomic_write_text(out / name, text)
+    if not info.ref:
+        return None
+    ref = dict(info.ref)
+    if ref.get("split_file"):
+        ref["split_file"] = str((out / ref["split_file"]).resolve())
+    return ref

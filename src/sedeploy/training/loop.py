@@ -28,7 +28,7 @@ from ..errors import UserError, atomic_write_text, ensure_writable_dir
 from ..models import count_parameters, create_model, model_config
 from .augment import AUGMENT_PRESETS, BatchAugment, PILDataset, reference_transform
 from .config import TrainConfig, recipe_differences, validate
-from .data import Split, load_dataset, stratified_split, subset
+from .data import Split, folder_options, load_dataset, stratified_split, subset, write_data_files
 from .distributed import Dist, all_sum, gather, init_distributed, shard, sync_buffers
 
 Batches = Iterator[Tuple[torch.Tensor, torch.Tensor]]
@@ -91,6 +91,7 @@ class Data:
     test: Split
     aug: BatchAugment
     aug_name: str
+    ref: Optional[Dict[str, Any]] = None  # where a folder's data and split files are (into the checkpoint)
 
 
 @dataclass
@@ -190,8 +191,12 @@ def data_fingerprint(cfg: TrainConfig, data: "Data") -> Dict[str, Any]:
     return {"n_train": len(data.train.labels), "n_select": len(steer[1].labels), "labels_sha256": h.hexdigest()[:16]}
 
 
-def make_data(cfg: TrainConfig, device: torch.device) -> Data:
-    info, splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+def make_data(cfg: TrainConfig, device: torch.device, d: Dist = Dist(), progress: bool = False,
+              out: Optional[Path] = None) -> Data:
+    """Load the dataset (a folder: index, split, decode cache), subset it, hold out the validation split."""
+    info, splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, folder=folder_options(cfg),
+                                progress=progress and d.main, log=lambda m: _log(m, d))
+    ref = write_data_files(info, out) if out is not None and d.main else None   # a folder's split.json, skipped.json
     train = subset(splits["train"], cfg.limit_train, cfg.seed)
     test = subset(splits["test"], cfg.limit_test, cfg.seed + 1)
     val = None
@@ -207,7 +212,7 @@ def make_data(cfg: TrainConfig, device: torch.device) -> Data:
         train, test = (Split(s.images.to(device), s.labels.to(device)) for s in (train, test))
         val = Split(val.images.to(device), val.labels.to(device)) if val is not None else None
     aug_name = cfg.augment_name()
-    return Data(info, train, val, test, BatchAugment(AUGMENT_PRESETS[aug_name], info.mean, info.std), aug_name)
+    return Data(info, train, val, test, BatchAugment(AUGMENT_PRESETS[aug_name], info.mean, info.std), aug_name, ref)
 
 
 def make_state(cfg: TrainConfig, data: Data, device: torch.device, d: Dist,
@@ -246,7 +251,8 @@ def train_epoch(cfg: TrainConfig, st: State, data: Data, device: torch.device, d
     if cfg.pipeline == "fast":
         batches = iterate_fast(data.train, data.aug, cfg.batch_size, order, st.rng.aug, device, True)
     else:
-        tf = reference_transform(AUGMENT_PRESETS[data.aug_name], data.info.mean, data.info.std, train=True)
+        tf = reference_transform(AUGMENT_PRESETS[data.aug_name], data.info.mean, data.info.std, train=True,
+                                 size=data.info.input_size[1])
         batches = iterate_reference(data.train, tf, cfg.batch_size, cfg.workers, order, device)
     n_batches = -(-len(order) // cfg.batch_size)
     bar = _progress_bar(n_batches, f"epoch {epoch}/{cfg.epochs}") if progress and d.main else None
@@ -284,7 +290,8 @@ def evaluate_split(cfg: TrainConfig, st: State, data: Data, split: Split, device
     if cfg.pipeline == "fast":
         batches = iterate_fast(split, data.aug, 256, order, st.rng.aug, device, False)
     else:
-        tf = reference_transform(AUGMENT_PRESETS[data.aug_name], data.info.mean, data.info.std, train=False)
+        tf = reference_transform(AUGMENT_PRESETS[data.aug_name], data.info.mean, data.info.std, train=False,
+                                 size=data.info.input_size[1])
         batches = iterate_reference(split, tf, 256, cfg.workers, order, device)
     return evaluate(st.model, batches, d, device, st.scaler.is_enabled())
 
@@ -300,7 +307,7 @@ def save(cfg: TrainConfig, st: State, data: Data, out: Path, d: Dist, epoch: int
     info = data.info
     base = make_checkpoint(st.model, cfg.model, model_config(getattr(st.model, "module", st.model)), epoch=epoch,
                            metrics=metrics, classes=info.classes, mean=info.mean, std=info.std,
-                           input_size=info.input_size, dataset=info.name,
+                           input_size=info.input_size, dataset=info.name, data=data.ref,
                            extra={"train_config": _jsonable(cfg.to_dict()), "recipe": recipe,
                                   "recipe_changed": changed})
     if improved:
@@ -321,14 +328,14 @@ def fit(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     out = Path(cfg.out)
     ensure_writable_dir(out)                                              # every rank: no rank-0-only failure
     resume = load_resume(cfg)
-    data = make_data(cfg, device)
+    data = make_data(cfg, device, d, progress, out)
     amp = cfg.amp and device.type == "cuda"
     recipe = cfg.recipe(d.world, amp, data_fingerprint(cfg, data))
     changed = check_recipe(cfg, resume, recipe)
     st = make_state(cfg, data, device, d, resume)
     n_params = count_parameters(st.model)
     sel = "validation" if data.val is not None else "test (the reference's way)"
-    _log(f"{cfg.model} ({n_params:,} params) on {data.info.name} [{len(data.train.labels)} train / "
+    _log(f"{cfg.model} ({n_params:,} params, input {'x'.join(map(str, data.info.input_size))}) on {data.info.name} [{len(data.train.labels)} train / "
          f"{len(data.val.labels) if data.val is not None else 0} val / {len(data.test.labels)} test, "
          f"{data.info.source}], device {device}, world {d.world}, augment {data.aug_name}, pipeline {cfg.pipeline}, "
          f"selecting on {sel}", d)

@@ -70,13 +70,14 @@ def bench_pipelines(dataset: str = "fashion-mnist", data_dir: Optional[str] = No
     # channels_last model (to separate the layout's share from the data pipeline's); fast: sedeploy.
     for name in ("reference", "reference+cl", "fast"):
         torch.manual_seed(0)
-        m = create_model(model, in_channels=split.images.shape[1], num_classes=len(info.classes))
+        m = create_model(model, in_channels=split.images.shape[1], input_size=split.images.shape[2],
+                         num_classes=len(info.classes))
         m = m.to(dev, memory_format=torch.contiguous_format if name == "reference" else torch.channels_last)
         opt = torch.optim.Adam(m.parameters(), lr=1e-3)
         g = torch.Generator().manual_seed(0)
         if name.startswith("reference"):
-            it = iterate_reference(split, reference_transform(cfg, mean, std), batch_size, workers, g, dev,
-                                   Dist(), True)
+            tf = reference_transform(cfg, mean, std, size=split.images.shape[2])
+            it = iterate_reference(split, tf, batch_size, workers, g, dev, Dist(), True)
         else:
             s = Split(split.images.to(dev), split.labels.to(dev))
             it = iterate_fast(s, BatchAugment(cfg, mean, std), batch_size, g, torch.Generator().manual_seed(1),
