@@ -17,7 +17,10 @@ def fm_full(trained_fm, tmp_path_factory, fmnist_dir):
     """model.onnx + model.ts + model.int8.onnx + model.fp16.onnx of the tiny trained Fashion-MNIST model."""
     d = tmp_path_factory.mktemp("bench")
     man = export_checkpoint(str(trained_fm / "best.pt"), str(d),
-                            ExportOptions(int8=True, half=True, calib=128, data_dir=str(fmnist_dir)),
+                            ExportOptions(int8=True, half=True, calib=128, data_dir=str(fmnist_dir),
+                                          # the gate is tested in test_export.py; a 1-epoch toy model
+                                          # may lose a point or two in int8, which is not what these test
+                                          int8_min_agreement=0, int8_max_drop=100, int8_se_atol=1),
                             log=lambda s: None)
     return d, man
 

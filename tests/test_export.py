@@ -256,7 +256,8 @@ def test_int8_gate_measures_agreement_and_accuracy(trained_fm, fmnist_dir, tmp_p
     from sedeploy.datasets import load_arrays, normalize_batch
     man = export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path),
                             ExportOptions(formats=("onnx",), int8=True, calib=128, data_dir=str(fmnist_dir),
-                                          int8_min_agreement=0, int8_max_drop=100), log=lambda s: None)
+                                          int8_min_agreement=0, int8_max_drop=100, int8_se_atol=1),
+                            log=lambda s: None)
     gate = man["int8_gate"]
     ck = torch.load(trained_fm / "best.pt", weights_only=True)
     _, x, y = load_arrays("fashion-mnist", str(fmnist_dir), "test")
@@ -288,7 +289,8 @@ def test_int8_gate_accuracy_drop_and_unlabelled(trained_fm, fmnist_dir, tmp_path
     real = q.calibration_images
     monkeypatch.setattr(q, "calibration_images", lambda meta, n, data_dir=None, seed=0:
                         np.zeros_like(real(meta, n, data_dir, seed)))
-    opts = dict(formats=("onnx",), int8=True, calib=64, data_dir=str(fmnist_dir), int8_min_agreement=0)
+    opts = dict(formats=("onnx",), int8=True, calib=64, data_dir=str(fmnist_dir), int8_min_agreement=0,
+                int8_se_atol=1)
     with pytest.raises(UserError, match=r"points below fp32 .* --int8-max-drop 0"):
         export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path / "a"), ExportOptions(**opts, int8_max_drop=0),
                           log=lambda s: None)
