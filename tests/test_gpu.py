@@ -69,6 +69,7 @@ def test_cuda_bench_rows(trained_fm, fmnist_dir, tmp_path):
     from sedeploy.export.exporter import ExportOptions, export_checkpoint
     man = export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path),
                             ExportOptions(half=True, data_dir=str(fmnist_dir)), log=lambda s: None)
+    assert "fp16" in {f["format"] for f in man["files"]}                       # passed its parity gate on CUDA
     res = run_bench(BenchConfig(model=str(tmp_path / "model.onnx"), batch_sizes=(1, 16), warmup=2, min_time=0.05,
                                 repeats=1, backends=("pytorch", "pytorch-cuda", "ort-cuda", "ort-cuda-fp16"),
                                 data_dir=str(fmnist_dir)), log=lambda s: None)
