@@ -245,8 +245,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         model = nn.parallel.DistributedDataParallel(model)
 
     n_params = count_parameters(model)
-    _log(f"{cfg.model} ({n_params:,} params, input {'x'.join(map(str, info.input_size))}) on {info.name} [{len(train_split.labels)} train / "
-         f"{len(test_split.labels)} test, {info.source}], device {device}, world {d.world}, "
+    _log(f"{cfg.model} ({n_params:,} params, input {'x'.join(map(str, info.input_size))}) on {info.name} "
+         f"[{len(train_split.labels)} train / {len(test_split.labels)} test, {info.source}], device {device}, world {d.world}, "
          f"augment {aug_name}, pipeline {cfg.pipeline}", d)
     ref_train_tf = reference_transform(aug_cfg, info.mean, info.std, train=True, size=info.input_size[1])
     ref_test_tf = reference_transform(aug_cfg, info.mean, info.std, train=False, size=info.input_size[1])
