@@ -216,7 +216,7 @@ def make_data(cfg: TrainConfig, device: torch.device, d: Dist = Dist(), progress
 
 
 def make_state(cfg: TrainConfig, data: Data, device: torch.device, d: Dist,
-               resume: Optional[Dict[str, Any]]) -> State:
+               resume: Optional[Dict[str, Any]], amp: bool = False) -> State:
     torch.manual_seed(cfg.seed)                                           # same initial weights on every rank
     mcfg = {"in_channels": data.info.input_size[0], "input_size": data.info.input_size[1],
             "num_classes": len(data.info.classes), **cfg.model_config}
@@ -224,7 +224,6 @@ def make_state(cfg: TrainConfig, data: Data, device: torch.device, d: Dist,
     model = create_model(cfg.model, **mcfg).to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", patience=cfg.patience, factor=cfg.factor)
-    amp = cfg.amp and device.type == "cuda"
     st = State(model, opt, sched, torch.amp.GradScaler("cuda", enabled=amp), Rng.seeded(cfg.seed, d))
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
@@ -332,7 +331,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     amp = cfg.amp and device.type == "cuda"
     recipe = cfg.recipe(d.world, amp, data_fingerprint(cfg, data))
     changed = check_recipe(cfg, resume, recipe)
-    st = make_state(cfg, data, device, d, resume)
+    st = make_state(cfg, data, device, d, resume, amp)
     n_params = count_parameters(st.model)
     sel = "validation" if data.val is not None else "test (the reference's way)"
     _log(f"{cfg.model} ({n_params:,} params, input {'x'.join(map(str, data.info.input_size))}) on {data.info.name} [{len(data.train.labels)} train / "
