@@ -5,11 +5,14 @@ reads: OUT/train/<class>/<index>.png and OUT/test/<class>/<index>.png, native si
     PYTHONPATH=src .venv/bin/python scripts/fmnist_to_folder.py /tmp/fm-small --limit 1000
 """
 import argparse
+import os
 import sys
 import time
 
-from sedeploy.errors import UserError
-from sedeploy.folder.write import write_image_folder
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))  # tests/support
+
+from sedeploy.core.errors import UserError
+from support.folder_write import write_image_folder  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("out", help="output folder (must not exist, or be empty)")

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sedeploy.folder import FolderOptions, load_folder
-from sedeploy.timing import cpu_name
+from sedeploy.core.folder import FolderOptions, load_folder
+from sedeploy.core.hardware import cpu_name
 
 
 def make_jpegs(out: Path, n: int, classes: int = 10) -> None:
@@ -102,7 +102,7 @@ def main() -> None:
     print(f"cache hit: {n} images in {dt:.3f} s = {n / dt:.0f} img/s (index check + map)")
     if a.fm_folder:
         import torch
-        from sedeploy.datasets import load_arrays
+        from sedeploy.core.arrays import load_arrays
         _, fd = timed_load(Path(a.fm_folder), cache, 0, 32)
         x, y = fd.arrays["train"]
         _, xb, yb = load_arrays("fashion-mnist", None, "train")

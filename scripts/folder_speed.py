@@ -44,7 +44,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--small", type=int, default=20)
     a = ap.parse_args()
-    from sedeploy.hardware import cpu_name, isa_summary
+    from sedeploy.core.hardware import cpu_name, isa_summary
     files = sorted(Path(a.folder).glob("*.jpg"))
     cands = {"baseline": (a.baseline, []),
              "exact": (SRC, ["--precision", "fp32"]),
@@ -75,7 +75,8 @@ def main() -> int:
         share = f"{statistics.median(t['share']):.0f}" if t["share"] else "-"
         print(f"{k:<10} {wall:7.2f} {len(files) / wall:7.0f} {len(files) / wall / base[0]:7.2f} {steady:13.0f} "
               f"{steady / base[1]:7.2f} {share:>8}")
-    from sedeploy.runtime.drift import fast_decode_drift
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))  # tests/support
+    from support.drift import fast_decode_drift
     from sedeploy.runtime.predictor import Predictor
     d = fast_decode_drift(Predictor(a.model, "cpu", precision="fp32"), files)
     print(f"\nfast decode drift on {d['images']} images: input max {d['max_input_diff_levels']:.1f} / mean "

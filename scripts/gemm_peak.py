@@ -11,7 +11,7 @@ import sys
 
 import torch  # noqa: F401 - imported so that sgemm_flops measures torch's SGEMM as well
 
-from sedeploy.hardware import cpu_name, cpu_peak_flops, isa_summary, sgemm_flops
+from sedeploy.core.hardware import cpu_name, cpu_peak_flops, isa_summary, sgemm_flops
 
 
 def main() -> int:

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from sedeploy.datasets import load_arrays, normalize_batch
+from sedeploy.core.datasets import normalize_batch
+from sedeploy.core.arrays import load_arrays
 from sedeploy.export.quantize import INT8_OP_TYPES, calibration_images, op_histogram, quantize_int8
-from sedeploy.hardware import cpu_name, isa_summary
+from sedeploy.core.hardware import cpu_name, isa_summary
 from sedeploy.runtime.session import create_session, model_info, session_options
-from sedeploy.timing import interleaved
+from sedeploy.core.timing import interleaved
 
 HEAVY = INT8_OP_TYPES
 RECIPES = {  # name: quantize_int8 kwargs

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sedeploy.datasets import load_arrays
+from sedeploy.core.arrays import load_arrays
 
 
 def main() -> int:

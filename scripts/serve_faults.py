@@ -21,11 +21,12 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))  # tests/support: the server launcher
 
 from sedeploy.runtime.predictor import Predictor  # noqa: E402
-from sedeploy.serve.launch import (ServerProcess, exchange, infer_body, infer_request, post_bytes,  # noqa: E402
+from support.launch import (ServerProcess, exchange, infer_body, infer_request, post_bytes,  # noqa: E402
                                    read_reply, reply_json, reply_status)
-from sedeploy.timing import cpu_name  # noqa: E402
+from sedeploy.core.hardware import cpu_name  # noqa: E402
 
 ROWS = []
 

@@ -25,13 +25,16 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))  # tests/support: the server launcher
 
-from sedeploy.datasets import load_arrays, normalize_batch  # noqa: E402
+from sedeploy.core.datasets import normalize_batch
+from sedeploy.core.arrays import load_arrays  # noqa: E402
 from sedeploy.runtime.predictor import Predictor  # noqa: E402
-from sedeploy.serve.launch import ServerProcess, infer_body  # noqa: E402
+from support.launch import ServerProcess, infer_body  # noqa: E402
 from sedeploy.serve.model import default_threads  # noqa: E402
-from sedeploy.tritonconfig import BATCHING  # noqa: E402
-from sedeploy.timing import cpu_name, interleaved, summarize  # noqa: E402
+from sedeploy.core.tritonconfig import BATCHING  # noqa: E402
+from sedeploy.core.hardware import cpu_name
+from sedeploy.core.timing import interleaved, summarize  # noqa: E402
 
 NAME = "m"
 

@@ -120,7 +120,7 @@ def assert_one_line_error(res: CliResult, *needles: str, code: int = 2) -> None:
 
 def assert_parity(ref: dict, got: dict, atol: float, rtol: float = 0.0, what: str = "candidate") -> None:
     """Every output of ref matched by got within |diff| <= atol + rtol |ref|, through the one parity helper."""
-    from sedeploy.parity import compare
+    from sedeploy.core.parity import compare
     assert list(got) == list(ref), (list(got), list(ref))
     rows = compare(ref, got, what, atol=atol, rtol=rtol)
     bad = [f"{r.output}: max abs {r.max_abs:.3g}" for r in rows if not r.ok]

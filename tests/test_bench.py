@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from conftest import assert_one_line_error
-from sedeploy import contract
+from sedeploy.core import contract
 from sedeploy.bench import BACKENDS, PYTORCH_CPU, BenchConfig, model_flops, run_bench
 from sedeploy.export.exporter import ExportOptions, export_checkpoint
 
@@ -156,8 +156,9 @@ def test_int8_keeps_contract_metadata_and_top1(fm_full, fmnist_dir):
     assert any(n.op_type in ("QLinearConv", "QuantizeLinear") for n in q.graph.node)
     # agreement with fp32 on a small real batch
     import onnxruntime as ort
-    from sedeploy.datasets import load_arrays, normalize_batch
-    from sedeploy.errors import UserError
+    from sedeploy.core.datasets import normalize_batch
+    from sedeploy.core.arrays import load_arrays
+    from sedeploy.core.errors import UserError
     try:  # real Fashion-MNIST test images when Debian's package is installed, else the synthetic set
         _, x, _ = load_arrays("fashion-mnist", None, "test")
     except UserError:
@@ -190,7 +191,7 @@ def test_model_flops_reference():
 
 
 def test_isa_features_from_flags():
-    from sedeploy.hardware import has_vnni, isa_features, isa_summary
+    from sedeploy.core.hardware import has_vnni, isa_features, isa_summary
     zen3 = {"fpu", "avx", "avx2", "fma"}
     assert isa_features(zen3) == {"AVX2": True, "AVX-512F": False, "AVX512-VNNI": False, "AVX-VNNI": False,
                                   "AMX": False}
@@ -200,6 +201,6 @@ def test_isa_features_from_flags():
 
 
 def test_sgemm_is_measured_on_the_threads_asked():
-    from sedeploy.hardware import sgemm_flops
+    from sedeploy.core.hardware import sgemm_flops
     s = sgemm_flops(1, n=256, min_time=0.01)
     assert s["threads"] == 1 and s["by_library"]["numpy"] > 1e8 and s["flops"] == max(s["by_library"].values())

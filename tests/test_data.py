@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from conftest import write_cifar, write_idx
-from sedeploy.errors import UserError
+from sedeploy.core.errors import UserError
 from sedeploy.training.augment import AUGMENT_PRESETS, BatchAugment
-from sedeploy.training.data import CIFAR10_CLASSES, load_dataset, read_cifar_batch
+from sedeploy.core.datasets import CIFAR10_CLASSES, read_cifar_batch
+from sedeploy.training.data import load_dataset
 
 
 def test_cifar10_pickles_roundtrip(tmp_path):

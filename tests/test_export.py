@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, assert_parity
-from sedeploy import contract
-from sedeploy.errors import UserError
+from sedeploy.core import contract
+from sedeploy.core.errors import UserError
 from sedeploy.export.exporter import ExportOptions, export_checkpoint
 from sedeploy.export.torchscript import load_torchscript
 from sedeploy.models import create_model, list_models, model_config
 from sedeploy.checkpoint import make_checkpoint, save_checkpoint
-from sedeploy.training.data import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from sedeploy.core.datasets import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 
 ATOL = 1e-4  # fp32; observed differences are ~1e-6
 
@@ -237,7 +237,7 @@ def test_verification_uses_real_test_images_when_present(trained_fm, fmnist_dir,
 
 
 def test_verification_falls_back_to_seeded_noise(trained_fm, tmp_path, monkeypatch):
-    import sedeploy.datasets as ds
+    import sedeploy.core.arrays as ds
 
     def missing(*a, **k):
         raise UserError("Fashion-MNIST not found")
@@ -253,7 +253,8 @@ def _top1(path, x):
 
 
 def test_int8_gate_measures_agreement_and_accuracy(trained_fm, fmnist_dir, tmp_path):
-    from sedeploy.datasets import load_arrays, normalize_batch
+    from sedeploy.core.datasets import normalize_batch
+    from sedeploy.core.arrays import load_arrays
     man = export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path),
                             ExportOptions(formats=("onnx",), int8=True, calib=128, data_dir=str(fmnist_dir),
                                           int8_min_agreement=0, int8_max_drop=100, int8_se_atol=1),
@@ -284,7 +285,7 @@ def test_int8_gate_refuses_a_bad_int8_model(run_cli, trained_fm, fmnist_dir, tmp
 
 
 def test_int8_gate_accuracy_drop_and_unlabelled(trained_fm, fmnist_dir, tmp_path, monkeypatch):
-    import sedeploy.datasets as ds
+    import sedeploy.core.arrays as ds
     import sedeploy.export.quantize as q
     real = q.calibration_images
     monkeypatch.setattr(q, "calibration_images", lambda meta, n, data_dir=None, seed=0:

@@ -17,10 +17,11 @@ import pytest
 from PIL import Image
 
 from conftest import assert_one_line_error
-from sedeploy.errors import UserError
-from sedeploy.folder import FolderOptions, folder_arrays, load_folder
-from sedeploy.folder.cache import channel_stats
-from sedeploy.runtime.preprocess import load_image, preprocess
+from sedeploy.core.errors import UserError
+from sedeploy.core.folder import FolderOptions, folder_arrays, load_folder
+from sedeploy.core.folder.cache import channel_stats
+from sedeploy.core.decode import load_image
+from sedeploy.runtime.preprocess import preprocess
 
 COLOURS = {"ant": (230, 40, 40), "bee": (40, 200, 40), "cow": (40, 40, 230)}
 
@@ -390,8 +391,8 @@ def test_folder_arrays_reads_the_recorded_test_split(tmp_path):
 
 def test_fmnist_folder_has_the_builtin_pixels(tmp_path, fmnist_dir):
     """The PNG folder written by scripts/fmnist_to_folder.py trains on exactly the built-in loader's pixels."""
-    from sedeploy.datasets import load_arrays
-    from sedeploy.folder.write import write_image_folder
+    from sedeploy.core.arrays import load_arrays
+    from support.folder_write import write_image_folder
     out = tmp_path / "fm"
     counts = write_image_folder("fashion-mnist", out, str(fmnist_dir), limit=120, progress=False)
     assert counts == {"train": 120, "test": 120}
@@ -413,7 +414,7 @@ def test_fmnist_folder_has_the_builtin_pixels(tmp_path, fmnist_dir):
 def test_train_export_infer_bench_on_a_folder(tmp_path, run_cli):
     """Non-default input size, RGB: best.pt -> model.onnx with the folder's classes and statistics."""
     import onnx
-    from sedeploy import contract
+    from sedeploy.core import contract
     root = class_folder(tmp_path / "data", n=12, size=(40, 30))
     run = tmp_path / "run"
     r = run_cli("train", "--dataset", "folder", "--data-dir", root, "--input-size", "48", "--epochs", "2",

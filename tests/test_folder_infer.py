@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from conftest import learnable_images
-from sedeploy.runtime.drift import fast_decode_drift
+from support.drift import fast_decode_drift
 from sedeploy.runtime.pipeline import Progress, ordered_map
 from sedeploy.runtime.predictor import Predictor
-from sedeploy.runtime.preprocess import ImageError, load_image
+from sedeploy.core.decode import ImageError, load_image
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

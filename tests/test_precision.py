@@ -9,7 +9,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from conftest import assert_one_line_error
-from sedeploy.errors import UserError
+from sedeploy.core.errors import UserError
 from sedeploy.runtime.precision import MIN_GAIN, cache_key, choose_precision
 
 

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from conftest import assert_one_line_error
-from sedeploy import tritonconfig as tc
-from sedeploy.errors import UserError
+from sedeploy.core import tritonconfig as tc
+from sedeploy.core.errors import UserError
 from sedeploy.serve import protocol as P
 from sedeploy.serve.batcher import DynamicBatcher, QueueFull, Stopped, take_batch
 
@@ -528,7 +528,7 @@ def test_serve_cli_errors(run_cli, fm_onnx, tmp_path):
 
 def test_serve_package_is_torch_free(fm_onnx, tmp_path):
     code = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
-            "import sedeploy.serve.app, sedeploy.serve.server, sedeploy.serve.repository, sedeploy.serve.launch\n"
+            "import sedeploy.serve.app, sedeploy.serve.server, sedeploy.serve.repository\n"
             "from sedeploy.export.triton import write_triton_repository\n"
             f"print(write_triton_repository({str(fm_onnx)!r}, {str(tmp_path / 'r')!r}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sedeploy.serve.launch import ServerProcess
+from support.launch import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -50,7 +50,7 @@ def browser(tmp_path_factory):
 def _image(path: Path) -> Path:
     """A real Fashion-MNIST test image when the dataset is on disk, else a synthetic one."""
     try:
-        from sedeploy.datasets import load_arrays
+        from sedeploy.core.arrays import load_arrays
         x = load_arrays("fashion-mnist", split="test", native=True)[1][0, 0]
     except Exception:  # noqa: BLE001 - no dataset here: any image does for the page
         x = (np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8)

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from sedeploy.serve.launch import (ServerProcess, exchange, infer_body, infer_request, post_bytes, read_reply,
+from support.launch import (ServerProcess, exchange, infer_body, infer_request, post_bytes, read_reply,
                                   reply_json, reply_status)
 
 httpclient = pytest.importorskip("tritonclient.http")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sedeploy.errors import UserError
+from sedeploy.core.errors import UserError
 from sedeploy.training import TrainConfig, build_model, fit, load_checkpoint, save_checkpoint
 from sedeploy.training.compare import compare
 
@@ -29,7 +29,7 @@ def _expected_val(labels, fraction=0.1):
 
 
 def test_training_learns_and_writes_outputs(trained_fm, fmnist_dir):
-    from sedeploy.datasets import read_idx
+    from sedeploy.core.datasets import read_idx
     labels = read_idx(next(fmnist_dir.glob("train-labels*")))
     n_train = 800 - _expected_val(labels)
     hist = json.loads((trained_fm / "history.json").read_text())
@@ -55,7 +55,7 @@ def test_checkpoint_is_self_describing_and_weights_only(trained_fm, fmnist_dir):
     assert ck["metrics"]["selected_on"] == "val" and ck["recipe"]["val_split"] == 0.1
     # the rebuilt model, scored independently (torchvision resize + normalize), gives the recorded test accuracy
     from torchvision.transforms import functional as TF
-    from sedeploy.datasets import read_idx
+    from sedeploy.core.datasets import read_idx
     x = torch.from_numpy(read_idx(next(fmnist_dir.glob("t10k-images*"))).copy()).unsqueeze(1)
     y = torch.from_numpy(read_idx(next(fmnist_dir.glob("t10k-labels*")))).long()
     x = TF.resize(x, [32, 32], antialias=True).float() / 255

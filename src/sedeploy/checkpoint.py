@@ -16,9 +16,10 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from .errors import UserError, atomic_write, file_sha256  # noqa: F401 - export imports file_sha256 from here
+from .core.errors import UserError
+from .core.io import atomic_write
 from .models import create_model
-from .versions import versions
+from .core.versions import versions
 
 FORMAT = "sedeploy-checkpoint"
 FORMAT_VERSION = 1

@@ -14,19 +14,42 @@ from typing import Callable, List, Optional, Sequence
 
 import click
 
-from .errors import UserError
+from .core.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-# Exit status: 0 all good; 1 some inputs failed (infer: the others got results); 2 bad input or options
-# (UserError, usage); 3 an unexpected internal error (a bug); 130 interrupted.
-EXIT_INTERNAL = 3
 
 
-@click.group(context_settings=CONTEXT)
+class Group(click.Group):
+    """The command group: an error raised while a command runs becomes one line on stderr and an exit
+    status (core.errors: 2 bad input, 3 a bug, 130 interrupted), unless the group's --debug asks
+    for the traceback. click parses --debug, so it is known here, before any command runs."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except UserError as e:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except Exception as e:  # noqa: BLE001
+            if ctx.params.get("debug"):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            click.echo(f"error: {type(e).__name__}: {first[:300]} (an internal error, not your input; run with "
+                       f"--debug for the traceback and report it)", err=True)
+            ctx.exit(EXIT_INTERNAL)
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(package_name="sedeploy")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(debug: bool) -> None:
     """sedeploy: train, export, verify, explain and measure SE-attention image classifiers.
 
     \b
@@ -36,7 +59,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
       sedeploy infer shirt.png --model runs/fm/model.onnx --heatmaps heat/
       sedeploy bench --ckpt runs/fm/best.pt
     """
-    ctx.obj = {"debug": debug}
 
 
 def _dump_json(obj) -> None:
@@ -69,7 +91,7 @@ def _models() -> Sequence[str]:
 
 
 def _datasets() -> Sequence[str]:
-    from .datasets import DATASETS
+    from .core.datasets import DATASETS
     return DATASETS
 
 
@@ -329,7 +351,7 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
 # ---------------------------------------------------------------- infer
 # The registries the infer choices come from (light imports: no torch, no onnxruntime).
 from .runtime.precision import PRECISIONS  # noqa: E402
-from .runtime.preprocess import BACKGROUNDS  # noqa: E402
+from .core.decode import BACKGROUNDS  # noqa: E402
 from .runtime.session import GRAPH_LEVELS, PROVIDERS  # noqa: E402
 
 
@@ -377,7 +399,7 @@ def infer(images: List[str], model: Optional[str], provider: str, precision: str
       sedeploy infer photos/ --precision int8                # force model.int8.onnx
     """
     import time
-    from .errors import ensure_writable_dir
+    from .core.io import ensure_writable_dir
     from .runtime.output import InferOutput, header, stdout_closed, summary
     from .runtime.pipeline import Progress
     from .runtime.predictor import Predictor
@@ -434,7 +456,7 @@ def faithfulness(as_json: bool, **kw) -> None:
 
 # ---------------------------------------------------------------- bench
 from .bench.backends import BACKENDS  # noqa: E402 - the registry --backends is checked against
-from .datasets import DATASETS  # noqa: E402
+from .core.datasets import DATASETS  # noqa: E402
 
 
 class _CommaChoice(click.ParamType):
@@ -530,14 +552,14 @@ def samples(dataset: str, data_dir: Optional[str], n: int, seed: int, out: str) 
     Examples:
       sedeploy samples --n 6 --out demo/images && sedeploy infer demo/images
     """
-    from .datasets import write_samples
+    from .core.arrays import write_samples
     for p in write_samples(dataset, Path(out), n, data_dir, seed):
         click.echo(str(p))
 
 
 
 # ---------------------------------------------------------------- serve, triton-repo
-from .tritonconfig import BATCHING  # noqa: E402 - numpy only; the defaults both commands show
+from .core.tritonconfig import BATCHING  # noqa: E402 - numpy only; the defaults both commands show
 @cli.command(context_settings=CONTEXT)
 @click.option("--model", "models", multiple=True,
               help="ONNX model to serve, PATH or NAME=PATH; repeatable [name: the file name without .onnx; "
@@ -652,35 +674,19 @@ def triton_repo(model: str, out: str, name: Optional[str], max_batch: int, max_d
                f"sedeploy serve --model-repository {out}")
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Entry point: one-line errors for bad input, full tracebacks only with --debug."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
+    """Entry point: usage errors as one line (exit 2); a command's own errors are handled by Group."""
     try:
-        rv = cli.main(args=args, prog_name="sedeploy", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+        rv = cli.main(args=argv, prog_name="sedeploy", standalone_mode=False)
     except click.Abort:
         click.echo("aborted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except click.UsageError as e:
         cmd = e.ctx.command_path if e.ctx else "sedeploy"
         click.echo(f"error: {e.format_message()} (see `{cmd} --help`)", err=True)
-        sys.exit(2)
-    except UserError as e:
-        if debug:
-            raise
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
+        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(130)
-    except Exception as e:  # noqa: BLE001
-        if debug:
-            raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        click.echo(f"error: {type(e).__name__}: {first[:300]} (an internal error, not your input; run with "
-                   f"--debug for the traceback and report it)", err=True)
-        sys.exit(EXIT_INTERNAL)
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -4,7 +4,7 @@ For each test image: predict class k with probability p; rank the input pixels b
 (upsampled to the input size as the runtime draws it), set the top `fraction` of pixel positions
 to black (all channels), and measure the drop p - p'(k). Rankings compared: the SE-weighted map,
 the reference's spatial-mean map, and random pixels (the baseline a faithful map must beat).
-Data comes from sedeploy.datasets and the model runs on onnxruntime: no torch anywhere.
+Data comes from sedeploy.core.arrays and the model runs on onnxruntime: no torch anywhere.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from .errors import UserError
+from .core.errors import UserError
 from .runtime import heatmap as hm
 from .runtime.predictor import Predictor, softmax
 
@@ -31,7 +31,8 @@ def deletion_eval(model: Optional[str] = None, dataset: Optional[str] = None, da
                   log: Callable[[str], None] = print) -> Dict:
     if n <= 0 or not 0 < fraction < 1:
         raise UserError("--n must be positive and --fraction in (0, 1)")
-    from .datasets import load_arrays, normalize_batch
+    from .core.datasets import normalize_batch
+    from .core.arrays import load_arrays
     pred = Predictor(model, "cpu")
     info = pred.info
     if info.feature_map is None:

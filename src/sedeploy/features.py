@@ -12,8 +12,9 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from .errors import UserError, atomic_write, ensure_writable_dir
-from .runtime.preprocess import load_image
+from .core.errors import UserError
+from .core.io import atomic_write, ensure_writable_dir
+from .core.decode import load_image
 from .checkpoint import build_model, load_checkpoint
 
 

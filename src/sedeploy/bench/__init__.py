@@ -5,7 +5,7 @@ CPU fp32 and int8, OpenVINO, and on CUDA PyTorch, onnxruntime fp32 and fp16 (IO 
 backend that cannot run is listed as skipped with the reason, one that breaks as failed with the
 reason; neither stops the table. Per row: file size, p50/p90/p99 latency of one batch, images/s,
 top-1 accuracy on the test set (when the data is on disk), max |logits - eager PyTorch logits|
-(sedeploy.parity.compare) and top-1 agreement with eager PyTorch on real test images, the share of
+(sedeploy.core.parity.compare) and top-1 agreement with eager PyTorch on real test images, the share of
 the CPU's fp32 peak (nominal and measured by SGEMM). The header names the CPU's ISA features that
 decide fp32 and int8 speed. torch is imported only for the PyTorch rows, lazily.
 
@@ -22,8 +22,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import UserError
-from ..timing import measure
+from ..core.errors import UserError
+from ..core.timing import measure
 from .backends import BACKENDS, FP32_CPU, PYTORCH_CPU, Runner, Skip, make_backend, resolve_ckpt
 from .backends import first_line as _first_line
 from .report import annotate, format_table, headline, write_csv, write_json
@@ -125,7 +125,8 @@ def resolve_model(cfg: BenchConfig) -> _Model:
 
 def load_data(m: _Model, cfg: BenchConfig, n_par: int = 64) -> _Data:
     """Normalized test images and labels (or why there are none) and the parity batch."""
-    from ..datasets import load_arrays, normalize_batch
+    from ..core.datasets import normalize_batch
+    from ..core.arrays import load_arrays
     meta = m.info.meta
     name = cfg.dataset or meta.get("dataset")
     x = y = None
@@ -159,7 +160,7 @@ def pytorch_reference(m: _Model, data: _Data, log: Log) -> Optional[np.ndarray]:
 
 def check_outputs(name: str, run: Runner, data: _Data, reference: Optional[np.ndarray]) -> dict:
     """Parity with eager PyTorch (the one parity helper) and top-1 accuracy on the test set."""
-    from ..parity import compare
+    from ..core.parity import compare
     out: dict = {}
     logits = run(data.x_par)
     if reference is not None:
@@ -202,7 +203,7 @@ def build_backends(m: _Model, cfg: BenchConfig, data: _Data, reference: Optional
 
 def measure_sgemm(m: _Model, cfg: BenchConfig, best: Optional[dict]) -> dict:
     """The SGEMM rate now (hardware.sgemm_flops, on the rows' threads), or `best` if that was higher."""
-    from ..hardware import sgemm_flops
+    from ..core.hardware import sgemm_flops
     now = sgemm_flops(m.threads, min_time=min(0.3, cfg.min_time))
     return now if best is None or now["flops"] > best["flops"] else best
 
@@ -257,8 +258,8 @@ def table_rows(m: _Model, cfg: BenchConfig, ready: list, samples: dict, errors: 
 
 def make_header(m: _Model, cfg: BenchConfig, data: _Data, peaks: Dict[str, dict]) -> dict:
     import sys
-    from ..hardware import cpu_name, gpu_name, isa_summary, ort_device
-    from ..versions import versions
+    from ..core.hardware import cpu_name, gpu_name, isa_summary, ort_device
+    from ..core.versions import versions
     names = ["onnxruntime"] + [p for p in ("torch", "openvino") if p in sys.modules]
     return {
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {m.threads} threads used",
@@ -279,7 +280,7 @@ def run_bench(cfg: BenchConfig, log: Log = print) -> dict:
     data = load_data(m, cfg)
     reference = pytorch_reference(m, data, log)
     rows, ready = build_backends(m, cfg, data, reference, log)
-    from ..hardware import cpu_peak_flops
+    from ..core.hardware import cpu_peak_flops
     samples, errors, sgemm = time_rounds(ready, cfg, m, data, log)
     peaks = {"nominal": cpu_peak_flops(m.threads), "sgemm": sgemm}
     rows += table_rows(m, cfg, ready, samples, errors, peaks)

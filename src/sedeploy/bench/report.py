@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Optional
 
-from ..errors import atomic_write_text
+from ..core.io import atomic_write_text
 from .backends import PYTORCH_CPU
 
 INT8_NOISE = 1.10     # int8/fp32 below this is "about the same" on a shared machine, not a gain

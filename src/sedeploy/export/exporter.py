@@ -20,11 +20,14 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .. import __version__, contract
-from ..errors import UserError, atomic_write_text, ensure_writable_dir
-from ..versions import versions
-from ..parity import ATOL, RTOL, format_table
-from ..checkpoint import build_model, file_sha256, load_checkpoint
+from .. import __version__
+from ..core import contract
+from ..core.errors import UserError
+from ..core.io import atomic_write_text, ensure_writable_dir
+from ..core.versions import versions
+from ..core.parity import ATOL, RTOL, format_table
+from ..checkpoint import build_model, load_checkpoint
+from ..core.io import file_sha256
 from .onnx_export import export_onnx, node_count
 from .simplify import simplify_onnx
 from .torchscript import export_torchscript, load_torchscript
@@ -251,7 +254,7 @@ FP16_ATOL, FP16_RTOL = 2e-2, 2e-2  # float16 keeps ~3 decimal digits
 def _variants(job: Job, fp32: Path, reference: Dict[str, np.ndarray], x: np.ndarray,
               log: Callable[[str], None]) -> Dict[str, Path]:
     """int8 / fp16 variants of the verified fp32 graph: int8 through its gate, fp16 through parity."""
-    from ..parity import compare
+    from ..core.parity import compare
     from .quantize import calibration_images, convert_fp16, quantize_int8
     opts, ckpt, tmp = job.opts, job.ckpt, job.tmp
     out: Dict[str, Path] = {}
@@ -313,8 +316,9 @@ def int8_gate(fp32: Path, int8: Path, ckpt: dict, opts: ExportOptions, log: Call
     within int8_se_atol of fp32's. Without labelled test images the export is refused unless
     int8_allow_unlabelled, and then agreement is measured on the verification inputs alone.
     """
-    from ..datasets import load_arrays, normalize_batch
-    from ..parity import compare
+    from ..core.datasets import normalize_batch
+    from ..core.arrays import load_arrays
+    from ..core.parity import compare
     try:
         _, xs, ys = load_arrays(ckpt["dataset"], opts.data_dir, "test", ref=ckpt.get("data"))
         if list(xs.shape[1:]) != list(ckpt["input_size"]):

@@ -14,7 +14,7 @@ import onnx
 import torch
 from torch import nn
 
-from .. import contract
+from ..core import contract
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: List[str], opset: int,

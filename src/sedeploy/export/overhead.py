@@ -8,7 +8,7 @@ from typing import Callable, Dict, Sequence
 
 import numpy as np
 
-from ..timing import interleaved
+from ..core.timing import interleaved
 
 
 def measure_overhead(ckpt_path: str, batches: Sequence[int] = (1, 64), rounds: int = 30,

@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 import onnx.helper
 
-from .. import contract
-from ..errors import UserError
+from ..core import contract
+from ..core.errors import UserError
 
 INT8_OP_TYPES = ("Conv", "Relu", "MaxPool", "GlobalAveragePool", "Gemm")
 
@@ -44,7 +44,8 @@ class _Reader:
 
 def calibration_images(meta: dict, n: int, data_dir: Optional[str] = None, seed: int = 0) -> np.ndarray:
     """N normalized training images of the model's dataset (UserError if the data is not on disk)."""
-    from ..datasets import load_arrays, normalize_batch
+    from ..core.datasets import normalize_batch
+    from ..core.arrays import load_arrays
     try:
         _, x, _ = load_arrays(meta["dataset"], data_dir, "train", ref=meta.get("data"))
     except UserError as e:

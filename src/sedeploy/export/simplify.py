@@ -6,7 +6,7 @@ from typing import Tuple
 
 import onnx
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .onnx_export import node_count
 
 

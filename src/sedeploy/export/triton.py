@@ -19,9 +19,10 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .. import contract
-from ..errors import PathLike, UserError, atomic_write, atomic_write_text, current_umask, ensure_writable_dir
-from .. import tritonconfig as tc
+from ..core import contract
+from ..core.io import PathLike, atomic_write, atomic_write_text, current_umask, ensure_writable_dir
+from ..core.errors import UserError
+from ..core import tritonconfig as tc
 from ..runtime.session import read_metadata
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import torch
 
-from ..errors import UserError
-from ..parity import ParityRow, compare
+from ..core.errors import UserError
+from ..core.parity import ParityRow, compare
 
 
 def check_onnx(path: Path) -> None:
@@ -37,7 +37,8 @@ def run_torch(module: torch.nn.Module, x: np.ndarray, names: List[str]) -> Dict[
 
 def verification_batch(ckpt: dict, n: int = 16, data_dir=None, seed: int = 0) -> tuple:
     """-> (float32 batch, description): real test images if the dataset is on disk, else seeded noise."""
-    from ..datasets import load_arrays, normalize_batch
+    from ..core.datasets import normalize_batch
+    from ..core.arrays import load_arrays
     try:
         _, x, _ = load_arrays(ckpt["dataset"], data_dir, "test", ref=ckpt.get("data"))
         if list(x.shape[1:]) == list(ckpt["input_size"]):

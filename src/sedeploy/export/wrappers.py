@@ -1,4 +1,4 @@
-"""Modules that give a model the graph contract's outputs (sedeploy.contract) for tracing."""
+"""Modules that give a model the graph contract's outputs (sedeploy.core.contract) for tracing."""
 from __future__ import annotations
 
 from typing import Tuple

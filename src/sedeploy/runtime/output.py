@@ -14,7 +14,7 @@ from typing import Optional
 
 import click
 
-from .preprocess import ImageError
+from ..core.decode import ImageError
 
 
 def header(predictor, as_json: bool) -> None:

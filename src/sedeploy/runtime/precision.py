@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from ..errors import UserError, atomic_write_text, file_sha256
-from ..hardware import cpu_flags, cpu_name, has_vnni, isa_summary
+from ..core.errors import UserError
+from ..core.io import atomic_write_text, file_sha256
+from ..core.hardware import cpu_flags, cpu_name, has_vnni, isa_summary
 
 PRECISIONS = ("auto", "fp32", "int8")
 MIN_GAIN = 1.10      # int8 must be >= 10 % faster: a smaller gain is within this noise and costs accuracy
@@ -81,7 +82,7 @@ def measure_pair(fp32: Path, int8: Path, threads: Optional[int], batch: int, bud
                  ) -> Dict[str, float]:
     """p50 ms of one batch for each file, interleaved rounds within ~budget_s, on random normal inputs."""
     import numpy as np
-    from ..timing import interleaved
+    from ..core.timing import interleaved
     from .session import create_session
     sessions = {k: create_session(p, "cpu", threads)[0] for k, p in (("fp32", fp32), ("int8", int8))}
     inp = sessions["fp32"].get_inputs()[0]

@@ -17,12 +17,14 @@ from typing import Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tu
 import numpy as np
 from PIL import Image
 
-from .. import contract
-from ..errors import UserError, atomic_write
+from ..core import contract
+from ..core.errors import UserError
+from ..core.io import atomic_write
 from . import heatmap as hm
 from .pipeline import available_cores, ordered_map
 from .precision import PrecisionChoice, choose_precision
-from .preprocess import BACKGROUNDS, ImageError, decode_image, load_image, preprocess, to_model_mode
+from ..core.decode import BACKGROUNDS, ImageError, decode_image, load_image, to_model_mode
+from .preprocess import preprocess
 from .session import ModelInfo, create_session, find_model, model_info
 
 ImageLike = Union[str, os.PathLike, Image.Image]

@@ -3,7 +3,7 @@
 Providers: `cpu`; `cuda` (CUDAExecutionProvider, or an error that names what is missing instead
 of running on CPU in silence); `auto` (CUDA when it works, else CPU). onnxruntime can fall back
 silently when CUDA libraries fail to load, so the provider that actually runs is read back from
-the session. Everything the runtime needs comes from the file's metadata (sedeploy.contract).
+the session. Everything the runtime needs comes from the file's metadata (sedeploy.core.contract).
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .. import contract
-from ..errors import UserError
+from ..core import contract
+from ..core.errors import UserError
 
 PROVIDERS = ("auto", "cpu", "cuda")
 # --graph-opt name -> onnxruntime GraphOptimizationLevel member

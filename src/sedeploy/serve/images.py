@@ -25,7 +25,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..runtime.preprocess import ImageError
+from ..core.decode import ImageError
 from .protocol import ProtocolError
 from .state import model_of, read_body, state_of
 

@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import contract
-from .. import tritonconfig as tc
+from ..core import contract
+from ..core import tritonconfig as tc
 from .batcher import DynamicBatcher
 from .protocol import InferRequest, ProtocolError, RequestedOutput, classify
 
@@ -183,7 +183,7 @@ def _dims(shape) -> List[int]:
 
 def check_config(cfg: Dict[str, Any], inputs: List[tc.TensorSpec], outputs: List[tc.TensorSpec], path: Path) -> None:
     """A config.pbtxt must describe the model file it sits beside (names, types, dims), as Triton checks it."""
-    from ..errors import UserError
+    from ..core.errors import UserError
     mb = int(cfg.get("max_batch_size", 0))
     for kind, have in (("input", inputs), ("output", outputs)):
         graph = {t.name: t for t in have}

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..tritonconfig import DATATYPES, numpy_type
+from ..core.tritonconfig import DATATYPES, numpy_type
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_TYPE = "application/json"
@@ -217,7 +217,3 @@ def encode_infer_response(model_name: str, model_version: str, request_id: Optio
     if not blobs:
         return head, None
     return head + b"".join(blobs), len(head)
-
-
-def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}).encode()

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .. import tritonconfig as tc
-from ..errors import UserError
+from ..core import tritonconfig as tc
+from ..core.errors import UserError
 from .model import ModelSpec
 
 

@@ -15,7 +15,7 @@ from typing import Callable, List
 
 import uvicorn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .app import create_app
 from .model import ServedModel
 from .state import ServerState

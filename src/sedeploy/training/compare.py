@@ -20,7 +20,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..errors import UserError, atomic_write_text, ensure_writable_dir
+from ..core.errors import UserError
+from ..core.io import atomic_write_text, ensure_writable_dir
 from .config import TrainConfig
 
 

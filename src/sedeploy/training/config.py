@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
 PIPELINES = ("fast", "reference")
@@ -30,7 +30,7 @@ NOT_RECIPE = frozenset({"epochs", "out", "resume", "allow_recipe_change", "downl
 @dataclass
 class TrainConfig:
     model: str = "se_cnn"              # registry name (sedeploy.models.list_models())
-    dataset: str = "cifar10"           # a name in sedeploy.datasets.DATASETS
+    dataset: str = "cifar10"           # a name in sedeploy.core.datasets.DATASETS
     data_dir: Optional[str] = None     # dataset root (default: ./data, or Debian's copy for fashion-mnist)
     download: bool = False             # let torchvision download the dataset
     epochs: int = 50
@@ -87,7 +87,7 @@ class TrainConfig:
 
 def validate(cfg: TrainConfig) -> None:
     """Check a config at the boundary; messages name the valid options."""
-    from ..datasets import DATASETS
+    from ..core.datasets import DATASETS
     from ..models import list_models
     from .augment import AUGMENT_PRESETS
     _choice("model", cfg.model, list_models())

@@ -3,12 +3,12 @@
 The reference decodes every image through PIL in a DataLoader; on a 2-core machine that, not the
 model, bounds an epoch. Here each split is decoded once into a (N, C, H, W) uint8 tensor at the
 model's input size, and augmentation runs on whole batches (augment.py). File formats are read
-by sedeploy.datasets (numpy only); this module adds torchvision's CIFAR-10 loader and downloads:
+by sedeploy.core.datasets (numpy only); this module adds torchvision's CIFAR-10 loader and downloads:
 - cifar10: torchvision's CIFAR10 (with --download). If torchvision refuses a folder because its
   md5 sums differ from the published ones (a re-packed or synthetic copy), the
   cifar-10-batches-py pickles are read directly.
-- fashion-mnist: see sedeploy.datasets; --download fetches the files through torchvision.
-- folder: your own images (sedeploy.folder): train/val/test as zero-copy tensors over the
+- fashion-mnist: see sedeploy.core.datasets; --download fetches the files through torchvision.
+- folder: your own images (sedeploy.core.folder): train/val/test as zero-copy tensors over the
   memory-mapped decode cache, so batches are gathered from the map and a dataset larger than RAM trains.
 """
 from __future__ import annotations
@@ -20,10 +20,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from ..datasets import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, DATASETS, FMNIST_CLASSES, FMNIST_MEAN,  # noqa: F401
-                        FMNIST_STD, DatasetInfo, _find_idx, _IDX, dataset_info, fmnist_dirs, read_cifar,
-                        read_cifar_batch, read_fmnist, read_idx, resize_uint8)
-from ..errors import UserError, atomic_write_text
+from ..core.datasets import (DATASETS, DatasetInfo, find_idx, IDX_FILES, dataset_info, fmnist_dirs, read_cifar, read_fmnist)
+from ..core.errors import UserError
+from ..core.io import atomic_write_text
 
 
 @dataclass
@@ -36,7 +35,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None, download: bool = Fal
                  splits: Tuple[str, ...] = ("train", "test"), folder: Any = None, progress: bool = True,
                  log: Callable[[str], None] = print) -> Tuple[DatasetInfo, dict]:
     """-> (info, {"train": Split, "test": Split}; a folder also "val" when it has one). Missing data
-    raises UserError naming the fix. `folder`: sedeploy.folder.FolderOptions for name "folder"."""
+    raises UserError naming the fix. `folder`: sedeploy.core.folder.FolderOptions for name "folder"."""
     if name == "folder":
         return _load_folder(data_dir, folder, progress, log)
     if name == "cifar10":
@@ -74,7 +73,7 @@ def _load_fmnist(data_dir: Optional[Path], download: bool, splits) -> Tuple[Data
     dirs = fmnist_dirs(data_dir)
     out = {}
     for split in splits:
-        if download and any(_find_idx(b, dirs) is None for b in _IDX[split]):
+        if download and any(find_idx(b, dirs) is None for b in IDX_FILES[split]):
             from torchvision.datasets import FashionMNIST
             root = data_dir or Path("data")
             try:
@@ -122,8 +121,8 @@ def stratified_split(split: Split, fraction: float, seed: int) -> Tuple[Split, S
 
 # ---------------------------------------------------------------- folder
 def folder_options(cfg: Any) -> Any:
-    """sedeploy.folder.FolderOptions from a TrainConfig's fields."""
-    from ..folder import FolderOptions
+    """sedeploy.core.folder.FolderOptions from a TrainConfig's fields."""
+    from ..core.folder import FolderOptions
     return FolderOptions(seed=cfg.seed, val_split=cfg.val_split, test_split=cfg.test_split,
                          input_size=cfg.input_size, channels=cfg.channels, cache_dir=cfg.cache_dir)
 
@@ -139,7 +138,7 @@ def check_data_options(cfg: Any) -> None:
 
 def _load_folder(data_dir: Optional[str], folder: Any, progress: bool,
                  log: Callable[[str], None]) -> Tuple[DatasetInfo, dict]:
-    from ..folder import FolderOptions, load_folder
+    from ..core.folder import FolderOptions, load_folder
     fd = load_folder(data_dir, folder or FolderOptions(), progress, log)
     # torch.from_numpy over the copy-on-write memory map: no copy, rows are read as batches gather them
     return fd.info, {s: Split(torch.from_numpy(x), torch.from_numpy(y)) for s, (x, y) in fd.arrays.items()}

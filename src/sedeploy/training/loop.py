@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from ..errors import UserError, atomic_write_text, ensure_writable_dir
+from ..core.errors import UserError
+from ..core.io import atomic_write_text, ensure_writable_dir
 from ..models import count_parameters, create_model, model_config
 from .augment import AUGMENT_PRESETS, BatchAugment, PILDataset, reference_transform
 from .config import TrainConfig, recipe_differences, validate
@@ -85,7 +86,7 @@ def evaluate(model: nn.Module, batches: Batches, d: Dist = Dist(), device: torch
 # ---------------------------------------------------------------- state
 @dataclass
 class Data:
-    info: Any                          # sedeploy.datasets.DatasetInfo
+    info: Any                          # sedeploy.core.datasets.DatasetInfo
     train: Split
     val: Optional[Split]               # None when selecting on the test set
     test: Split

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..errors import atomic_write
+from ..core.io import atomic_write
 
 
 def _pyplot():

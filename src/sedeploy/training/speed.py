@@ -14,11 +14,12 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..models import create_model
-from ..timing import cpu_name
+from ..core.hardware import cpu_name
 from .augment import AUGMENT_PRESETS, BatchAugment, reference_transform
-from .data import CIFAR10_MEAN, CIFAR10_STD, Split, load_dataset
+from ..core.datasets import CIFAR10_MEAN, CIFAR10_STD
+from .data import Split, load_dataset
 from .loop import Dist, iterate_fast, iterate_reference, resolve_device
 
 WARMUP = 5

@@ -10,7 +10,7 @@ import sys
 from importlib import metadata
 from typing import Dict, Optional
 
-from . import __version__
+from .. import __version__
 
 
 # One import name, several distributions: onnxruntime ships as onnxruntime, onnxruntime-gpu, ...

@@ -12,8 +12,8 @@ from typing import Dict, Sequence, Union
 
 import numpy as np
 
-from .predictor import Predictor, softmax
-from .preprocess import ImageError, load_image
+from sedeploy.runtime.predictor import Predictor, softmax
+from sedeploy.core.decode import ImageError, load_image
 
 
 def fast_decode_drift(predictor: Predictor, paths: Sequence[Union[str, os.PathLike]], batch: int = 64

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
-from ..errors import UserError, atomic_write_text
-from ..runtime.preprocess import IMAGE_SUFFIXES, opened
+from ..errors import UserError
+from ..io import atomic_write_text
+from ..decode import IMAGE_SUFFIXES, opened
 
 SPLITS = ("train", "val", "test")
 GREY_MODES = ("1", "L", "LA", "La", "I", "F") + ("I;16", "I;16L", "I;16B", "I;16N")

@@ -29,7 +29,7 @@ FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal
 FMNIST_MEAN = (0.2860,)  # Fashion-MNIST train set statistics
 FMNIST_STD = (0.3530,)
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
-DATASETS = ("cifar10", "fashion-mnist", "folder")  # folder: your own images (sedeploy.folder)
+DATASETS = ("cifar10", "fashion-mnist", "folder")  # folder: your own images (sedeploy.core.folder)
 
 
 
@@ -101,7 +101,7 @@ def read_cifar(root: Path, split: str) -> Tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
-_IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
@@ -121,7 +121,7 @@ def read_idx(path: Path) -> np.ndarray:
         raise UserError(f"{path} is not a valid idx file ({e}); reinstall the dataset or pass --download") from None
 
 
-def _find_idx(base: str, dirs: List[Path]) -> Optional[Path]:
+def find_idx(base: str, dirs: List[Path]) -> Optional[Path]:
     for d in dirs:
         for cand in (d / base, d / (base + ".gz")):
             if cand.is_file():
@@ -147,7 +147,7 @@ def fmnist_dirs(data_dir: Optional[Path]) -> List[Path]:
 
 def read_fmnist(dirs: List[Path], split: str, size: Optional[int] = 32) -> Tuple[np.ndarray, np.ndarray, Path]:
     """-> (N, 1, size, size) uint8 (size None: native 28x28), (N,) int64, folder; missing files raise UserError."""
-    img_f, lbl_f = (_find_idx(b, dirs) for b in _IDX[split])
+    img_f, lbl_f = (find_idx(b, dirs) for b in IDX_FILES[split])
     if img_f is None or lbl_f is None:
         where = ", ".join(str(d) for d in dirs)
         raise UserError(f"Fashion-MNIST {split} files not found in {where}; "
@@ -159,51 +159,8 @@ def read_fmnist(dirs: List[Path], split: str, size: Optional[int] = 32) -> Tuple
     return np.ascontiguousarray(x[:, None]), y, img_f.parent
 
 
-def load_arrays(name: str, data_dir: Optional[str] = None, split: str = "test", native: bool = False,
-                ref: Optional[Dict[str, Any]] = None) -> Tuple[DatasetInfo, np.ndarray, np.ndarray]:
-    """-> (info, images (N, C, H, W) uint8, labels (N,) int64) from files on disk, no download.
-
-    native=True keeps the files' own size (Fashion-MNIST 28x28) instead of the model input size.
-    name "folder": the split a model was trained on, found through `ref` (the checkpoint's or the
-    ONNX metadata's "data"); data_dir, when given, says where the folder is now."""
-    if name == "folder":
-        from .folder import folder_arrays
-        return folder_arrays(ref, data_dir, split)
-    info = dataset_info(name)
-    if name == "cifar10":
-        x, y = read_cifar(Path(data_dir or "data"), split)
-        info.source = str(Path(data_dir or "data") / "cifar-10-batches-py")
-    else:
-        x, y, src = read_fmnist(fmnist_dirs(Path(data_dir) if data_dir else None), split,
-                                None if native else info.input_size[1])
-        info.source = str(src)
-    return info, x, y
-
-
 def normalize_batch(images: np.ndarray, mean, std) -> np.ndarray:
     """uint8 (N, C, H, W) -> float32 (x / 255 - mean) / std, the models' input."""
     m = np.asarray(mean, np.float32)[:, None, None]
     s = np.asarray(std, np.float32)[:, None, None]
     return ((images.astype(np.float32) / 255 - m) / s).astype(np.float32)
-
-
-def write_samples(name: str, out: Path, n: int = 8, data_dir: Optional[str] = None, seed: int = 0) -> List[Path]:
-    """Write n test images as PNG files named <index>_<class>.png (native size), for trying `infer`."""
-    from PIL import Image
-    from .errors import atomic_write, ensure_writable_dir
-    if n <= 0:
-        raise UserError(f"--n must be positive, got {n}")
-    if name == "folder":
-        raise UserError("samples writes built-in test images; a folder dataset's images are already files")
-    info, x, y = load_arrays(name, data_dir, "test", native=True)
-    out = ensure_writable_dir(out)
-    idx = np.random.default_rng(seed).permutation(len(y))[:n]
-    written = []
-    for i in idx:
-        a = x[i]
-        im = Image.fromarray(a[0]) if a.shape[0] == 1 else Image.fromarray(a.transpose(1, 2, 0))
-        label = info.classes[int(y[i])].lower().replace("/", "-").replace(" ", "-")
-        dest = out / f"{int(i):05d}_{label}.png"
-        atomic_write(dest, lambda tmp, im=im: im.save(tmp, format="PNG"))
-        written.append(dest)
-    return written

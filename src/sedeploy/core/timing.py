@@ -10,8 +10,6 @@ from typing import Callable, Dict
 
 import numpy as np
 
-from .hardware import cpu_name, cpu_peak_flops  # noqa: F401 - their old home; callers import them from here
-
 
 def summarize(samples_s) -> Dict[str, float]:
     a = np.asarray(samples_s, dtype=np.float64) * 1e3

@@ -27,8 +27,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import atomic_write_text
-from ..runtime.preprocess import ImageError, load_chw
+from ..io import atomic_write_text
+from ..decode import ImageError, load_chw
 from .index import SPLITS, FileEntry, pmap, reason_of
 
 CACHE_FORMAT = 1

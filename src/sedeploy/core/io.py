@@ -1,25 +1,21 @@
-"""User-facing errors and atomic file writing (no torch; the runtime uses both).
+"""File writing and hashing shared by every side: atomic, umask-respecting writes, writable-folder
+checks, sha256 of files. No torch.
 
-A `UserError` carries a one-line message that names the problem and the fix; the CLI prints it
-without a traceback and exits non-zero. Outputs are written atomically (temporary file in the
-same directory, fsync, rename), so a crash never leaves a half-written file or a damaged
-previous version.
+Outputs are written atomically (temporary file in the same directory, fsync, rename), so a crash
+never leaves a half-written file or a damaged previous version.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
+from .errors import UserError
+
 PathLike = Union[str, os.PathLike]
-
-
-class UserError(Exception):
-    """Bad input: shown to the user as one line, exit status 2."""
-
-    exit_code = 2
 
 
 @contextlib.contextmanager
@@ -86,7 +82,6 @@ def ensure_writable_dir(path: PathLike, what: str = "output directory") -> Path:
 
 def file_sha256(path: PathLike) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (checkpoints, exports, the precision cache key)."""
-    import hashlib
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -53,11 +53,6 @@ def config_type(datatype: str) -> str:
     return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
 
 
-def protocol_type(config_enum: str) -> str:
-    """Inverse of config_type: TYPE_FP32 -> FP32."""
-    return "BYTES" if config_enum == "TYPE_STRING" else config_enum[len("TYPE_"):]
-
-
 _BY_NUMPY_NAME = {v: k for k, v in DATATYPES.items()}
 
 

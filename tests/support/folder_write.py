@@ -15,9 +15,9 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from ..errors import UserError
-from .cache import cpu_count
-from .index import pmap
+from sedeploy.core.errors import UserError
+from sedeploy.core.folder.cache import cpu_count
+from sedeploy.core.folder.index import pmap
 
 
 def class_folder_name(name: str) -> str:
@@ -29,7 +29,7 @@ def write_image_folder(name: str, out: Path, data_dir: Optional[str] = None, lim
                        workers: int = 0, progress: bool = True) -> Dict[str, int]:
     """-> {split: files written}; `limit` keeps the first N images of each split."""
     from PIL import Image
-    from ..datasets import load_arrays
+    from sedeploy.core.arrays import load_arrays
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists and is not empty; choose another output folder")

@@ -1,0 +1,80 @@
+"""The layering is a checked rule: import-linter's contracts (setup.cfg [importlinter]) hold on the
+package, and fail on a copy of it with a violation planted (torch in the runtime, training in the
+core, an import cycle), so the check itself is known to bite."""
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SETUP = ROOT / "setup.cfg"
+
+
+def lint_imports(pythonpath: Path, config: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    code = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    return subprocess.run([sys.executable, "-c", code, "--config", str(config), "--no-cache"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=str(pythonpath))
+
+
+def test_contracts_are_declared():
+    cfg = configparser.ConfigParser()
+    cfg.read(SETUP)
+    types = {cfg[s]["type"] for s in cfg.sections() if s.startswith("importlinter:contract:")}
+    assert types == {"layers", "forbidden", "acyclic_siblings"}
+    forbidden = cfg["importlinter:contract:device-side"]["forbidden_modules"].split()
+    assert {"torch", "onnx", "sedeploy.training", "sedeploy.export"} <= set(forbidden)
+
+
+def test_contracts_hold():
+    proc = lint_imports(ROOT / "src", SETUP)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "0 broken" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def package_copy(tmp_path_factory):
+    base = tmp_path_factory.mktemp("layers")
+    shutil.copytree(ROOT / "src" / "sedeploy", base / "sedeploy", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(SETUP, base / "setup.cfg")
+    return base
+
+
+def _plant(base: Path, rel: str, line: str, in_function: bool) -> str:
+    path = base / "sedeploy" / rel
+    old = path.read_text()
+    # a lazy import inside a function counts as much as one at the top
+    extra = f"\n\ndef _planted():\n    {line}\n" if in_function else f"\n{line}\n"
+    path.write_text(old + extra)
+    return old
+
+
+DEVICE, LAYERS, CYCLE = "never imports torch", "Layers", "No import cycle"
+
+
+@pytest.mark.parametrize("rel, line, contracts", [
+    ("runtime/heatmap.py", "import torch", {DEVICE}),
+    ("serve/batcher.py", "from ..export import exporter", {DEVICE, LAYERS}),       # and upward
+    ("core/parity.py", "from ..runtime import session", {LAYERS, CYCLE}),  # runtime imports core
+    ("core/folder/__init__.py", "from ..arrays import load_arrays", {CYCLE}),     # the old datasets <-> folder
+])
+def test_a_planted_violation_breaks_a_contract(package_copy, rel, line, contracts):
+    old = _plant(package_copy, rel, line, in_function=True)
+    try:
+        proc = lint_imports(package_copy, package_copy / "setup.cfg")
+    finally:
+        (package_copy / "sedeploy" / rel).write_text(old)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    cfg = configparser.ConfigParser()
+    cfg.read(SETUP)
+    names = [cfg[s]["name"] for s in cfg.sections() if s.startswith("importlinter:contract:")]
+    joined = " ".join(proc.stdout.split())  # the report wraps long contract names
+    broken = [n for n in names if f"{n} BROKEN" in joined]
+    assert {c for c in contracts for n in broken if c in n} == contracts, proc.stdout[-2000:]
+    assert len(broken) == len(contracts), proc.stdout[-2000:]
