@@ -36,3 +36,55 @@ def test_upsample_keeps_orientation():
     assert up.shape == (20, 40)
     r, c = np.unravel_index(np.argmax(up), up.shape)
     assert r < 5 and c >= 30                                      # in the top-right source cell
+
+
+def test_colormap_literal():
+    # r, g, b = clip(1.5 - |4a - k|, 0, 1) for k = 3, 2, 1, times 255 (truncated to uint8)
+    got = hm.colormap(np.array([[-1.0, 0.0, 0.25], [0.5, 1.0, 2.0]]))
+    assert got.dtype == np.uint8 and got.shape == (2, 3, 3)
+    assert got.tolist() == [[[0, 0, 127], [0, 0, 127], [0, 127, 255]],
+                            [[127, 255, 127], [127, 0, 0], [127, 0, 0]]]
+
+
+def test_overlay_blends_half_and_half():
+    from PIL import Image
+    img = Image.new("L", (4, 2), 100)
+    out = hm.overlay(img, np.ones((1, 1), np.float32))          # heat upsampled to the image: all 1 -> (127, 0, 0)
+    assert out.mode == "RGB" and out.size == (4, 2)
+    assert all(abs(a - b) <= 1 for px in out.getdata() for a, b in zip(px, (113.5, 50, 50)))
+    quarter = hm.overlay(img, np.zeros((2, 4), np.float32), alpha=0.25)   # all 0 -> (0, 0, 127)
+    assert all(abs(a - b) <= 1 for px in quarter.getdata() for a, b in zip(px, (75, 75, 106.75)))
+
+
+def test_display_enlarges_small_images_with_nearest():
+    from PIL import Image
+    small = Image.fromarray(np.array([[0, 255], [255, 0]], np.uint8), "L")
+    big = hm._display(small, 6)                                  # ceil(6 / 2) = 3
+    assert big.mode == "RGB" and big.size == (6, 6)
+    assert np.asarray(big)[:3, :3].max() == 0 and np.asarray(big)[:3, 3:].min() == 255
+    assert hm._display(Image.new("L", (200, 100)), 192).size == (400, 200)     # ceil(192 / 100) = 2
+    same = hm._display(Image.new("L", (300, 200)), 192)
+    assert same.size == (300, 200) and same.mode == "RGB"
+    assert hm._display(Image.new("L", (32, 32))).size == (192, 192)           # min_side defaults to 192
+
+
+def test_top_channels_and_scores_literal():
+    assert hm.top_channels(np.array([0.2, 0.7]), 5) == [(1, 0.7), (0, 0.2)]
+    assert hm.top_channels(np.array([0.5, 0.5, 0.9]), 2) == [(2, 0.9), (0, 0.5)]      # ties: lower index first
+    f = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
+    assert hm.spatial_mean_scores(f).tolist() == [1.5, 5.5]
+    assert hm.TOP_MEAN_CHANNELS == 3
+    np.testing.assert_allclose(hm.normalize01(np.array([-2.0, 0.0, 2.0])), [0, 0.5, 1])
+    assert hm.normalize01(np.array([1, 2], np.int64)).dtype == np.float32
+    one = hm.spatial_mean_attention(np.stack([f[0], f[1], f[1] * 0]), top=1)   # channel 1 alone
+    np.testing.assert_allclose(one, [[0, 1 / 3], [2 / 3, 1]], atol=1e-6)
+
+
+def test_upsample_is_bicubic_and_clipped():
+    from PIL import Image
+    a = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
+    up = hm.upsample(a, (8, 8))
+    ref = np.asarray(Image.fromarray(a, "F").resize((8, 8), Image.BICUBIC))
+    assert ref.min() < 0 and ref.max() > 1                                       # bicubic overshoots ...
+    np.testing.assert_allclose(up, np.clip(ref, 0, 1))                            # ... and the map is clipped
+    assert hm.upsample(a, (2, 2)).tolist() == a.tolist()
