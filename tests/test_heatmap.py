@@ -88,3 +88,24 @@ def test_upsample_is_bicubic_and_clipped():
     assert ref.min() < 0 and ref.max() > 1                                       # bicubic overshoots ...
     np.testing.assert_allclose(up, np.clip(ref, 0, 1))                            # ... and the map is clipped
     assert hm.upsample(a, (2, 2)).tolist() == a.tolist()
+
+
+# ---------------------------------------------------------------- cases that killed surviving mutants
+def test_map_types_shapes_and_small_maxima():
+    flat = hm.normalize01(np.full((3, 3), 7.0))
+    assert flat.shape == (3, 3) and flat.dtype == np.float32 and not flat.any()
+    fmap = np.array([[[0.5, 0.25]]], np.float32)                  # max 0.5 < 1: still scaled to 1
+    a = hm.se_attention(fmap, np.array([1.0], np.float64))
+    assert a.dtype == np.float32 and a.tolist() == [[1.0, 0.5]]
+    assert hm.se_attention(fmap.astype(np.float64), np.array([1.0], np.float32)).dtype == np.float32
+
+
+def test_colormap_peak_channels_saturate():
+    # at a = 0.75 red's ramp is at its top (1.5 before the clip at 1): 255, not an overflowed byte
+    assert hm.colormap(np.array([0.75])).tolist() == [[255, 127, 0]]
+
+
+def test_top_channels_ties_among_many():
+    s = np.zeros(300)
+    s[::7] = 1.0                                                  # 43 tied channels: the lowest indices first
+    assert [c for c, _ in hm.top_channels(s, 4)] == [0, 7, 14, 21]

@@ -195,3 +195,105 @@ def test_expand_inputs(tmp_path):
     (deep / "e.png").write_bytes(b"x")
     assert [p.name for p in expand_inputs([str(tmp_path / "**" / "e.png")])[0]] == ["e.png"]
     assert [p.name for p in expand_inputs([str(d / "?.png")])[0]] == ["b.png"]
+
+
+# ---------------------------------------------------------------- cases that killed surviving mutants
+def test_runtime_normalization_is_bit_exact_with_trainings():
+    """The runtime's float32 arithmetic is the training side's (core.datasets.normalize_batch), bit for bit."""
+    from sedeploy.core.datasets import normalize_batch
+    px = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    rgb = Image.fromarray(np.stack([px, px[::-1], px.T], -1), "RGB")
+    mean, std = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
+    got = normalize(rgb, mean, std)
+    want = normalize_batch(D.to_chw(rgb)[None], mean, std)[0]
+    assert got.dtype == want.dtype == np.float32 and np.array_equal(got, want)
+
+
+def test_more_float_images():
+    f = Image.fromarray(np.array([[0.7, 0.25]], np.float32), "F")
+    assert np.asarray(D.to_model_mode(f, 1)).tolist() == [[178, 64]]        # 178.5 rounds half to even
+    f = Image.fromarray(np.array([[1.5, 0.5]], np.float32), "F")
+    assert np.asarray(D.to_model_mode(f, 1)).tolist() == [[2, 0]]           # max 1.5 > 1: not scaled
+
+
+def test_premultiplied_and_palette_alpha_modes():
+    white = (255, 255, 255)
+    assert D.to_model_mode(Image.new("RGBa", (1, 1), (10, 20, 30, 0)), 3).getpixel((0, 0)) == (0, 0, 0)
+    pa = Image.new("PA", (1, 1))
+    pa.putpalette([10, 20, 30] * 256)
+    pa.putpixel((0, 0), (0, 0))                                              # index 0, alpha 0
+    assert D.to_model_mode(pa, 3, white).getpixel((0, 0)) == white
+    two = D.decode_image(png(Image.new("RGBA", (1, 1), (9, 9, 9, 0))), "t.png", 3, background=white)
+    assert two.getpixel((0, 0)) == white                                    # decode_image passes the background on
+
+
+def test_error_paths_name_the_input(tmp_path):
+    d = tmp_path / "dir.png"
+    d.mkdir()
+    (tmp_path / "zero.png").write_bytes(b"")
+    for p in (d, tmp_path / "zero.png"):
+        with pytest.raises(D.ImageError) as e:
+            D.load_image(p, 1)
+        assert e.value.path == str(p)
+    (tmp_path / "t.png").write_text("text")
+    with pytest.raises(D.ImageError) as e:
+        with D.opened(tmp_path / "t.png"):
+            pass
+    assert str(e.value) == f"{tmp_path / 't.png'}: not an image Pillow can read" and e.value.path == str(tmp_path / "t.png")
+    with pytest.raises(D.ImageError) as e:
+        D.load_image(tmp_path / "t.png", 1)
+    assert str(e.value) == f"{tmp_path / 't.png'}: not an image Pillow can read"
+    (tmp_path / "big.png").write_bytes(png(Image.new("L", (256, 256))))
+    assert D.load_image(tmp_path / "big.png", 1, fast_size=(32, 32)).size == (64, 64)   # fast path passed on
+
+
+def test_exif_mirror_orientation():
+    a = np.zeros((1, 3), np.uint8)
+    a[0, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 2                                                        # mirrored horizontally
+    out = np.asarray(D.decode_image(png(Image.fromarray(a, "L"), exif=exif), "m.png", 1))
+    assert out.tolist() == [[0, 0, 255]]
+
+
+def test_fast_jpeg_grey_comes_from_the_luma_channel():
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8), "RGB")
+    b = io.BytesIO()
+    rgb.save(b, "JPEG", quality=90)
+    jpg = b.getvalue()
+    with Image.open(io.BytesIO(jpg)) as ref:
+        ref.draft("L", (32, 32))
+        want = np.asarray(ref.convert("L"))
+    got = np.asarray(D.decode_image(jpg, "j", 1, fast_size=(32, 32)))
+    assert np.array_equal(got, want)
+    with Image.open(io.BytesIO(jpg)) as im:                 # the decoder itself is asked for luma only (speed)
+        D._draft(im, 1, (32, 32))
+        assert (im.mode, im.size) == ("L", (32, 32))
+    with Image.open(io.BytesIO(jpg)) as im:
+        D._draft(im, 3, (32, 32))
+        assert (im.mode, im.size) == ("RGB", (32, 32))
+    with Image.open(io.BytesIO(png(rgb))) as im:            # not a JPEG: untouched
+        D._draft(im, 1, (32, 32))
+        assert (im.mode, im.size) == ("RGB", (128, 128))
+    colour = np.asarray(D.decode_image(jpg, "j", 3, fast_size=(32, 32)))
+    assert colour.shape == (32, 32, 3) and not np.array_equal(colour[..., 0], colour[..., 1])   # still colour
+    grey_jpg = io.BytesIO()
+    rgb.convert("L").save(grey_jpg, "JPEG")
+    assert D.decode_image(grey_jpg.getvalue(), "g", 1, fast_size=(32, 32)).size == (32, 32)
+
+
+def test_fast_reduce_uses_each_side():
+    tall = png(Image.new("RGB", (128, 256)))
+    assert D.decode_image(tall, "t", 3, fast_size=(32, 32)).size == (64, 128)   # factor min(2, 4) = 2
+    assert D.decode_image(tall, "t", 3, fast_size=(32, 64)).size == (64, 128)   # factor min(2, 2) = 2
+    wide = png(Image.new("RGB", (256, 128)))
+    assert D.decode_image(wide, "w", 3, fast_size=(16, 64)).size == (256, 128)  # min(8, 1): not reduced
+
+
+def test_expand_several_dirs_and_odd_names(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / f"{sub}.png").write_bytes(b"x")
+    paths, errors = expand_inputs([str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "gone_X.png")])
+    assert [p.name for p in paths] == ["a.png", "b.png", "gone_X.png"] and errors == []

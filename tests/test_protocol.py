@@ -196,3 +196,45 @@ def test_response_json_and_binary_byte_for_byte():
     assert body[hl:] == np.array([1.0], "<f8").tobytes()
     assert (P.HEADER_LENGTH, P.JSON_TYPE, P.BINARY_TYPE) == ("Inference-Header-Content-Length", "application/json",
                                                              "application/octet-stream")
+
+
+# ---------------------------------------------------------------- cases that killed surviving mutants
+def test_limits_and_edges():
+    long_header = "a" * 50                                            # quoted up to 40 characters
+    assert refused(req(), long_header) == f"Inference-Header-Content-Length must be an integer, got {'a' * 40!r}"
+    assert refused(req(), "0").startswith("malformed JSON in the request: ")   # 0 is a length: an empty header
+    m = refused(req({**X1, "shape": [1], "data": ["x" * 200]}))
+    assert m == f"input 'x': data is not a (nested) array of FP32 values ({('could not convert string to float: ' + repr('x' * 200))[:80]})"
+    head = json.dumps({"inputs": [{"name": "x", "shape": [0], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 0}}]}).encode()
+    r = P.parse_infer_request(head, str(len(head)))                  # an empty binary tensor is a tensor
+    assert r.inputs[0].array.shape == (0,) and r.inputs[0].array.dtype == np.float32
+
+
+def test_binary_input_is_not_copied():
+    a = np.arange(4, dtype="<f4")
+    head = json.dumps({"inputs": [{"name": "a", "shape": [4], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 16}}]}).encode()
+    got = P.parse_infer_request(head + a.tobytes(), str(len(head))).inputs[0].array
+    assert got.tolist() == [0, 1, 2, 3] and not got.flags.owndata      # a view on the body's bytes
+
+
+def test_bytes_elements_stay_python_bytes():
+    """An object array of bytes, not numpy's fixed-width 'S' type (which drops trailing NULs)."""
+    raw = P.encode_bytes(np.array([b"a\0", b"bc"], dtype=object))
+    got = P.decode_bytes(raw)
+    assert got.dtype == object and got.tolist() == [b"a\0", b"bc"]
+    assert P.decode_bytes(b"").dtype == object
+    data = P.parse_infer_request(req({"name": "s", "shape": [1], "datatype": "BYTES", "data": [b"q".decode()]}))
+    assert data.inputs[0].array.dtype == object and data.inputs[0].array.tolist() == [b"q"]
+
+
+def test_classify_ties_keep_class_order_among_many_classes():
+    a = np.zeros((1, 300), np.float32)
+    a[0, ::7] = 1.0                                                   # 43 tied top scores: the lowest indices win
+    assert P.classify(a, 4, None).tolist() == [[b"1.000000:0", b"1.000000:7", b"1.000000:14", b"1.000000:21"]]
+
+
+def test_bytes_json_values_that_are_not_strings_pass_through():
+    r = P.parse_infer_request(req({"name": "s", "shape": [2], "datatype": "BYTES", "data": ["a", 5]}))
+    assert r.inputs[0].array.tolist() == [b"a", 5]

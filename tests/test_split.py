@@ -123,3 +123,41 @@ def test_read_record_refuses_damaged_files(tmp_path, content, needle):
         p.write_text(content)
     with pytest.raises(UserError, match=needle):
         read_record(p)
+
+
+# ---------------------------------------------------------------- cases that killed surviving mutants
+def test_edges_of_the_split():
+    a = assign(index({"ant": 3}), 0, 0.1, 0.1)                    # one file each: one train file is enough
+    assert [len(a[s]) for s in ("train", "val", "test")] == [1, 1, 1]
+    with pytest.raises(UserError, match=r"add at least 1 more"):  # val only: need 2, have 1
+        assign(index({"ant": 1}), 0, 0.1, 0.0)
+    with pytest.raises(UserError, match=r"class 'ant' has no training images in /data; add some to /data/ant"):
+        assign(index({"ant": 0}), 0, 0.1, 0.1)
+    with pytest.raises(UserError, match=r"class 'ant' has no training images in /data/train"):
+        assign(index(None, "splits", roles={"ant": {"test": 3}}), 0, 0.1, 0.1)
+
+
+def test_record_header_keys_and_text_layout(tmp_path):
+    idx = index({"ant": 4}, root=tmp_path)
+    rec = make_record(idx, assign(idx, 0, 0.25, 0.25), 0, 0.25, 0.25, (1, 4, 4), (0.5,), (0.2,))
+    assert {k: v for k, v in rec.items() if k not in ("counts", "splits", "data_dir")} == {
+        "format": "sedeploy-split", "version": 1, "layout": "classes", "seed": 0, "val_split": 0.25,
+        "test_split": 0.25, "classes": ["ant"], "input_size": [1, 4, 4], "mean": [0.5], "std": [0.2], "skipped": 1}
+    text = dump_record(rec)
+    assert text.startswith('{\n "format": "sedeploy-split",\n "version": 1,\n')     # the header indented by 1
+    assert text.count('"splits"') == 1 and text.count('"train"') == 2               # counts + splits
+
+
+def test_read_record_names_the_error_kind(tmp_path):
+    with pytest.raises(UserError) as e:
+        read_record(tmp_path / "gone.json")
+    assert str(e.value) == (f"cannot read split file {tmp_path / 'gone.json'} (FileNotFoundError); re-train, or "
+                            f"pass the data folder with --data-dir")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(UserError, match=r"\(JSONDecodeError\)"):
+        read_record(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(UserError) as e:
+        read_record(tmp_path / "other.json")
+    assert str(e.value) == (f"{tmp_path / 'other.json'} is not a sedeploy split file; pass the split.json written "
+                            f"by `sedeploy train`")

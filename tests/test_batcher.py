@@ -1,0 +1,92 @@
+"""The dynamic batcher's bookkeeping (serve/batcher.py) without a socket or a model: Triton-shaped
+statistics, output splitting, option checks, the single named worker, start/stop edges. Ordering and
+timing semantics are in test_serve.py (checked by batch contents and counters, not wall time)."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from sedeploy.serve.batcher import BatchStats, DynamicBatcher, Stopped, _Count, split_outputs
+
+
+def test_counts_accumulate():
+    c = _Count()
+    c.add(5)
+    c.add(7, count=3)
+    assert (c.count, c.ns) == (4, 12)
+
+
+def test_stats_in_tritons_shape():
+    s = BatchStats()
+    before = int(time.time() * 1000)
+    s.add_batch(3, [10, 20], 100)
+    s.add_batch(1, [5], 40)
+    s.add_batch(3, [1], 60)
+    after = int(time.time() * 1000)
+    s.success.add(1000)
+    s.fail.add(9, count=2)
+    t = s.to_triton("fm", "1")
+    assert before <= t.pop("last_inference") <= after                     # milliseconds since the epoch
+    assert t == {"name": "fm", "version": "1", "inference_count": 7, "execution_count": 3,
+                 "inference_stats": {"success": {"count": 1, "ns": 1000}, "fail": {"count": 2, "ns": 9},
+                                     "queue": {"count": 4, "ns": 36},
+                                     "compute_infer": {"count": 4, "ns": 100 + 100 + 40 + 60}},
+                 "batch_stats": [{"batch_size": 1, "compute_infer": {"count": 1, "ns": 40}},
+                                 {"batch_size": 3, "compute_infer": {"count": 2, "ns": 160}}]}
+    assert BatchStats().to_triton("m", "2")["last_inference"] == 0
+
+
+def test_split_outputs_gives_each_request_its_rows():
+    out = {"y": np.arange(6).reshape(6, 1), "z": np.arange(6) * 10}
+    parts = split_outputs(out, [1, 3, 2])
+    assert [p["y"][:, 0].tolist() for p in parts] == [[0], [1, 2, 3], [4, 5]]
+    assert [p["z"].tolist() for p in parts] == [[0], [10, 20, 30], [40, 50]]
+
+
+@pytest.mark.parametrize("kw", [dict(max_batch=0), dict(max_queue=0), dict(max_delay_s=-0.001)])
+def test_options_checked_one_at_a_time(kw):
+    with pytest.raises(ValueError) as e:
+        DynamicBatcher(lambda x: x, **kw)
+    assert str(e.value) == "max_batch and max_queue must be >= 1, max_delay_s >= 0"
+
+
+def test_smallest_options_are_valid():
+    b = DynamicBatcher(lambda x: x, max_batch=1, max_queue=1, max_delay_s=0.0)
+    assert (b.max_batch, b.max_queue, b.max_delay_s, b.batching) == (1, 1, 0.0, True)
+
+
+def test_submit_and_stop_outside_a_run():
+    async def main():
+        b = DynamicBatcher(lambda x: x)
+        await b.stop()                                     # never started: nothing to stop, no error
+        with pytest.raises(Stopped) as e:
+            await b.submit({"x": np.zeros((1, 1))}, 1)
+        assert str(e.value) == "the model is not accepting requests (not started, or shutting down)"
+        b.start()
+        await b.stop()
+        with pytest.raises(Stopped):
+            await b.submit({"x": np.zeros((1, 1))}, 1)
+    asyncio.run(main())
+
+
+def test_one_named_worker_thread_off_the_event_loop():
+    names, loop_threads = [], []
+
+    def run(inputs):
+        names.append(threading.current_thread().name)
+        return {"y": inputs["x"] * 2}
+
+    async def main():
+        loop_threads.append(threading.current_thread().name)
+        b = DynamicBatcher(run, max_batch=2, max_delay_s=0.0)
+        b.start()
+        outs = await asyncio.gather(*[b.submit({"x": np.full((1, 1), i, np.float32)}, 1) for i in range(5)])
+        await b.stop()
+        return outs
+    outs = asyncio.run(main())
+    assert [o["y"][0, 0] for o in outs] == [0, 2, 4, 6, 8]
+    assert set(names) == {"sedeploy-infer_0"} and loop_threads[0] not in names
