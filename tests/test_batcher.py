@@ -90,3 +90,24 @@ def test_one_named_worker_thread_off_the_event_loop():
     outs = asyncio.run(main())
     assert [o["y"][0, 0] for o in outs] == [0, 2, 4, 6, 8]
     assert set(names) == {"sedeploy-infer_0"} and loop_threads[0] not in names
+
+
+def test_a_cancelled_request_does_not_cut_the_batch():
+    from collections import deque
+    from sedeploy.serve.batcher import _Request, take_batch
+    loop = asyncio.new_event_loop()
+    reqs = [_Request({}, 1, loop.create_future(), 0.0) for _ in range(3)]
+    reqs[1].future.cancel()                             # its client went away
+    q = deque(reqs)
+    assert take_batch(q, 4) == [reqs[0], reqs[2]] and not q
+    loop.close()
+
+
+def test_without_batching_the_delay_does_not_apply():
+    async def main():
+        b = DynamicBatcher(lambda x: {"y": x["x"]}, max_batch=8, max_delay_s=3600.0, batching=False)
+        b.start()
+        out = await asyncio.wait_for(b.submit({"x": np.ones((1, 1))}, 1), 30)   # a waiting batcher times out
+        await b.stop()
+        return out
+    assert asyncio.run(main())["y"].tolist() == [[1.0]]

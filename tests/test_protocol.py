@@ -216,7 +216,7 @@ def test_binary_input_is_not_copied():
     head = json.dumps({"inputs": [{"name": "a", "shape": [4], "datatype": "FP32",
                                    "parameters": {"binary_data_size": 16}}]}).encode()
     got = P.parse_infer_request(head + a.tobytes(), str(len(head))).inputs[0].array
-    assert got.tolist() == [0, 1, 2, 3] and not got.flags.owndata      # a view on the body's bytes
+    assert got.tolist() == [0, 1, 2, 3] and not got.flags.writeable    # a view on the body's bytes: no copy
 
 
 def test_bytes_elements_stay_python_bytes():
