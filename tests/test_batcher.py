@@ -107,7 +107,7 @@ def test_without_batching_the_delay_does_not_apply():
     async def main():
         b = DynamicBatcher(lambda x: {"y": x["x"]}, max_batch=8, max_delay_s=3600.0, batching=False)
         b.start()
-        out = await asyncio.wait_for(b.submit({"x": np.ones((1, 1))}, 1), 30)   # a waiting batcher times out
+        out = await asyncio.wait_for(b.submit({"x": np.ones((1, 1))}, 1), 10)   # a waiting batcher times out
         await b.stop()
         return out
     assert asyncio.run(main())["y"].tolist() == [[1.0]]

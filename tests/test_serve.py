@@ -160,7 +160,7 @@ def test_batcher_fifo_max_batch_and_split():
 
 def test_batcher_delay_waits_for_a_batch_then_gives_up():
     """Checked by which requests ran together and by the batcher's own queue-time counters; wall time
-    only bounds a wait that must not happen (30 s against a 1-hour delay), never a loaded machine's speed."""
+    only bounds a wait that must not happen (10 s against a 1-hour delay), never a loaded machine's speed."""
     rec = Recorder()
 
     async def held():                                # max_delay 2 s: the second request, 0.05 s later, joins
@@ -169,7 +169,7 @@ def test_batcher_delay_waits_for_a_batch_then_gives_up():
         first = asyncio.create_task(b.submit(_req(0), 1))
         await asyncio.sleep(0.05)
         second = asyncio.create_task(b.submit(_req(1), 1))
-        await asyncio.wait_for(asyncio.gather(first, second), 30)
+        await asyncio.wait_for(asyncio.gather(first, second), 10)
         await b.stop()
         return b.stats
     st = _run(held())
@@ -179,7 +179,7 @@ def test_batcher_delay_waits_for_a_batch_then_gives_up():
     async def alone():                               # nothing else comes: it gives up after max_delay, runs alone
         b = DynamicBatcher(rec, max_batch=8, max_delay_s=0.3, max_queue=100)
         b.start()
-        out = await asyncio.wait_for(b.submit(_req(5), 1), 30)
+        out = await asyncio.wait_for(b.submit(_req(5), 1), 10)
         await b.stop()
         return out, b.stats
     out, st = _run(alone())
@@ -190,7 +190,7 @@ def test_batcher_delay_waits_for_a_batch_then_gives_up():
         b = DynamicBatcher(rec, max_batch=8, max_delay_s=3600.0, max_queue=100)
         b.start()
         many = [asyncio.create_task(b.submit(_req(10 + i), 1)) for i in range(8)]
-        await asyncio.wait_for(asyncio.gather(*many), 30)   # a batcher waiting for the delay times out here
+        await asyncio.wait_for(asyncio.gather(*many), 10)   # a batcher waiting for the delay times out here
         await b.stop()
         return b.stats
     st = _run(full())
