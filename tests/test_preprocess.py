@@ -297,3 +297,10 @@ def test_expand_several_dirs_and_odd_names(tmp_path):
         (tmp_path / sub / f"{sub}.png").write_bytes(b"x")
     paths, errors = expand_inputs([str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "gone_X.png")])
     assert [p.name for p in paths] == ["a.png", "b.png", "gone_X.png"] and errors == []
+
+
+def test_ycbcr_grey_is_the_rgb_luma():
+    """Every mode reaches grey through RGB (one luma definition): YCbCr's own Y channel differs by up to 66 levels."""
+    rng = np.random.default_rng(0)
+    ycc = Image.frombytes("YCbCr", (16, 16), rng.integers(0, 255, 16 * 16 * 3, dtype=np.uint8).tobytes())
+    assert np.array_equal(np.asarray(D.to_model_mode(ycc, 1)), np.asarray(ycc.convert("RGB").convert("L")))
