@@ -70,14 +70,18 @@ def test_submit_and_stop_outside_a_run():
         await b.stop()
         with pytest.raises(Stopped):
             await b.submit({"x": np.zeros((1, 1))}, 1)
+        await b.stop()                                     # stopping twice is harmless
     asyncio.run(main())
 
 
 def test_one_named_worker_thread_off_the_event_loop():
     names, loop_threads = [], []
 
+    threads = []
+
     def run(inputs):
         names.append(threading.current_thread().name)
+        threads.append(threading.current_thread())
         return {"y": inputs["x"] * 2}
 
     async def main():
@@ -90,6 +94,7 @@ def test_one_named_worker_thread_off_the_event_loop():
     outs = asyncio.run(main())
     assert [o["y"][0, 0] for o in outs] == [0, 2, 4, 6, 8]
     assert set(names) == {"sedeploy-infer_0"} and loop_threads[0] not in names
+    assert not threads[0].is_alive()                       # stop() joined the worker
 
 
 def test_a_cancelled_request_does_not_cut_the_batch():
