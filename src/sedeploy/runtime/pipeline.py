@@ -1,4 +1,5 @@
-"""Per-image work on every core, in input order, with bounded memory (standard library only).
+"""The folder pipeline: command-line inputs -> image paths, per-image work on every core, in input
+order, with bounded memory, batched for the model (standard library only).
 
 Folder inference is decode-bound: one 640x480 JPEG costs ~6 ms of Pillow decoding and resizing,
 the model well under 1 ms per image (docs/BENCHMARKS.md, "Edge throughput"). Pillow releases the
@@ -9,16 +10,44 @@ no start-up) runs that work on every core while the main thread runs the model.
 of 100,000 images: it submits lazily, keeping at most `window` items submitted and not yet taken
 (Executor.map submits everything at once and so holds every result), and closing the generator
 cancels what has not started (a consumer that stops, e.g. `| head`, stops the work).
+`ordered_batches` puts the model behind it: prepared items are run in batches, results still
+come in input order, each as soon as its batch is done.
 """
 from __future__ import annotations
 
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Deque, Iterable, Iterator, Optional, TypeVar
+from pathlib import Path
+from typing import Callable, Deque, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
+
+from ..core.decode import IMAGE_SUFFIXES, ImageError
 
 T = TypeVar("T")
+P = TypeVar("P")
 R = TypeVar("R")
+E = TypeVar("E", bound=Exception)
+
+
+def expand_inputs(items: Sequence[str]):
+    """Files, directories (their images, sorted) and globs -> (paths, errors as ImageError)."""
+    import glob
+    paths, errors = [], []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                errors.append(ImageError(f"{p}: directory has no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)", p))
+            paths += found
+        elif any(ch in item for ch in "*?[") and not p.exists():
+            found = sorted(Path(q) for q in glob.glob(item, recursive=True) if Path(q).is_file())
+            if not found:
+                errors.append(ImageError(f"{item}: pattern matches no files", item))
+            paths += found
+        else:
+            paths.append(p)  # missing files are reported when loaded
+    return paths, errors
 
 
 def available_cores() -> int:
@@ -66,6 +95,40 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: 
 
 
 _END = object()
+
+
+def ordered_batches(prepare: Callable[[T], Union[P, E]], run: Callable[[List[P]], List[R]], items: Iterable[T],
+                    batch_size: int, workers: int, window: int) -> Iterator[Union[R, E]]:
+    """run(batch of prepared items) -> one result each, for every item, yielded in input order.
+
+    prepare(item) runs on `workers` threads (ordered_map, at most `window` ahead) and returns its
+    per-item failure (an Exception) instead of raising it: a failure is yielded in its place, the
+    rest go to `run` in batches of `batch_size`. A result is yielded as soon as every input before
+    it is resolved, so only the batch being filled waits.
+    """
+    # queue: one slot per input not yet yielded, in order; a slot is filled with its failure at
+    # once, with its result when its batch has run. Only the batch being filled is unresolved.
+    queue: Deque[List[Union[R, E, None]]] = deque()
+    batch: List[Tuple[list, P]] = []
+
+    def run_batch() -> None:
+        for (slot, _), res in zip(batch, run([p for _, p in batch])):
+            slot[0] = res
+        batch.clear()
+
+    for prepared in ordered_map(prepare, items, workers, window):
+        slot: list = [prepared if isinstance(prepared, Exception) else None]
+        queue.append(slot)
+        if slot[0] is None:
+            batch.append((slot, prepared))
+            if len(batch) >= batch_size:
+                run_batch()
+        while queue and queue[0][0] is not None:
+            yield queue.popleft()[0]
+    if batch:
+        run_batch()
+    while queue:
+        yield queue.popleft()[0]
 
 
 class Progress:

@@ -1,5 +1,6 @@
-"""What `sedeploy infer` writes: a header line, one line (or JSON object) per image flushed at once,
-errors, a summary; a reader that goes away (`| head`) ends the run quietly.
+"""What `sedeploy infer` prints of what the library (runtime.infer) yields: a header line, one line
+(or JSON object) per image flushed at once, errors, a summary; a reader that goes away (`| head`)
+ends the run quietly.
 
 stdout carries results only (JSON lines with --json, so that a killed run or a closed pipe leaves
 whole lines); everything else goes to stderr, clearing the progress bar first.
@@ -9,15 +10,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
-from typing import Optional
+from typing import Union
 
 import click
 
-from ..core.decode import ImageError
+from .core.decode import ImageError
+from .runtime.infer import InferResult, InferRun
+from .runtime.predictor import Predictor
 
 
-def header(predictor, as_json: bool) -> None:
+def header(predictor: Predictor, as_json: bool) -> None:
     """Which model, provider and precision (with the reason) run: stderr."""
     choice = predictor.choice
     prec = f"precision {choice.precision}: {choice.reason}" if choice else ""
@@ -31,35 +33,26 @@ def header(predictor, as_json: bool) -> None:
 class InferOutput:
     """Prints each result (a line of text or a JSON object, flushed at once) and each error."""
 
-    def __init__(self, predictor, as_json: bool, outdir: Optional[Path], channels: int, bar) -> None:
-        self.p, self.as_json, self.outdir, self.channels, self.bar = predictor, as_json, outdir, channels, bar
-        self.ok, self.failed, self.stems = 0, 0, {}
+    def __init__(self, as_json: bool, bar) -> None:
+        self.as_json, self.bar = as_json, bar
+        self.ok, self.failed = 0, 0
 
-    def error(self, e) -> None:
+    def error(self, e: ImageError) -> None:
         self.failed += 1
         self.bar.clear()
         click.echo(f"error: {e}", err=True)
         if self.as_json:
             click.echo(json.dumps({"image": e.path, "error": str(e)}))
 
-    def result(self, r) -> None:
+    def result(self, r: Union[InferResult, ImageError]) -> None:
         if isinstance(r, ImageError):
             return self.error(r)
         self.ok += 1
-        rec = r.to_dict()
-        rec["provider"] = self.p.provider
-        if self.p.choice is not None:
-            rec["precision"] = self.p.choice.precision
-        if self.outdir is not None:
-            stem = Path(r.image).stem
-            self.stems[stem] = self.stems.get(stem, 0) + 1
-            if self.stems[stem] > 1:
-                stem = f"{stem}_{self.stems[stem]}"
-            rec["heatmaps"] = self.p.write_heatmaps(r, self.outdir, stem, self.channels)
         if self.as_json:
-            click.echo(json.dumps(rec))
+            click.echo(json.dumps(r.record))
         else:
-            click.echo(f"{r.image}: " + "  ".join(f"{t.label} {100 * t.prob:5.1f}%" for t in r.top))
+            click.echo(f"{r.prediction.image}: " + "  ".join(f"{t.label} {100 * t.prob:5.1f}%"
+                                                             for t in r.prediction.top))
 
 
 def stdout_closed() -> int:
@@ -71,13 +64,13 @@ def stdout_closed() -> int:
     return 141
 
 
-def summary(predictor, emit: InferOutput, n_paths: int, wall: float, outdir: Optional[Path],
-            as_json: bool) -> None:
+def summary(run: InferRun, emit: InferOutput, wall: float, as_json: bool) -> None:
     """Heatmap folder, images/s with the model's share of the time, failures: stderr."""
-    if outdir is not None and not as_json:
-        click.echo(f"heatmaps for {emit.ok} image(s) in {outdir}/ (*_heatmap.png, *_channels.png, *_se.png)",
+    predictor = run.predictor
+    if run.outdir is not None and not as_json:
+        click.echo(f"heatmaps for {emit.ok} image(s) in {run.outdir}/ (*_heatmap.png, *_channels.png, *_se.png)",
                    err=True)
-    if n_paths > 1:
+    if len(run.paths) > 1:
         click.echo(f"{emit.ok} image(s) in {wall:.2f} s ({emit.ok / wall:.0f} images/s, start-up included; "
                    f"the model {100 * predictor.model_seconds / wall:.0f} % of the time, decoding on "
                    f"{predictor.workers or 1} thread(s){', fast decode' if predictor.fast_decode else ''})", err=True)
