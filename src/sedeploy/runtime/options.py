@@ -17,7 +17,7 @@ from ..core.io import ensure_writable_dir
 from .explain import require_feature_map
 from .model import ModelInfo
 from .precision import check_precision
-from .runners import check_runner
+from .runners import runner_class
 from .runners.ort import GRAPH_LEVELS, PROVIDERS
 
 
@@ -52,7 +52,7 @@ class ModelOptions:
     runner: str = "onnxruntime"        # runtime.runners name
 
     def validate(self) -> "ModelOptions":
-        check_runner(self.runner)
+        runner_class(self.runner)      # a known name whose runtime is installed (else the install hint)
         check_choice("provider", self.provider, PROVIDERS)
         check_choice("graph optimization level", self.graph_opt, tuple(GRAPH_LEVELS))
         check_choice("background", self.background, tuple(BACKGROUNDS))
