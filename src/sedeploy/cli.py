@@ -353,6 +353,9 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
 from .runtime.precision import PRECISIONS  # noqa: E402
 from .core.decode import BACKGROUNDS  # noqa: E402
 from .runtime.runners.ort import GRAPH_LEVELS, PROVIDERS  # noqa: E402
+from .runtime.options import InferOptions  # noqa: E402 - infer's defaults, read from one place
+
+_INFER = InferOptions()
 
 
 @cli.command(context_settings=CONTEXT)
@@ -360,23 +363,24 @@ from .runtime.runners.ort import GRAPH_LEVELS, PROVIDERS  # noqa: E402
 @click.option("--model", "model", default=None,
               help="ONNX model [default: $SEDEPLOY_MODEL, ./model.onnx, or the newest model.onnx under ./runs, "
                    "./demo, ./exports].")
-@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+@click.option("--provider", type=click.Choice(PROVIDERS), default=_INFER.provider, show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=_INFER.precision, show_default=True,
               help="auto: int8 (model.int8.onnx beside the model) when it measures faster than fp32 on this "
                    "machine, remembered per model and CPU in ~/.cache/sedeploy/precision.json.")
-@click.option("--topk", type=int, default=5, show_default=True)
+@click.option("--topk", type=int, default=_INFER.topk, show_default=True)
 @click.option("--heatmaps", "heatmaps", default=None, help="Write attention heatmaps into this directory.")
-@click.option("--channels", type=int, default=6, show_default=True, help="Top channels shown/reported per image.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--channels", type=int, default=_INFER.channels, show_default=True,
+              help="Top channels shown/reported per image.")
+@click.option("--batch-size", type=int, default=_INFER.batch_size, show_default=True)
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads [default: all cores].")
 @click.option("--workers", type=int, default=None,
               help="Image decoding threads [default: all cores; 0 decodes in the main thread].")
 @click.option("--fast-decode", is_flag=True,
               help="Decode JPEGs at reduced size (DCT scaling): ~2x faster on camera images, inputs differ "
                    "slightly from the exact path (docs/BENCHMARKS.md).")
-@click.option("--graph-opt", type=click.Choice(tuple(GRAPH_LEVELS)), default="all", show_default=True,
+@click.option("--graph-opt", type=click.Choice(tuple(GRAPH_LEVELS)), default=_INFER.graph_opt, show_default=True,
               help="onnxruntime graph optimization level.")
-@click.option("--background", type=click.Choice(tuple(BACKGROUNDS)), default="black", show_default=True,
+@click.option("--background", type=click.Choice(tuple(BACKGROUNDS)), default=_INFER.background, show_default=True,
               help="Colour that transparent pixels are composited on.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image (JSON lines, flushed per line).")
 @click.option("--progress/--no-progress", default=None,
@@ -401,7 +405,6 @@ def infer(images: List[str], model: Optional[str], provider: str, precision: str
     import time
     from .cli_output import InferOutput, header, stdout_closed, summary
     from .runtime.infer import start_infer
-    from .runtime.options import InferOptions
     from .runtime.pipeline import Progress
     start = time.perf_counter()
     run = start_infer(InferOptions(model=model, provider=provider, precision=precision, topk=topk, heatmaps=heatmaps,
