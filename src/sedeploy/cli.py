@@ -403,9 +403,8 @@ def infer(images: List[str], model: Optional[str], provider: str, precision: str
       sedeploy infer photos/ --precision int8                # force model.int8.onnx
     """
     import time
-    from .cli_output import InferOutput, header, stdout_closed, summary
+    from .cli_output import InferOutput, Progress, header, stdout_closed, summary
     from .runtime.infer import start_infer
-    from .runtime.pipeline import Progress
     start = time.perf_counter()
     run = start_infer(InferOptions(model=model, provider=provider, precision=precision, topk=topk, heatmaps=heatmaps,
                                    channels=channels, batch_size=batch_size, threads=threads, workers=workers,

@@ -1,9 +1,11 @@
 """The options of loading a model and of running `infer`, and every check of them, in one place.
 
 `sedeploy infer`, `sedeploy serve`, Predictor and the server's model loader all build these
-dataclasses and call `validate()`; the code below them (runners, precision, the pipeline) takes
-the values as checked. Messages spell each option as the command line does and name the valid
-choices, so the same UserError (exit 2) reads right from the CLI and from Python.
+dataclasses and call `validate()`; the code below them (runners, session options, the pipeline)
+takes the values as checked. Two library functions that are called directly as well reuse the
+same checks rather than copies: choose_precision (precision.check_precision) and
+Predictor.predict_iter (check_run). Messages spell each option as the command line does and name
+the valid choices, so the same UserError (exit 2) reads right from the CLI and from Python.
 """
 from __future__ import annotations
 

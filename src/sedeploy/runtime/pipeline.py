@@ -1,5 +1,6 @@
 """The folder pipeline: command-line inputs -> image paths, per-image work on every core, in input
-order, with bounded memory, batched for the model (standard library only).
+order, with bounded memory, batched for the model (the standard library, and core.decode's names
+for image files and errors).
 
 Folder inference is decode-bound: one 640x480 JPEG costs ~6 ms of Pillow decoding and resizing,
 the model well under 1 ms per image (docs/BENCHMARKS.md, "Edge throughput"). Pillow releases the
@@ -19,7 +20,7 @@ import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Deque, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Callable, Deque, Iterable, Iterator, List, Sequence, Tuple, TypeVar, Union
 
 from ..core.decode import IMAGE_SUFFIXES, ImageError
 
@@ -129,50 +130,3 @@ def ordered_batches(prepare: Callable[[T], Union[P, E]], run: Callable[[List[P]]
         run_batch()
     while queue:
         yield queue.popleft()[0]
-
-
-class Progress:
-    """A one-line progress bar on a terminal (stderr), nothing elsewhere; no tqdm needed.
-
-    Redraws at most every `interval` seconds; `close()` clears the line so that what follows
-    (errors, the summary) prints cleanly.
-    """
-
-    def __init__(self, total: int, stream=None, enabled: Optional[bool] = None, interval: float = 0.1) -> None:
-        import sys
-        import time
-        self._time = time.perf_counter
-        self.stream = stream if stream is not None else sys.stderr
-        isatty = getattr(self.stream, "isatty", lambda: False)
-        self.enabled = bool(isatty()) if enabled is None else enabled
-        self.total, self.done, self.interval = total, 0, interval
-        self.start = self._last = self._time()
-        self._width = 0
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = self._time()
-        if self.enabled and (now - self._last >= self.interval or self.done >= self.total):
-            self._last = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        frac = self.done / self.total if self.total else 1.0
-        rate = self.done / max(now - self.start, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        bar = "#" * int(24 * frac)
-        line = f"{self.done:>{len(str(self.total))}}/{self.total} [{bar:<24}] {100 * frac:3.0f}% " \
-               f"{rate:6.0f} img/s  eta {eta:4.0f} s"
-        self._width = max(self._width, len(line))
-        self.stream.write("\r" + line)
-        self.stream.flush()
-
-    def clear(self) -> None:
-        """Erase the bar (before another line is printed on stderr); the next update redraws it."""
-        if self.enabled and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
-
-    def close(self) -> None:
-        self.clear()
-        self._width = 0
