@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 from conftest import assert_one_line_error
 from sedeploy.core.errors import UserError
 from sedeploy.export.exporter import ExportOptions, export_checkpoint
-from sedeploy.runtime import heatmap as hm
+from sedeploy.runtime import explain as hm
 from sedeploy.runtime.predictor import Predictor
 from sedeploy.core.decode import load_image, to_model_mode
 from sedeploy.checkpoint import build_model, load_checkpoint

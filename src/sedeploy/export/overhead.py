@@ -14,7 +14,7 @@ from ..core.timing import interleaved
 def measure_overhead(ckpt_path: str, batches: Sequence[int] = (1, 64), rounds: int = 30,
                      log: Callable[[str], None] = print) -> Dict[str, dict]:
     import onnxruntime as ort
-    from ..runtime.session import session_options
+    from ..runtime.runners.ort import session_options
     from .exporter import ExportOptions, export_checkpoint
     res: Dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as d:

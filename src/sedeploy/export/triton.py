@@ -23,7 +23,7 @@ from ..core import contract
 from ..core.io import PathLike, atomic_write, atomic_write_text, current_umask, ensure_writable_dir
 from ..core.errors import UserError
 from ..core import tritonconfig as tc
-from ..runtime.session import read_metadata
+from ..runtime.model import read_metadata
 
 
 def onnx_tensors(model) -> Tuple[List[tc.TensorSpec], List[tc.TensorSpec]]:

@@ -22,7 +22,7 @@ def check_onnx(path: Path) -> None:
 
 def run_onnx(path: Path, x: np.ndarray, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Dict[str, np.ndarray]:
     import onnxruntime as ort
-    from ..runtime.session import session_options
+    from ..runtime.runners.ort import session_options
     sess = ort.InferenceSession(str(path), session_options(), providers=list(providers))
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x})))

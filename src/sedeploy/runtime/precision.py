@@ -83,7 +83,7 @@ def measure_pair(fp32: Path, int8: Path, threads: Optional[int], batch: int, bud
     """p50 ms of one batch for each file, interleaved rounds within ~budget_s, on random normal inputs."""
     import numpy as np
     from ..core.timing import interleaved
-    from .session import create_session
+    from .runners.ort import create_session
     sessions = {k: create_session(p, "cpu", threads)[0] for k, p in (("fp32", fp32), ("int8", int8))}
     inp = sessions["fp32"].get_inputs()[0]
     if isinstance(inp.shape[0], int):                  # a fixed-batch export runs its own batch
@@ -100,12 +100,16 @@ def measure_pair(fp32: Path, int8: Path, threads: Optional[int], batch: int, bud
     return {f"{k}_ms": v["p50_ms"] for k, v in t.items()}
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+
+
 def choose_precision(model: Path, precision: str = "auto", provider: str = "cpu", threads: Optional[int] = None,
                      batch: int = 32, cache: Optional[Path] = None, measure: Measure = measure_pair,
                      min_gain: float = MIN_GAIN) -> PrecisionChoice:
     """fp32, int8, or the faster of the two here (auto); UserError when int8 is asked for and absent."""
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    check_precision(precision)
     model = Path(model)
     if model.name.endswith((".int8.onnx", ".fp16.onnx")):
         return PrecisionChoice(model.name.split(".")[-2], model, f"{model.name} was given explicitly")
