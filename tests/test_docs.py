@@ -223,6 +223,15 @@ def test_parse_runs_nothing(monkeypatch, tmp_path):
     assert called == [] and not (tmp_path / "x").exists()
 
 
+def test_readme_metadata_keys_are_the_contracts():
+    """The README's list of metadata keys is core.contract.META_KEYS, in its order."""
+    from sedeploy.core.contract import META_KEYS
+    text = " ".join((ROOT / "README.md").read_text().split())
+    m = re.search(r"Every metadata value is JSON under the `sedeploy\.` prefix: ([^.]+)\.", text)
+    assert m, "README: the metadata sentence is gone"
+    assert [k.strip() for k in m.group(1).split(",")] == list(META_KEYS)
+
+
 # ---------------------------------------------------------------- every command runs on tiny data
 # Commands whose documented form already runs end to end (exit 0 on tiny data) in another file:
 # the test named here must exist and call that command. The others run below, in this file.
@@ -294,7 +303,7 @@ def test_compare_runs(run_cli, fmnist_dir, tmp_path):
                 "--json")
     assert r.code == 0, r.err
     res = json.loads(r.out[r.out.index("{"):])
-    assert (tmp_path / "comparison.md").exists() and (tmp_path / "comparison.json").exists()
+    assert all((tmp_path / f"comparison.{ext}").exists() for ext in ("md", "json", "png"))   # as the README says
     for seed in (0, 1):
         for m in ("cnn", "se_cnn"):
             assert (tmp_path / f"seed{seed}" / m / "best.pt").exists()
