@@ -232,6 +232,21 @@ def test_readme_metadata_keys_are_the_contracts():
     assert [k.strip() for k in m.group(1).split(",")] == list(META_KEYS)
 
 
+def test_readme_predictor_snippet_runs(fm_onnx, tmp_path, monkeypatch, capsys):
+    """The README's Python example, as written, in a folder holding model.onnx and frog.png."""
+    import shutil
+    from PIL import Image
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    code = [b for b in blocks if "Predictor(" in b]
+    assert len(code) == 1, "README: the Predictor example is gone"
+    shutil.copy(fm_onnx, tmp_path / "model.onnx")
+    Image.new("RGB", (48, 40), (30, 160, 60)).save(tmp_path / "frog.png")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code[0], "README.md (Predictor example)", "exec"), {})
+    out = capsys.readouterr().out
+    assert out.startswith("frog.png [(") and out.count("', ") == 3          # 3 (label, prob) pairs
+
+
 # ---------------------------------------------------------------- every command runs on tiny data
 # Commands whose documented form already runs end to end (exit 0 on tiny data) in another file:
 # the test named here must exist and call that command. The others run below, in this file.
