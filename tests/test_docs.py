@@ -286,6 +286,41 @@ def test_every_command_runs_somewhere():
     assert not bad, "\n".join(bad)
 
 
+# The Makefile's demo on tiny data: its own argv, then options that make it small (click keeps an option's
+# last value, so these override the demo's --epochs / --min-time and add the synthetic data folder).
+DEMO_TINY = {
+    "train": ["--data-dir", "{data}", "--epochs", "1", "--limit-train", "200", "--limit-test", "100", "--no-progress"],
+    "export": ["--data-dir", "{data}", "--calib", "32", "--int8-eval", "50",
+               "--int8-min-agreement", "0", "--int8-max-drop", "100"],   # a 1-epoch model: the gate is not the point
+    "samples": ["--data-dir", "{data}"],
+    "infer": [],
+    "bench": ["--data-dir", "{data}", "--backends", "pytorch,ort-cpu,ort-cpu-int8", "--warmup", "1",
+              "--min-time", "0.02", "--repeats", "1", "--limit", "64"],
+}
+
+
+@pytest.mark.slow  # train + export (int8, fp16) + bench: ~20-40 s on 2 shared cores
+def test_makefile_demo_runs_on_tiny_data(run_cli, fmnist_dir, tmp_path, monkeypatch):
+    """`make demo`'s sedeploy commands, in order, as the Makefile writes them (DEMO=demo), on tiny data."""
+    steps = [a for w, _, a in doc_commands() if w.startswith("Makefile") and a[0] != "serve"]  # serve: above
+    assert [a[0] for a in steps] == list(DEMO_TINY)
+    monkeypatch.chdir(tmp_path)
+    for argv in steps:
+        extra = [x.format(data=fmnist_dir) for x in DEMO_TINY[argv[0]]]
+        r = run_cli(*argv, *extra)
+        assert r.code == 0, f"{' '.join(argv)}: {r.err[-2000:]}"
+    run = tmp_path / "demo" / "run"
+    for f in ("best.pt", "curves.png", "model.onnx", "model.int8.onnx", "model.fp16.onnx", "model.ts", "export.json"):
+        assert (run / f).is_file(), f
+    assert len(list((tmp_path / "demo" / "images").glob("*.png"))) == 6
+    assert len(list((tmp_path / "demo" / "heatmaps").glob("*_heatmap.png"))) == 6
+    rows = json.loads((tmp_path / "demo" / "bench.json").read_text())["rows"]
+    assert {(x["backend"], x["batch"]) for x in rows} == {(b, n) for b in ("pytorch", "ort-cpu", "ort-cpu-int8")
+                                                           for n in (1, 64)}
+    assert all(x["status"] == "ok" for x in rows), [(x["backend"], x["status"]) for x in rows]
+    assert (tmp_path / "demo" / "bench.csv").is_file()
+
+
 def test_bench_train_runs(run_cli, fmnist_dir):
     """README: `sedeploy bench-train --rgb`; BENCHMARKS: `bench-train --batches 60 --augment light` (tiny sizes).
     Each run times 3 pipelines x (5 warm-up + 2) training steps: a few seconds."""
