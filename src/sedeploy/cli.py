@@ -563,13 +563,15 @@ from .core.tritonconfig import BATCHING  # noqa: E402 - numpy only; the defaults
               "(`sedeploy triton-repo` writes one); each config.pbtxt sets its batching.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=int, default=8000, show_default=True, help="TCP port; 0 picks a free one (printed).")
-@click.option("--max-batch", type=int, default=BATCHING.max_batch, show_default=True, help="Most images run together.")
+@click.option("--max-batch", type=int, default=BATCHING.max_batch, show_default=True,
+              help="Most images run together (for --model, and repository folders without config.pbtxt).")
 @click.option("--max-delay-ms", type=float, default=BATCHING.max_delay_us / 1000, show_default=True,
-              help="Longest wait of the oldest request for a batch to fill (0: run what is queued).")
+              help="Longest wait of the oldest request for a batch to fill (0: run what is queued); as --max-batch.")
 @click.option("--max-queue", type=int, default=BATCHING.max_queue, show_default=True,
-              help="Requests that may wait; beyond that the server answers 503 at once.")
+              help="Requests that may wait; beyond that the server answers 503 at once. Also bounds a "
+                   "config.pbtxt queue left unbounded or unset.")
 @click.option("--batching/--no-batching", default=True, show_default=True,
-              help="Dynamic batching, or every request run alone.")
+              help="Dynamic batching, or every request run alone; as --max-batch.")
 @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="fp32 serves each file as given; auto/int8 serve model.int8.onnx beside it when it measures "
@@ -623,7 +625,9 @@ def _serve_specs(models: List[str], repository: Optional[str], max_batch: int, m
         raise UserError("give --model or --model-repository, not both")
     if repository:
         specs = read_repository(Path(repository))
-        for s in specs:   # what a config.pbtxt leaves out comes from the options
+        # a config.pbtxt is served as Triton reads it (its batching wins; only an unbounded or unset queue
+        # takes --max-queue, since this server bounds every queue); a folder without one takes every option
+        for s in specs:
             s.max_batch, s.max_delay_us, s.max_queue, s.batching = max_batch, int(max_delay_ms * 1000), max_queue, batching
         return specs
     return model_specs(list(models) or [str(find_model(None))], max_batch, int(max_delay_ms * 1000), max_queue,
