@@ -413,6 +413,7 @@ def command_options(name: str) -> set:
 @pytest.mark.parametrize("command, args, option", [
     ("infer", ["x.png", "--heatmaps", "{file}/sub"], "--heatmaps"),
     ("samples", ["--out", "{file}/sub", "--data-dir", "{fm}"], "--out"),
+    ("samples", ["--dataset", "cifar10", "--data-dir", "{tmp}"], "--data-dir"),     # was: "pass --download"
     ("export", ["--ckpt", "{ckpt}", "--out", "{file}/sub"], "--out"),
     ("export", ["--ckpt", "{ckpt}", "--out", "{tmp}"], "--force"),
     ("export", ["--ckpt", "{ckpt}", "--opset", "5"], "--opset"),

@@ -110,7 +110,8 @@ def decode_splits(data_dir: Path, splits: Dict[str, List[FileEntry]], shape: Sha
             with _lock(Path(folder_cache)):
                 return _open(entry, key) or _build(data_dir, splits, shape, entry, key, True, workers, progress)
         except OSError as e:
-            room = " and room for it" if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG) else ""
+            full = e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+            room = " and room for it" if full else ""
             log(f"warning: cannot write the image cache in {folder_cache} ({e.strerror or e}); decoding into "
                 f"memory instead (pass --cache-dir with a writable folder{room} to keep the decoded images)")
     return _build(data_dir, splits, shape, entry, key, False, workers, progress)
