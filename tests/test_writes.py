@@ -233,7 +233,8 @@ def test_export_without_force_refuses_any_file_of_the_old_set(run_cli, tmp_path)
 def test_overhead_reaches_export_json(run_cli, tmp_path, monkeypatch):
     import sedeploy.export.overhead as ov
     real = ov.measure_overhead
-    monkeypatch.setattr(ov, "measure_overhead", lambda ckpt, log=print: real(ckpt, batches=(1,), rounds=2, log=log))
+    monkeypatch.setattr(ov, "measure_overhead", lambda full, logits, log=print:
+                        real(full, logits, batches=(1,), rounds=2, log=log))
     write_ckpt(tmp_path / "best.pt")
     r = run_cli("export", "--ckpt", tmp_path / "best.pt", "--formats", "onnx", "--overhead", "--json")
     assert r.code == 0, r.err

@@ -132,8 +132,7 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
         variants = _variants(job, final, reference, x, log) if opts.int8 or opts.half else {}
         staged = stage(job, final, variants)
         if opts.overhead:
-            from .overhead import measure_overhead
-            job.overhead = measure_overhead(str(job.ckpt_path), log=log)
+            job.overhead = overhead(job, log)
         job.timings["total"] = time.perf_counter() - t_start
         manifest = write_manifest(job, staged, rows, batch_desc)
         commit_files(job.out, {**{job.targets[k].name: p for k, p in staged.items()},
@@ -147,6 +146,17 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
     shutil.rmtree(job.tmp, ignore_errors=True)
     report(job, manifest, log)
     return manifest
+
+
+def overhead(job: Job, log: Callable[[str], None]) -> dict:
+    """The full and a logits-only graph (ONNX, dynamic batch) exported into the staging folder, timed
+    against each other by overhead.py; the result goes into export.json."""
+    from .overhead import measure_overhead
+    d = job.tmp / "overhead"
+    for stem, extras in (("full", True), ("logits", False)):
+        export_checkpoint(str(job.ckpt_path), str(d), ExportOptions(formats=("onnx",), extras=extras, stem=stem),
+                          log=lambda m: None)
+    return measure_overhead(d / "full.onnx", d / "logits.onnx", log=log)
 
 
 def export_set(out: Path, stem: str) -> List[Path]:
