@@ -135,9 +135,7 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
             job.overhead = overhead(job, log)
         job.timings["total"] = time.perf_counter() - t_start
         manifest = write_manifest(job, staged, rows, batch_desc)
-        commit_files(job.out, {**{job.targets[k].name: p for k, p in staged.items()},
-                               job.manifest_path.name: job.tmp / job.manifest_path.name},
-                     job.manifest_path.name, stale=[p.name for p in export_set(job.out, opts.stem)])
+        install(job, staged)
     except BaseException:
         shutil.rmtree(job.tmp, ignore_errors=True)
         if not out_existed and not any(job.out.iterdir()):
@@ -268,6 +266,14 @@ def write_manifest(job: Job, staged: Dict[str, Path], rows: List, batch_desc: st
     atomic_write_text(job.tmp / job.manifest_path.name, json.dumps(manifest, indent=2))
     manifest["manifest_path"] = str(job.manifest_path)
     return manifest
+
+
+def install(job: Job, staged: Dict[str, Path]) -> None:
+    """Move the staged set in together, export.json last (commit.py); files of the old set that the new
+    one lacks (an old model.int8.onnx when this export has no --int8) go with the old set."""
+    files = {job.targets[kind].name: path for kind, path in staged.items()}
+    files[job.manifest_path.name] = job.tmp / job.manifest_path.name
+    commit_files(job.out, files, job.manifest_path.name, stale=[p.name for p in export_set(job.out, job.opts.stem)])
 
 
 def report(job: Job, manifest: dict, log: Callable[[str], None]) -> None:
