@@ -62,7 +62,7 @@ def held_interrupts() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)  # None: set from C
     if got:
         raise KeyboardInterrupt
 
