@@ -161,6 +161,23 @@ def test_a_killed_commit_is_finished_or_undone_by_the_next_export(tmp_path, monk
         assert bool(logs) == (k < n)
 
 
+def test_the_next_export_restores_what_a_killed_one_left(run_cli, tmp_path):
+    """An export killed after installing its new files, before export.json: the next `sedeploy export` puts the old set back
+    first (here it then refuses to overwrite it without --force)."""
+    d = tmp_path / "run"
+    d.mkdir()
+    write_ckpt(d / "best.pt")
+    for name, b in OLD.items():
+        (d / name).write_bytes(b)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(commit.__file__).parents[2]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", CRASH, "7", str(d), *OLD], env=env, capture_output=True)
+    assert r.returncode == 9 and (d / "model.int8.onnx").exists() and not (d / "export.json").exists()
+    r = run_cli("export", "--ckpt", d / "best.pt")
+    assert r.code == 2 and "previous set is restored" in r.out and "already exists" in r.err
+    assert {n: b for n, b in snapshot(d).items() if n != "best.pt"} == OLD
+
+
 def test_ctrl_c_during_the_commit_is_held_until_it_is_complete(tmp_path, monkeypatch):
     d = tmp_path / "d"
     staged = prepare(d)
