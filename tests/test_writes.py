@@ -441,6 +441,7 @@ def command_options(name: str) -> set:
     ("triton-repo", ["{onnx}", "--out", "{repo}", "--name", "fm"], "--force"),
     ("triton-repo", ["{onnx}", "--out", "{tmp}/r2", "--count", "0"], "--count"),
     ("features", ["--ckpt", "{ckpt}", "x.png", "--out", "{file}/sub"], "--out"),
+    ("bench-train", ["--dataset", "fashion-mnist", "--data-dir", "{tmp}/none"], "--data-dir"),  # was: "add --download"
 ])
 def test_every_option_an_error_names_exists_on_its_command(run_cli, tmp_path, onnx_model, fmnist_dir, command, args,
                                                             option):
