@@ -338,6 +338,28 @@ def test_a_full_disk_falls_back_to_memory_without_leftovers(images, tmp_path, mo
     np.testing.assert_array_equal(again.arrays["train"][0], fd.arrays["train"][0])
 
 
+def test_a_failed_cache_swap_keeps_the_old_entry(images, tmp_path, monkeypatch):
+    from sedeploy.core.folder import cache
+    from sedeploy.core.folder.cache import folder_cache_dir
+    load(images, tmp_path, [])
+    entry = folder_cache_dir(tmp_path / "cache", images) / "3x16x16"
+    before = tree(entry)
+    victim = next((images / "ant").iterdir())
+    os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))   # the key changes
+    real = os.rename
+
+    def fail_new_in(src, dst):
+        if Path(src).name.startswith(".3x16x16.") and ".old-" not in Path(src).name and Path(dst) == entry:
+            raise OSError(errno.EIO, "injected")
+        real(src, dst)
+    monkeypatch.setattr(cache.os, "rename", fail_new_in)
+    logs: list = []
+    fd = load(images, tmp_path, logs)
+    assert fd.decoded.path is None and any("decoding into memory" in m for m in logs)
+    assert tree(entry) == before and sorted(p.name for p in entry.parent.iterdir()) == ["3x16x16", "headers.json",
+                                                                                          "lock"]
+
+
 @pytest.mark.parametrize("how", ["fallocate", "zeros"])
 def test_reserve_allocates_every_block(tmp_path, monkeypatch, how):
     """A sparse file has no blocks behind its pages (a write through the map on a full disk is SIGBUS);

@@ -275,7 +275,12 @@ def _swap(tmp: Path, entry: Path) -> None:
     trash = entry.with_name(f".{entry.name}.old-{os.getpid()}")
     if entry.exists():
         os.rename(entry, trash)
-    os.rename(tmp, entry)
+    try:
+        os.rename(tmp, entry)
+    except BaseException:
+        if trash.exists():                 # the new entry did not get in: the old one stays in use
+            os.rename(trash, entry)
+        raise
     shutil.rmtree(trash, ignore_errors=True)
 
 
