@@ -294,8 +294,8 @@ def _parse_batch(value: str) -> Optional[int]:
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim simplification.")
 @click.option("--logits-only", is_flag=True, help="Export logits only, without SE weights and feature map.")
-@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-@click.option("--overhead", is_flag=True, help="Also measure the latency cost of the extra outputs.")
+@click.option("--force", is_flag=True, help="Replace an existing export (its whole set, all together).")
+@click.option("--overhead", is_flag=True, help="Also measure the latency cost of the extra outputs (into export.json).")
 @click.option("--int8", is_flag=True, help="Also write model.int8.onnx (static int8, onnxruntime).")
 @click.option("--calib", type=int, default=512, show_default=True, help="Training images to calibrate int8 on.")
 @click.option("--half", is_flag=True, help="Also write model.fp16.onnx (float16 graph, float32 I/O) for CUDA.")
@@ -338,12 +338,10 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
                          batch=_parse_batch(batch), simplify=not no_simplify, force=force, extras=not logits_only,
                          int8=int8, calib=calib, half=half, data_dir=data_dir, int8_eval=int8_eval,
                          int8_min_agreement=int8_min_agreement, int8_max_drop=int8_max_drop,
-                         int8_se_atol=int8_se_atol, int8_allow_unlabelled=int8_allow_unlabelled)
+                         int8_se_atol=int8_se_atol, int8_allow_unlabelled=int8_allow_unlabelled,
+                         overhead=overhead)
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     manifest = export_checkpoint(ckpt, out, opts, log=log)
-    if overhead:
-        from .export.overhead import measure_overhead
-        manifest["overhead"] = measure_overhead(ckpt, log=log)
     if as_json:
         _dump_json(manifest)
 

@@ -99,7 +99,7 @@ class InferOptions:
         model that can explain (a feature_map output)."""
         if not self.heatmaps:
             return None
-        outdir = ensure_writable_dir(self.heatmaps, "heatmap directory")
+        outdir = ensure_writable_dir(self.heatmaps, "heatmap directory", option="--heatmaps")
         require_feature_map(info)
         return outdir
 

@@ -10,11 +10,15 @@ is rebuilt, re-using every row whose (path, size, mtime) is unchanged: only new 
 decoded again. Each split is a contiguous slice of the memory map, so training gathers its batches
 from the map (the OS pages rows in as needed): a dataset larger than RAM still trains. A lock file
 serializes builders (data-parallel ranks, two runs at once); an entry is built in a temporary
-folder and renamed into place, so a crash never leaves a half-written entry.
+folder and renamed into place, so a crash never leaves a half-written entry. The disk space of
+images.u8 is reserved before it is mapped (`reserve`): a full disk falls back to decoding into
+memory with a log line, instead of a SIGBUS on the first page with no block behind it. An entry or
+header file of another format (an older sedeploy) is rebuilt, never an error.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -106,8 +110,10 @@ def decode_splits(data_dir: Path, splits: Dict[str, List[FileEntry]], shape: Sha
             with _lock(Path(folder_cache)):
                 return _open(entry, key) or _build(data_dir, splits, shape, entry, key, True, workers, progress)
         except OSError as e:
+            full = e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+            room = " and room for it" if full else ""
             log(f"warning: cannot write the image cache in {folder_cache} ({e.strerror or e}); decoding into "
-                f"memory instead (pass --cache-dir with a writable folder to keep the decoded images)")
+                f"memory instead (pass --cache-dir with a writable folder{room} to keep the decoded images)")
     return _build(data_dir, splits, shape, entry, key, False, workers, progress)
 
 
@@ -123,12 +129,18 @@ def _lock(folder: Path) -> Iterator[None]:
         yield
 
 
+INDEX_KEYS = ("key", "shape", "n", "rows", "bounds", "dropped", "mean", "std")
+
+
 def _read_index(entry: Optional[Path]) -> Optional[dict]:
+    """The entry's index.json, or None when absent, damaged or of another CACHE_FORMAT (an older
+    sedeploy): the entry is then rebuilt, never an error."""
     try:
         idx = json.loads((entry / "index.json").read_text()) if entry is not None else None
-        return idx if isinstance(idx, dict) and idx.get("format") == CACHE_FORMAT else None
     except (OSError, ValueError):
         return None
+    ok = isinstance(idx, dict) and idx.get("format") == CACHE_FORMAT and all(k in idx for k in INDEX_KEYS)
+    return idx if ok else None
 
 
 def _map(entry: Path, idx: dict) -> Optional[np.ndarray]:
@@ -186,8 +198,11 @@ def _build(data_dir: Path, splits: Dict[str, List[FileEntry]], shape: Shape, ent
     todo = [f for s in order for f in splits[s] if f.stamp not in old_rows and f.stamp not in old_dropped]
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=str(entry.parent))) if persist else None
     try:
-        out = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="w+", shape=(max(n, 1), *shape)) if persist \
-            else np.empty((n, *shape), dtype=np.uint8)
+        if persist:   # the disk space first: a page of a sparse map with no block behind it is SIGBUS
+            reserve(tmp / "images.u8", max(n, 1) * int(np.prod(shape)))
+            out = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="r+", shape=(max(n, 1), *shape))
+        else:
+            out = np.empty((n, *shape), dtype=np.uint8)
         results = iter(pmap(_decode_one(data_dir, shape), todo, workers, "decoding", progress))
         pos, labels, rows, bounds, dropped, stamps = 0, [], [], {}, [], []
         for s in order:
@@ -235,12 +250,37 @@ def _build(data_dir: Path, splits: Dict[str, List[FileEntry]], shape: Shape, ent
     return dec
 
 
+def reserve(path: Path, nbytes: int) -> None:
+    """Create `path` with `nbytes` of disk blocks allocated, so that writing through a memory map of it
+    cannot run out of space (a full disk raises OSError ENOSPC here, not SIGBUS later): posix_fallocate
+    where the OS and filesystem have it, else zeros written."""
+    with open(path, "wb") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, nbytes)
+            return
+        except AttributeError:                  # not on this OS (macOS, Windows)
+            pass
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise                           # ENOSPC, EFBIG, EIO: the caller falls back
+        block = bytes(1 << 20)
+        for done in range(0, nbytes, len(block)):
+            f.write(block[:min(len(block), nbytes - done)])
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _swap(tmp: Path, entry: Path) -> None:
     """Put the new entry in place; a reader that mapped the old files keeps them until it closes."""
     trash = entry.with_name(f".{entry.name}.old-{os.getpid()}")
     if entry.exists():
         os.rename(entry, trash)
-    os.rename(tmp, entry)
+    try:
+        os.rename(tmp, entry)
+    except BaseException:
+        if trash.exists():                 # the new entry did not get in: the old one stays in use
+            os.rename(trash, entry)
+        raise
     shutil.rmtree(trash, ignore_errors=True)
 
 
