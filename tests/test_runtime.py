@@ -170,7 +170,7 @@ def test_providers(fm_export):
 def test_runtime_is_torch_free(fm_export, tmp_path):
     model, _ = fm_export
     Image.new("L", (28, 28), 200).save(tmp_path / "x.png")
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+    code = ("import sys\nfor m in ('torch', 'torchvision', 'onnx', 'onnxsim'): sys.modules[m] = None\n"
             "from sedeploy.cli import main\n"
             f"main(['infer', {str(tmp_path / 'x.png')!r}, '--model', {str(model)!r}, '--heatmaps', "
             f"{str(tmp_path / 'h')!r}, '--json'])")

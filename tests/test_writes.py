@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error
-from sedeploy.export import commit
+from sedeploy.core import commit
+from sedeploy.core.errors import UserError
 from test_export import write_ckpt
 
 OLD = {"model.onnx": b"old onnx", "model.ts": b"old ts", "model.fp16.onnx": b"old fp16", "export.json": b"old manifest"}
@@ -125,7 +126,8 @@ def test_without_hard_links_the_old_files_are_moved_aside(tmp_path, monkeypatch)
 CRASH = """
 import os, sys
 from pathlib import Path
-from sedeploy.export import commit
+from sedeploy.core import commit
+from sedeploy.core.errors import UserError
 k, folder = int(sys.argv[1]), Path(sys.argv[2])
 stage = commit.stage_dir(folder)                     # staged by this process: its pid in the name
 for n in ("model.onnx", "model.ts", "model.int8.onnx", "export.json"):
@@ -192,7 +194,121 @@ def test_ctrl_c_during_the_commit_is_held_until_it_is_complete(tmp_path, monkeyp
     monkeypatch.setattr(commit, "_move", interrupting)
     with pytest.raises(KeyboardInterrupt):
         commit.commit_files(d, staged, "export.json", stale=list(OLD))
-    assert sent and {k: v for k, v in snapshot(d).items() if v != b"<dir>"} == NEW
+    staged["export.json"].parent.rmdir()                   # the test's own (emptied) staging folder
+    assert sent and snapshot(d) == NEW                     # complete, and no hidden backup left behind
+
+
+KILL_IN_UNDO = """
+import os, sys
+from pathlib import Path
+from sedeploy.core import commit
+from sedeploy.core.errors import UserError
+folder, stale = Path(sys.argv[1]), sys.argv[2:]
+stage = commit.stage_dir(folder)
+for n, b in (("model.onnx", b"new onnx"), ("model.ts", b"new ts"), ("model.int8.onnx", b"new int8"),
+             ("export.json", b"new manifest")):
+    (stage / n).write_bytes(b)
+real, undoing = commit._move, []
+def move(src, dst):
+    if undoing:                        # the rollback's first move went through: killed right after it
+        real(src, dst)
+        os._exit(9)
+    if Path(dst).name == "model.int8.onnx" and Path(src).parent == stage:
+        undoing.append(1)              # the 3rd new file fails: the rollback starts
+        raise OSError(5, "injected")
+    real(src, dst)
+commit._move = move
+commit.commit_files(folder, {n.name: n for n in stage.iterdir()}, "export.json", stale=stale)
+"""
+
+
+@pytest.mark.parametrize("first_back", ["export.json", "model.onnx"])
+def test_a_kill_during_the_rollback_is_still_undone(tmp_path, first_back):
+    """Whichever old file the rollback had put back when it was killed, the next export restores the
+    old set: the manifest goes back last, and `recover` trusts only the journal's own manifest."""
+    d = tmp_path / "d"
+    d.mkdir()
+    for name, b in OLD.items():
+        (d / name).write_bytes(b)
+    code = KILL_IN_UNDO
+    if first_back == "export.json":    # the order the old code used on some filesystems: manifest first
+        code = code.replace("commit._move = move", "commit._move = move\n"
+                            "commit._undo.__globals__['sorted'] = lambda it, key=None: sorted_(it, key)\n")
+        code = code.replace("import os, sys", "import os, sys\nsorted_ = lambda it, key: "
+                            "__builtins__.sorted(it, key=lambda p: p.name != 'export.json')")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(commit.__file__).parents[2]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", code, str(d), *OLD], env=env, capture_output=True, text=True)
+    assert r.returncode == 9, r.stderr
+    logs = []
+    commit.recover(d, logs.append)
+    assert snapshot(d) == OLD and logs
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from sedeploy.core import commit
+from sedeploy.core.errors import UserError
+commit.owned_dir(Path(sys.argv[1]), commit.BACKUP_PREFIX)     # a commit in progress in another process
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_recover_leaves_a_live_commit_alone(tmp_path):
+    """Liveness is the folder's own flock, not a pid: a backup folder whose owner runs is not undone."""
+    d = tmp_path / "d"
+    d.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(commit.__file__).parents[2]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(d)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        (backup,) = d.glob(commit.BACKUP_PREFIX + "*")
+        (backup / "model.onnx").write_bytes(b"old onnx")       # what an undo would move back
+        commit.recover(d, lambda m: None)
+        assert backup.is_dir() and not (d / "model.onnx").exists()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    commit.recover(d, lambda m: None)                          # its owner gone: now it is undone
+    assert snapshot(d) == {"model.onnx": b"old onnx"}
+
+
+SIGTERM_MID_COMMIT = """
+import os, signal, sys
+from pathlib import Path
+from sedeploy.core import commit
+from sedeploy.core.errors import UserError
+folder = Path(sys.argv[1])
+stage = commit.stage_dir(folder)
+for n, b in (("model.onnx", b"new onnx"), ("model.ts", b"new ts"), ("model.int8.onnx", b"new int8"),
+             ("export.json", b"new manifest")):
+    (stage / n).write_bytes(b)
+real = commit._move
+def move(src, dst):
+    if Path(src).parent == stage and Path(dst).name == "model.ts":
+        os.kill(os.getpid(), signal.SIGTERM)                  # docker stop, timeout: mid-commit
+    real(src, dst)
+commit._move = move
+commit.commit_files(folder, {n.name: n for n in stage.iterdir()}, "export.json", stale=sys.argv[2:])
+print("not reached: SIGTERM is delivered once the commit is complete")
+"""
+
+
+def test_sigterm_during_the_commit_is_held_until_it_is_complete(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    for name, b in OLD.items():
+        (d / name).write_bytes(b)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(commit.__file__).parents[2]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", SIGTERM_MID_COMMIT, str(d), *OLD], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == -signal.SIGTERM and "not reached" not in r.stdout
+    commit.recover(d, lambda m: None)                          # the dead process's emptied staging folder
+    assert snapshot(d) == NEW
 
 
 # ---------------------------------------------------------------- export end to end
@@ -294,6 +410,38 @@ def test_triton_force_failure_at_each_step_keeps_the_old_entry(onnx_model, tmp_p
     assert tree(repo) == before and [p.name for p in repo.iterdir()] == ["fm"]
 
 
+KILL_MID_SWAP = """
+import os, sys
+from pathlib import Path
+from sedeploy.core import commit
+from sedeploy.core.errors import UserError
+from sedeploy.export import triton
+real = commit._move
+def move(src, dst):
+    real(src, dst)
+    if Path(dst).parent.name.startswith(".fm.old-"):
+        os._exit(9)                    # killed between the two renames: the old entry aside, no new one in
+commit._move = move
+triton.write_triton_repository(sys.argv[1], sys.argv[2], name="fm", max_batch=16, force=True)
+"""
+
+
+def test_a_triton_repo_killed_mid_swap_gets_its_old_entry_back(onnx_model, tmp_path):
+    from sedeploy.export import triton
+    repo = tmp_path / "models"
+    triton.write_triton_repository(onnx_model, repo, name="fm", max_batch=8)
+    before = tree(repo)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(commit.__file__).parents[2]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", KILL_MID_SWAP, str(onnx_model), str(repo)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 9, r.stderr
+    assert not (repo / "fm").exists()                          # the window the next run must mend
+    with pytest.raises(UserError, match="already exists"):     # the next triton-repo restores it first
+        triton.write_triton_repository(onnx_model, repo, name="fm", max_batch=16)
+    assert tree(repo) == before and [p.name for p in repo.iterdir()] == ["fm"]
+
+
 def test_triton_force_replaces_the_entry(onnx_model, tmp_path, run_cli):
     repo = tmp_path / "models"
     assert run_cli("triton-repo", onnx_model, "--out", repo, "--name", "fm", "--max-batch", "8").code == 0
@@ -339,20 +487,19 @@ def test_a_full_disk_falls_back_to_memory_without_leftovers(images, tmp_path, mo
 
 
 def test_a_failed_cache_swap_keeps_the_old_entry(images, tmp_path, monkeypatch):
-    from sedeploy.core.folder import cache
     from sedeploy.core.folder.cache import folder_cache_dir
     load(images, tmp_path, [])
     entry = folder_cache_dir(tmp_path / "cache", images) / "3x16x16"
     before = tree(entry)
     victim = next((images / "ant").iterdir())
     os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))   # the key changes
-    real = os.rename
+    real = commit._move
 
     def fail_new_in(src, dst):
-        if Path(src).name.startswith(".3x16x16.") and ".old-" not in Path(src).name and Path(dst) == entry:
+        if Path(src).name.startswith(".3x16x16.") and ".old-" not in Path(src).parent.name and Path(dst) == entry:
             raise OSError(errno.EIO, "injected")
         real(src, dst)
-    monkeypatch.setattr(cache.os, "rename", fail_new_in)
+    monkeypatch.setattr(commit, "_move", fail_new_in)
     logs: list = []
     fd = load(images, tmp_path, logs)
     assert fd.decoded.path is None and any("decoding into memory" in m for m in logs)

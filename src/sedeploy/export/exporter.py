@@ -9,7 +9,6 @@ export leaves the previous set as it was and a successful --force replaces all o
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -23,7 +22,7 @@ from .. import __version__
 from ..core import contract
 from ..core.errors import UserError
 from ..core.io import atomic_write_text, ensure_writable_dir
-from .commit import commit_files, recover, stage_dir
+from ..core.commit import commit_files, recover, release_dir, stage_dir
 from ..core.versions import versions
 from ..core.parity import ATOL, RTOL, format_table
 from ..checkpoint import build_model, load_checkpoint
@@ -137,11 +136,11 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
         manifest = write_manifest(job, staged, rows, batch_desc)
         install(job, staged)
     except BaseException:
-        shutil.rmtree(job.tmp, ignore_errors=True)
+        release_dir(job.tmp)
         if not out_existed and not any(job.out.iterdir()):
             job.out.rmdir()                                   # a failed export leaves no empty folder behind
         raise
-    shutil.rmtree(job.tmp, ignore_errors=True)
+    release_dir(job.tmp)
     report(job, manifest, log)
     return manifest
 

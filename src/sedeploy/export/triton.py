@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -26,7 +25,7 @@ from ..core.io import PathLike, atomic_write, atomic_write_text, current_umask, 
 from ..core.errors import UserError
 from ..core import tritonconfig as tc
 from ..runtime.model import read_metadata
-from .commit import swap_dir
+from ..core.commit import owned_dir, recover_dir, release_dir, swap_dir
 
 
 def onnx_tensors(model) -> Tuple[List[tc.TensorSpec], List[tc.TensorSpec]]:
@@ -76,9 +75,10 @@ def write_triton_repository(onnx_path: PathLike, repo_dir: PathLike, name: Optio
 
     repo = ensure_writable_dir(repo_dir, "repository directory", option="--out")
     dest = repo / name
+    recover_dir(dest, prefixes=[f".{name}.new-"])  # a triton-repo killed mid-swap: its old entry back
     if dest.exists() and not force:
         raise UserError(f"{dest} already exists; pass --force to replace it")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.new-", dir=str(repo)))
+    tmp = owned_dir(repo, f".{name}.new-")
     try:
         (tmp / "1").mkdir()
         atomic_write_text(tmp / tc.CONFIG_FILE, tc.to_pbtxt(cfg) + "\n")
@@ -88,7 +88,6 @@ def write_triton_repository(onnx_path: PathLike, repo_dir: PathLike, name: Optio
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a repository is shared like any output
         swap_dir(tmp, dest)                       # complete new entry in, old one out; a failure keeps the old
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        release_dir(tmp)                          # empty after the swap; the partial entry after a failure
     return dest
 

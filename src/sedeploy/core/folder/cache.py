@@ -31,6 +31,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..commit import swap_dir
 from ..io import atomic_write_text
 from ..decode import ImageError, load_chw
 from .index import SPLITS, FileEntry, pmap, reason_of
@@ -238,7 +239,7 @@ def _build(data_dir: Path, splits: Dict[str, List[FileEntry]], shape: Shape, ent
             {"format": CACHE_FORMAT, "key": key, "shape": list(shape), "n": pos, "rows": rows,
              "bounds": bounds, "dropped": dropped, "dropped_stamps": stamps, "mean": mean, "std": std,
              "data_dir": str(Path(data_dir).resolve())}))
-        _swap(tmp, entry)
+        swap_dir(tmp, entry)              # a reader that mapped the old files keeps them until it closes
         tmp = None
     finally:
         if tmp is not None:
@@ -268,20 +269,6 @@ def reserve(path: Path, nbytes: int) -> None:
             f.write(block[:min(len(block), nbytes - done)])
         f.flush()
         os.fsync(f.fileno())
-
-
-def _swap(tmp: Path, entry: Path) -> None:
-    """Put the new entry in place; a reader that mapped the old files keeps them until it closes."""
-    trash = entry.with_name(f".{entry.name}.old-{os.getpid()}")
-    if entry.exists():
-        os.rename(entry, trash)
-    try:
-        os.rename(tmp, entry)
-    except BaseException:
-        if trash.exists():                 # the new entry did not get in: the old one stays in use
-            os.rename(trash, entry)
-        raise
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def channel_stats(images: np.ndarray) -> Tuple[List[float], List[float]]:
