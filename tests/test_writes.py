@@ -486,6 +486,25 @@ def test_a_full_disk_falls_back_to_memory_without_leftovers(images, tmp_path, mo
     np.testing.assert_array_equal(again.arrays["train"][0], fd.arrays["train"][0])
 
 
+def test_a_disk_that_fills_while_rows_are_written_falls_back_too(images, tmp_path, monkeypatch):
+    """Where fallocate reserves nothing (ZFS, compressed btrfs, NFS), the disk can still fill while rows
+    go in: rows are plain writes, so that is an OSError and the same fallback, not SIGBUS."""
+    from sedeploy.core.folder import cache
+    real, written = cache._RowWriter.__setitem__, []
+
+    def fills_up(self, i, row):
+        if len(written) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(i)
+        real(self, i, row)
+    monkeypatch.setattr(cache._RowWriter, "__setitem__", fills_up)
+    logs: list = []
+    fd = load(images, tmp_path, logs)
+    assert written and any("No space left on device" in m for m in logs), logs
+    assert fd.decoded.path is None and fd.arrays["train"][0].shape == (9, 3, 16, 16)
+    assert sorted(p.name for p in next((tmp_path / "cache").iterdir()).iterdir()) == ["headers.json", "lock"]
+
+
 def test_a_failed_cache_swap_keeps_the_old_entry(images, tmp_path, monkeypatch):
     from sedeploy.core.folder.cache import folder_cache_dir
     load(images, tmp_path, [])

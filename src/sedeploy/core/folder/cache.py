@@ -199,9 +199,9 @@ def _build(data_dir: Path, splits: Dict[str, List[FileEntry]], shape: Shape, ent
     todo = [f for s in order for f in splits[s] if f.stamp not in old_rows and f.stamp not in old_dropped]
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=str(entry.parent))) if persist else None
     try:
-        if persist:   # the disk space first: a page of a sparse map with no block behind it is SIGBUS
+        if persist:   # the disk space first (an early ENOSPC), then rows written as plain writes
             reserve(tmp / "images.u8", max(n, 1) * int(np.prod(shape)))
-            out = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="r+", shape=(max(n, 1), *shape))
+            out = _RowWriter(tmp / "images.u8", int(np.prod(shape)))
         else:
             out = np.empty((n, *shape), dtype=np.uint8)
         results = iter(pmap(_decode_one(data_dir, shape), todo, workers, "decoding", progress))
@@ -227,11 +227,13 @@ def _build(data_dir: Path, splits: Dict[str, List[FileEntry]], shape: Shape, ent
                 pos += 1
             bounds[s] = (start, pos)
         labels_a = np.asarray(labels, dtype=np.int64)
+        if persist:
+            out.close()
+            out = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="r", shape=(max(n, 1), *shape))
         mean, std = channel_stats(out[slice(*bounds["train"])]) if bounds.get("train", (0, 0))[1] else (None, None)
         stats = dict(decoded=len(todo), reused=n - len(todo), seconds=time.perf_counter() - t0)
         if not persist:
             return Decoded(out[:pos], labels_a, bounds, dropped, mean, std, **stats)
-        out.flush()
         del out
         os.truncate(tmp / "images.u8", pos * int(np.prod(shape)))
         np.save(tmp / "labels.npy", labels_a)
@@ -249,6 +251,27 @@ def _build(data_dir: Path, splits: Dict[str, List[FileEntry]], shape: Shape, ent
         return Decoded(np.empty((0, *shape), np.uint8), np.empty(0, np.int64), bounds, dropped, **stats)
     dec.hit, dec.decoded, dec.reused, dec.seconds = False, stats["decoded"], stats["reused"], stats["seconds"]
     return dec
+
+
+class _RowWriter:
+    """Rows of the image file written with plain (unbuffered) writes, not through a memory map: a full
+    disk or quota is then an OSError on every filesystem, where a store into a mapped page is SIGBUS on
+    those whose fallocate reserves no blocks (ZFS, compressed btrfs, NFS). `out[i] = row` as for an array."""
+
+    def __init__(self, path: Path, row_bytes: int) -> None:
+        self.f = open(path, "r+b", buffering=0)
+        self.row_bytes = row_bytes
+
+    def __setitem__(self, i: int, row: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(row, dtype=np.uint8)).cast("B")
+        assert len(data) == self.row_bytes, (len(data), self.row_bytes)
+        self.f.seek(i * self.row_bytes)
+        while data:                         # an unbuffered write may be short
+            data = data[self.f.write(data):]
+
+    def close(self) -> None:
+        os.fsync(self.f.fileno())
+        self.f.close()
 
 
 def reserve(path: Path, nbytes: int) -> None:
