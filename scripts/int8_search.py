@@ -28,7 +28,7 @@ from sedeploy.core.datasets import normalize_batch
 from sedeploy.core.arrays import load_arrays
 from sedeploy.export.quantize import INT8_OP_TYPES, calibration_images, op_histogram, quantize_int8
 from sedeploy.core.hardware import cpu_name, isa_summary
-from sedeploy.runtime.session import create_session, model_info, session_options
+from sedeploy.runtime.runners.ort import create_session, session_info, session_options
 from sedeploy.core.timing import interleaved
 
 HEAVY = INT8_OP_TYPES
@@ -157,7 +157,7 @@ def main():
     a = ap.parse_args()
     model = Path(a.model)
     sess, _ = create_session(model, "cpu", a.threads)
-    info = model_info(sess, model)
+    info = session_info(sess, model)
     _, xt, yt = load_arrays(info.meta["dataset"], None, "test")
     xt = normalize_batch(xt, info.mean, info.std)
     ref = predict(sess, xt)

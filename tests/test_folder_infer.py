@@ -16,7 +16,8 @@ from PIL import Image
 
 from conftest import learnable_images
 from support.drift import fast_decode_drift
-from sedeploy.runtime.pipeline import Progress, ordered_map
+from sedeploy.cli_output import Progress
+from sedeploy.runtime.pipeline import ordered_map
 from sedeploy.runtime.predictor import Predictor
 from sedeploy.core.decode import ImageError, load_image
 

@@ -1,7 +1,7 @@
 """Heatmap arithmetic on literal cases worked out by hand (no call back into the code under test)."""
 import numpy as np
 
-from sedeploy.runtime import heatmap as hm
+from sedeploy.runtime import explain as hm
 
 
 def test_se_attention_literal():

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 from conftest import assert_one_line_error
 from sedeploy.core.errors import UserError
 from sedeploy.export.exporter import ExportOptions, export_checkpoint
-from sedeploy.runtime import heatmap as hm
+from sedeploy.runtime import explain as hm
 from sedeploy.runtime.predictor import Predictor
 from sedeploy.core.decode import load_image, to_model_mode
 from sedeploy.checkpoint import build_model, load_checkpoint
@@ -170,7 +170,7 @@ def test_providers(fm_export):
 def test_runtime_is_torch_free(fm_export, tmp_path):
     model, _ = fm_export
     Image.new("L", (28, 28), 200).save(tmp_path / "x.png")
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+    code = ("import sys\nfor m in ('torch', 'torchvision', 'onnx', 'onnxsim'): sys.modules[m] = None\n"
             "from sedeploy.cli import main\n"
             f"main(['infer', {str(tmp_path / 'x.png')!r}, '--model', {str(model)!r}, '--heatmaps', "
             f"{str(tmp_path / 'h')!r}, '--json'])")

@@ -23,6 +23,9 @@ from .core.versions import versions
 
 FORMAT = "sedeploy-checkpoint"
 FORMAT_VERSION = 1
+# What export, infer metadata and resume read from every checkpoint, with the type each must have.
+REQUIRED = {"model_name": str, "model_config": dict, "state_dict": dict, "classes": list, "mean": list,
+            "std": list, "input_size": list, "dataset": str}
 
 
 def make_checkpoint(model: nn.Module, model_name: str, model_config: Dict[str, Any], *, classes, mean, std,
@@ -77,19 +80,32 @@ def load_checkpoint(path, map_location: str = "cpu") -> Dict[str, Any]:
     return ckpt
 
 
+def check_fields(ckpt: Dict[str, Any], path: str = "checkpoint") -> None:
+    """Every field that rebuilding and exporting read is there, with its type; else UserError."""
+    missing = [k for k in REQUIRED if k not in ckpt]
+    wrong = [k for k, t in REQUIRED.items() if k in ckpt and not isinstance(ckpt[k], t)]
+    if missing or wrong:
+        what = (f"lacks {', '.join(missing)}" if missing else "") + ("; " if missing and wrong else "") + \
+               (f"has the wrong type for {', '.join(wrong)}" if wrong else "")
+        raise UserError(f"{path} is a damaged or edited sedeploy checkpoint: it {what}; "
+                        f"pass the best.pt/last.pt written by `sedeploy train`, or train again")
+
+
 def build_model(ckpt: Dict[str, Any], path: str = "checkpoint") -> nn.Module:
-    """Rebuild the model from a checkpoint dict; unknown names or mismatched weights raise UserError."""
+    """Rebuild the model from a checkpoint dict; missing fields, unknown names or mismatched weights raise
+    UserError."""
+    check_fields(ckpt, path)
     try:
-        model = create_model(ckpt["model_name"], **ckpt.get("model_config", {}))
+        model = create_model(ckpt["model_name"], **ckpt["model_config"])
     except (ValueError, TypeError) as e:
         raise UserError(f"{path}: {e}") from None
     try:
         model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, KeyError) as e:
+    except (RuntimeError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else (first[0] if first else "")
         raise UserError(f"{path}: weights do not fit model {ckpt['model_name']!r} with its config "
-                        f"({detail[:160]})") from None
+                        f"({detail[:160]}); pass the checkpoint `sedeploy train` wrote for it") from None
     return model.eval()
 
 

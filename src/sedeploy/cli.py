@@ -294,8 +294,8 @@ def _parse_batch(value: str) -> Optional[int]:
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim simplification.")
 @click.option("--logits-only", is_flag=True, help="Export logits only, without SE weights and feature map.")
-@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-@click.option("--overhead", is_flag=True, help="Also measure the latency cost of the extra outputs.")
+@click.option("--force", is_flag=True, help="Replace an existing export (its whole set, all together).")
+@click.option("--overhead", is_flag=True, help="Also measure the latency cost of the extra outputs (into export.json).")
 @click.option("--int8", is_flag=True, help="Also write model.int8.onnx (static int8, onnxruntime).")
 @click.option("--calib", type=int, default=512, show_default=True, help="Training images to calibrate int8 on.")
 @click.option("--half", is_flag=True, help="Also write model.fp16.onnx (float16 graph, float32 I/O) for CUDA.")
@@ -338,12 +338,10 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
                          batch=_parse_batch(batch), simplify=not no_simplify, force=force, extras=not logits_only,
                          int8=int8, calib=calib, half=half, data_dir=data_dir, int8_eval=int8_eval,
                          int8_min_agreement=int8_min_agreement, int8_max_drop=int8_max_drop,
-                         int8_se_atol=int8_se_atol, int8_allow_unlabelled=int8_allow_unlabelled)
+                         int8_se_atol=int8_se_atol, int8_allow_unlabelled=int8_allow_unlabelled,
+                         overhead=overhead)
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     manifest = export_checkpoint(ckpt, out, opts, log=log)
-    if overhead:
-        from .export.overhead import measure_overhead
-        manifest["overhead"] = measure_overhead(ckpt, log=log)
     if as_json:
         _dump_json(manifest)
 
@@ -352,7 +350,10 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
 # The registries the infer choices come from (light imports: no torch, no onnxruntime).
 from .runtime.precision import PRECISIONS  # noqa: E402
 from .core.decode import BACKGROUNDS  # noqa: E402
-from .runtime.session import GRAPH_LEVELS, PROVIDERS  # noqa: E402
+from .runtime.runners.ort import GRAPH_LEVELS, PROVIDERS  # noqa: E402
+from .runtime.options import InferOptions  # noqa: E402 - infer's defaults, read from one place
+
+_INFER = InferOptions()
 
 
 @cli.command(context_settings=CONTEXT)
@@ -360,23 +361,24 @@ from .runtime.session import GRAPH_LEVELS, PROVIDERS  # noqa: E402
 @click.option("--model", "model", default=None,
               help="ONNX model [default: $SEDEPLOY_MODEL, ./model.onnx, or the newest model.onnx under ./runs, "
                    "./demo, ./exports].")
-@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+@click.option("--provider", type=click.Choice(PROVIDERS), default=_INFER.provider, show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=_INFER.precision, show_default=True,
               help="auto: int8 (model.int8.onnx beside the model) when it measures faster than fp32 on this "
                    "machine, remembered per model and CPU in ~/.cache/sedeploy/precision.json.")
-@click.option("--topk", type=int, default=5, show_default=True)
+@click.option("--topk", type=int, default=_INFER.topk, show_default=True)
 @click.option("--heatmaps", "heatmaps", default=None, help="Write attention heatmaps into this directory.")
-@click.option("--channels", type=int, default=6, show_default=True, help="Top channels shown/reported per image.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--channels", type=int, default=_INFER.channels, show_default=True,
+              help="Top channels shown/reported per image.")
+@click.option("--batch-size", type=int, default=_INFER.batch_size, show_default=True)
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads [default: all cores].")
 @click.option("--workers", type=int, default=None,
               help="Image decoding threads [default: all cores; 0 decodes in the main thread].")
 @click.option("--fast-decode", is_flag=True,
               help="Decode JPEGs at reduced size (DCT scaling): ~2x faster on camera images, inputs differ "
                    "slightly from the exact path (docs/BENCHMARKS.md).")
-@click.option("--graph-opt", type=click.Choice(tuple(GRAPH_LEVELS)), default="all", show_default=True,
+@click.option("--graph-opt", type=click.Choice(tuple(GRAPH_LEVELS)), default=_INFER.graph_opt, show_default=True,
               help="onnxruntime graph optimization level.")
-@click.option("--background", type=click.Choice(tuple(BACKGROUNDS)), default="black", show_default=True,
+@click.option("--background", type=click.Choice(tuple(BACKGROUNDS)), default=_INFER.background, show_default=True,
               help="Colour that transparent pixels are composited on.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image (JSON lines, flushed per line).")
 @click.option("--progress/--no-progress", default=None,
@@ -399,27 +401,18 @@ def infer(images: List[str], model: Optional[str], provider: str, precision: str
       sedeploy infer photos/ --precision int8                # force model.int8.onnx
     """
     import time
-    from .core.io import ensure_writable_dir
-    from .runtime.output import InferOutput, header, stdout_closed, summary
-    from .runtime.pipeline import Progress
-    from .runtime.predictor import Predictor
-    from .runtime.preprocess import expand_inputs
-    for name, v in (("--channels", channels), ("--topk", topk), ("--batch-size", batch_size)):
-        if v <= 0:
-            raise UserError(f"{name} must be positive, got {v}")
+    from .cli_output import InferOutput, Progress, header, stdout_closed, summary
+    from .runtime.infer import start_infer
     start = time.perf_counter()
-    predictor = Predictor(model, provider, threads, graph_opt, background, fast_decode, workers, precision,
-                          precision_batch=batch_size)
-    paths, failures = expand_inputs(images)
-    outdir = ensure_writable_dir(heatmaps, "heatmap directory") if heatmaps else None
-    if outdir is not None and predictor.info.feature_map is None:
-        raise UserError(f"{predictor.path} has no feature_map output; re-export without --logits-only for heatmaps")
-    header(predictor, as_json)
-    bar = Progress(len(paths), enabled=progress)
-    emit = InferOutput(predictor, as_json, outdir, channels, bar)
-    for e in failures:
+    run = start_infer(InferOptions(model=model, provider=provider, precision=precision, topk=topk, heatmaps=heatmaps,
+                                   channels=channels, batch_size=batch_size, threads=threads, workers=workers,
+                                   fast_decode=fast_decode, graph_opt=graph_opt, background=background), images)
+    header(run.predictor, as_json)
+    bar = Progress(len(run.paths), enabled=progress)
+    emit = InferOutput(as_json, bar)
+    for e in run.failures:
         emit.error(e)
-    results = predictor.predict_iter(paths, topk, batch_size, keep_originals=outdir is not None)
+    results = run.results()
     try:
         for r in results:
             emit.result(r)
@@ -429,7 +422,7 @@ def infer(images: List[str], model: Optional[str], provider: str, precision: str
     finally:
         results.close()          # stops the decoding threads when the loop ends early
         bar.close()
-    summary(predictor, emit, len(paths), time.perf_counter() - start, outdir, as_json)
+    summary(run, emit, time.perf_counter() - start, as_json)
     return 1 if emit.failed else 0
 
 
@@ -568,13 +561,15 @@ from .core.tritonconfig import BATCHING  # noqa: E402 - numpy only; the defaults
               "(`sedeploy triton-repo` writes one); each config.pbtxt sets its batching.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=int, default=8000, show_default=True, help="TCP port; 0 picks a free one (printed).")
-@click.option("--max-batch", type=int, default=BATCHING.max_batch, show_default=True, help="Most images run together.")
+@click.option("--max-batch", type=int, default=BATCHING.max_batch, show_default=True,
+              help="Most images run together (for --model, and repository folders without config.pbtxt).")
 @click.option("--max-delay-ms", type=float, default=BATCHING.max_delay_us / 1000, show_default=True,
-              help="Longest wait of the oldest request for a batch to fill (0: run what is queued).")
+              help="Longest wait of the oldest request for a batch to fill (0: run what is queued); as --max-batch.")
 @click.option("--max-queue", type=int, default=BATCHING.max_queue, show_default=True,
-              help="Requests that may wait; beyond that the server answers 503 at once.")
+              help="Requests that may wait; beyond that the server answers 503 at once. Also bounds a "
+                   "config.pbtxt queue left unbounded or unset.")
 @click.option("--batching/--no-batching", default=True, show_default=True,
-              help="Dynamic batching, or every request run alone.")
+              help="Dynamic batching, or every request run alone; as --max-batch.")
 @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="fp32 serves each file as given; auto/int8 serve model.int8.onnx beside it when it measures "
@@ -600,15 +595,19 @@ def serve(models: List[str], model_repository: Optional[str], host: str, port: i
       sedeploy triton-repo runs/fm/model.onnx --out models && sedeploy serve --model-repository models
       curl -F image=@shirt.png 'http://127.0.0.1:8000/v2/models/fm/classify?topk=3'
     """
+    from .runtime.options import ModelOptions
     specs = _serve_specs(models, model_repository, max_batch, max_delay_ms, max_queue, batching)
-    _check_serve_options(port, threads, max_body_mb)
+    _check_serve_options(port, max_body_mb)
+    # the models' own options, checked by the same code as infer's, before the server starts
+    loading = ModelOptions(provider=provider, threads=threads, precision=None if precision == "fp32" else precision)
+    loading.validate()
     try:
         from .serve.model import ServedModel
         from .serve.server import serve as run_server
     except ImportError as e:
         raise UserError(f"`sedeploy serve` needs the serve extra ({e.name} is missing): "
                         f"pip install 'sedeploy[serve]'") from None
-    served = [ServedModel(s, provider, threads, None if precision == "fp32" else precision) for s in specs]
+    served = [ServedModel(s, loading.provider, loading.threads, loading.precision) for s in specs]
     return run_server(served, host, port, int(max_body_mb * (1 << 20)), lambda m: click.echo(m, err=True),
                       access_log)
 
@@ -616,7 +615,7 @@ def serve(models: List[str], model_repository: Optional[str], host: str, port: i
 def _serve_specs(models: List[str], repository: Optional[str], max_batch: int, max_delay_ms: float,
                  max_queue: int, batching: bool) -> list:
     from .serve.repository import model_specs, read_repository
-    from .runtime.session import find_model
+    from .runtime.model import find_model
     for name, v, lo in (("--max-batch", max_batch, 1), ("--max-queue", max_queue, 1), ("--max-delay-ms", max_delay_ms, 0)):
         if v < lo:
             raise UserError(f"{name} must be >= {lo}, got {v}")
@@ -624,18 +623,18 @@ def _serve_specs(models: List[str], repository: Optional[str], max_batch: int, m
         raise UserError("give --model or --model-repository, not both")
     if repository:
         specs = read_repository(Path(repository))
-        for s in specs:   # what a config.pbtxt leaves out comes from the options
+        # a config.pbtxt is served as Triton reads it (its batching wins; only an unbounded or unset queue
+        # takes --max-queue, since this server bounds every queue); a folder without one takes every option
+        for s in specs:
             s.max_batch, s.max_delay_us, s.max_queue, s.batching = max_batch, int(max_delay_ms * 1000), max_queue, batching
         return specs
     return model_specs(list(models) or [str(find_model(None))], max_batch, int(max_delay_ms * 1000), max_queue,
                        batching)
 
 
-def _check_serve_options(port: int, threads: Optional[int], max_body_mb: float) -> None:
+def _check_serve_options(port: int, max_body_mb: float) -> None:
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be 0..65535, got {port}")
-    if threads is not None and threads <= 0:
-        raise UserError(f"--threads must be positive, got {threads}")
     if max_body_mb <= 0:
         raise UserError(f"--max-body-mb must be positive, got {max_body_mb}")
 

@@ -13,7 +13,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from .core.errors import UserError
-from .runtime import heatmap as hm
+from .runtime import explain
 from .runtime.predictor import Predictor, softmax
 
 
@@ -61,12 +61,12 @@ def deletion_eval(model: Optional[str] = None, dataset: Optional[str] = None, da
             masked = x.copy()
             for j in range(len(x)):
                 if m == "se":
-                    a = hm.se_attention(fmap[j], outs[info.se_outputs[-1]][j])
+                    a = explain.se_attention(fmap[j], outs[info.se_outputs[-1]][j])
                 elif m == "spatial_mean":
-                    a = hm.spatial_mean_attention(fmap[j])
+                    a = explain.spatial_mean_attention(fmap[j])
                 else:
                     a = rng.random((h, w))
-                scores = hm.upsample(a, (w, h)) if a.shape != (h, w) else a
+                scores = explain.upsample(a, (w, h)) if a.shape != (h, w) else a
                 if m != "random":  # ties (flat regions) broken randomly, not by position
                     scores = scores + rng.random(scores.shape) * 1e-6
                 masked[j][:, _rank_mask(scores, fraction)] = black[:, :, 0]

@@ -29,7 +29,7 @@ def feature_maps(ckpt_path: str, images: List[str], out: str, channels: int = 9)
         raise UserError(f"--channels must be positive, got {channels}")
     ckpt = load_checkpoint(ckpt_path)
     model = build_model(ckpt, ckpt_path)
-    outdir = ensure_writable_dir(out)
+    outdir = ensure_writable_dir(out, option="--out")
     tf = eval_transform(ckpt["input_size"], ckpt["mean"], ckpt["std"])
     captured: List[torch.Tensor] = []
     hooks = [b.conv.register_forward_hook(lambda m, i, o: captured.append(o.detach())) for b in model.blocks]

@@ -71,7 +71,7 @@ class Row:
 @dataclass
 class _Model:
     path: Path
-    info: object                                     # runtime.session.ModelInfo
+    info: object                                     # runtime.model.ModelInfo
     ckpt: Optional[Path]
     threads: int
     flops: float                                     # per image
@@ -106,8 +106,8 @@ def check_config(cfg: BenchConfig) -> None:
         raise UserError(f"unknown backend {', '.join(bad) or '(none)'}; choose from: {', '.join(BACKENDS)}")
     if not cfg.batch_sizes or any(b <= 0 for b in cfg.batch_sizes):
         raise UserError("--batch-sizes must be positive integers, e.g. 1,8,64")
-    if cfg.threads is not None and cfg.threads <= 0:
-        raise UserError(f"--threads must be positive, got {cfg.threads}")
+    from ..runtime.options import check_threads
+    check_threads(cfg.threads)
     if cfg.warmup < 0 or cfg.min_time < 0:
         raise UserError("--warmup and --min-time must not be negative")
     if cfg.repeats <= 0:
@@ -116,9 +116,10 @@ def check_config(cfg: BenchConfig) -> None:
 
 def resolve_model(cfg: BenchConfig) -> _Model:
     """The ONNX model (as `infer` finds it), its metadata, the checkpoint beside it, FLOPs per image."""
-    from ..runtime.session import create_session, find_model, model_info
+    from ..runtime.model import find_model
+    from ..runtime.runners import load_runner
     path = find_model(cfg.model)
-    info = model_info(create_session(path, "cpu", cfg.threads)[0], path)
+    info = load_runner("onnxruntime", path, provider="cpu", threads=cfg.threads).info
     flops = model_flops({**info.meta.get("model_config", {}), "se": bool(info.se_outputs)})
     return _Model(path, info, resolve_ckpt(path, cfg.ckpt), cfg.threads or os.cpu_count() or 1, flops)
 

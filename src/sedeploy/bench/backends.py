@@ -33,7 +33,7 @@ def first_line(e: Exception, n: int = 160) -> str:
 # ---------------------------------------------------------------- onnxruntime
 def _ort_session(path: Path, providers: List[str], threads: Optional[int]):
     import onnxruntime as ort
-    from ..runtime.session import session_options
+    from ..runtime.runners.ort import session_options
     return ort.InferenceSession(str(path), session_options(threads), providers=providers)
 
 

@@ -44,7 +44,7 @@ def write_samples(name: str, out: Path, n: int = 8, data_dir: Optional[str] = No
     if name == "folder":
         raise UserError("samples writes built-in test images; a folder dataset's images are already files")
     info, x, y = load_arrays(name, data_dir, "test", native=True)
-    out = ensure_writable_dir(out)
+    out = ensure_writable_dir(out, option="--out")
     idx = np.random.default_rng(seed).permutation(len(y))[:n]
     written = []
     for i in idx:

@@ -79,9 +79,11 @@ def read_cifar_batch(path: Path) -> Tuple[np.ndarray, np.ndarray]:
         data = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64)
     except Exception as e:  # noqa: BLE001 - any parse failure is bad input
-        raise UserError(f"{path} is not a CIFAR-10 batch file ({e}); re-download with --download") from None
+        raise UserError(f"{path} is not a CIFAR-10 batch file ({e}); download it again "
+                        f"(`sedeploy train --dataset cifar10 --download`)") from None
     if len(labels) != len(data):
-        raise UserError(f"{path}: {len(data)} images but {len(labels)} labels; re-download with --download")
+        raise UserError(f"{path}: {len(data)} images but {len(labels)} labels; download it again "
+                        f"(`sedeploy train --dataset cifar10 --download`)")
     return data, labels
 
 
@@ -95,7 +97,8 @@ def read_cifar(root: Path, split: str) -> Tuple[np.ndarray, np.ndarray]:
     missing = [f.name for f in files if not f.exists()]
     if missing:
         raise UserError(f"CIFAR-10 not found in {root} (missing {', '.join(missing)}); "
-                        f"pass --download (needs internet) or --data-dir pointing at it")
+                        f"pass --data-dir pointing at it, or let `sedeploy train --dataset cifar10 --download` "
+                        f"fetch it (needs internet)")
     parts = [read_cifar_batch(f) for f in files]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
@@ -118,7 +121,9 @@ def read_idx(path: Path) -> np.ndarray:
         data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
         return data.reshape(dims)
     except (OSError, EOFError, ValueError, struct.error) as e:
-        raise UserError(f"{path} is not a valid idx file ({e}); reinstall the dataset or pass --download") from None
+        raise UserError(f"{path} is not a valid idx file ({e}); reinstall the dataset (`apt-get install --reinstall "
+                        f"dataset-fashion-mnist`) or fetch it with `sedeploy train --dataset fashion-mnist --download`"
+                        ) from None
 
 
 def find_idx(base: str, dirs: List[Path]) -> Optional[Path]:
@@ -151,7 +156,8 @@ def read_fmnist(dirs: List[Path], split: str, size: Optional[int] = 32) -> Tuple
     if img_f is None or lbl_f is None:
         where = ", ".join(str(d) for d in dirs)
         raise UserError(f"Fashion-MNIST {split} files not found in {where}; "
-                        f"run `apt-get install dataset-fashion-mnist` or pass --download")
+                        f"run `apt-get install dataset-fashion-mnist` or "
+                        f"`sedeploy train --dataset fashion-mnist --download`")
     x, y = read_idx(img_f), read_idx(lbl_f).astype(np.int64)
     if x.ndim != 3 or len(x) != len(y):
         raise UserError(f"{img_f}: {x.shape} images do not match {len(y)} labels; reinstall the dataset")

@@ -11,7 +11,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Callable, Iterator, Optional, Union
 
 from .errors import UserError
 
@@ -66,17 +66,21 @@ def atomic_write_text(dest: PathLike, text: str) -> Path:
     return atomic_write(dest, lambda p: p.write_text(text))
 
 
-def ensure_writable_dir(path: PathLike, what: str = "output directory") -> Path:
-    """Create `path` if needed and check that files can be written there."""
+def ensure_writable_dir(path: PathLike, what: str = "output directory", option: Optional[str] = None) -> Path:
+    """Create `path` if needed and check that files can be written there.
+
+    `option` is the option of the calling command that chose the folder, named in the error's fix
+    (None: the fix names no option: a library caller may have none)."""
     path = Path(path)
+    fix = f"choose another with {option}" if option else "choose another folder"
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create {what} {path}: {e.strerror}; choose another with --out") from None
+        raise UserError(f"cannot create {what} {path}: {e.strerror}; {fix}") from None
     if not path.is_dir():
-        raise UserError(f"{what} {path} is not a directory; choose another with --out")
+        raise UserError(f"{what} {path} is not a directory; {fix}")
     if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {path} is not writable; choose another with --out")
+        raise UserError(f"{what} {path} is not writable; {fix}")
     return path
 
 

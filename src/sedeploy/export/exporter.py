@@ -2,15 +2,13 @@
 
 One function per format (torchscript.py, onnx_export.py), each returning the written path; this
 wrapper times them, reports sizes, verifies, and writes the manifest (after ultralytics'
-exporter). Files are built in a temporary folder beside the destination and moved into place
-only after verification passed, so a failed export leaves nothing behind.
+exporter): plan -> build each format -> verify each -> manifest, all staged in a folder beside the
+destination and moved in together by commit.py (export.json last), so a failed or interrupted
+export leaves the previous set as it was and a successful --force replaces all of it.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +22,7 @@ from .. import __version__
 from ..core import contract
 from ..core.errors import UserError
 from ..core.io import atomic_write_text, ensure_writable_dir
+from ..core.commit import commit_files, recover, release_dir, stage_dir
 from ..core.versions import versions
 from ..core.parity import ATOL, RTOL, format_table
 from ..checkpoint import build_model, load_checkpoint
@@ -58,6 +57,7 @@ class ExportOptions:
     int8_max_drop: float = 1.0          # gate: accuracy points int8 may lose against fp32
     int8_se_atol: float = 0.1           # gate: max |SE weight difference| int8 vs fp32 (weights are in (0, 1))
     int8_allow_unlabelled: bool = False  # gate on agreement alone when no labelled test images are on disk
+    overhead: bool = False              # measure the latency cost of the extra outputs (into export.json)
 
 
 def validate_options(opts: ExportOptions) -> None:
@@ -108,6 +108,7 @@ class Job:
     names: List[str]
     sha: str
     tmp: Path = Path()
+    overhead: Optional[dict] = None
     timings: Dict[str, float] = field(default_factory=dict)
     nodes: Dict[str, int] = field(default_factory=dict)
     gate: Dict[str, object] = field(default_factory=dict)
@@ -119,8 +120,8 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
     validate_options(opts)
     t_start = time.perf_counter()
     out_existed = Path(out_dir).exists() if out_dir else True
-    job = plan(Path(ckpt_path), out_dir, opts)
-    job.tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=str(job.out)))
+    job = plan(Path(ckpt_path), out_dir, opts, log)
+    job.tmp = stage_dir(job.out)
     try:
         x, batch_desc = verification_batch(job.ckpt, opts.batch or opts.verify_n, opts.data_dir)
         wrapper = ExplainWrapper(job.model) if opts.extras else LogitsWrapper(job.model)
@@ -128,29 +129,55 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
         candidates, final = build_artifacts(job, wrapper, x)
         rows = verify(job, reference, candidates, batch_desc, log)
         variants = _variants(job, final, reference, x, log) if opts.int8 or opts.half else {}
-        written = install(job, final, variants)
+        staged = stage(job, final, variants)
+        if opts.overhead:
+            job.overhead = overhead(job, log)
+        job.timings["total"] = time.perf_counter() - t_start
+        manifest = write_manifest(job, staged, rows, batch_desc)
+        install(job, staged)
     except BaseException:
-        shutil.rmtree(job.tmp, ignore_errors=True)
+        release_dir(job.tmp)
         if not out_existed and not any(job.out.iterdir()):
             job.out.rmdir()                                   # a failed export leaves no empty folder behind
         raise
-    shutil.rmtree(job.tmp, ignore_errors=True)
-    job.timings["total"] = time.perf_counter() - t_start
-    return write_manifest(job, written, rows, batch_desc, log)
+    release_dir(job.tmp)
+    report(job, manifest, log)
+    return manifest
 
 
-def plan(ckpt_path: Path, out_dir: Optional[str], opts: ExportOptions) -> Job:
-    """Load the checkpoint, rebuild the model, decide the output files; refuse to overwrite without force."""
+def overhead(job: Job, log: Callable[[str], None]) -> dict:
+    """The full and a logits-only graph (ONNX, dynamic batch) exported into the staging folder, timed
+    against each other by overhead.py; the result goes into export.json."""
+    from .overhead import measure_overhead
+    d = job.tmp / "overhead"
+    for stem, extras in (("full", True), ("logits", False)):
+        export_checkpoint(str(job.ckpt_path), str(d), ExportOptions(formats=("onnx",), extras=extras, stem=stem),
+                          log=lambda m: None)
+    return measure_overhead(d / "full.onnx", d / "logits.onnx", log=log)
+
+
+def export_set(out: Path, stem: str) -> List[Path]:
+    """Every file an export with this stem may write (its set), whether there or not."""
+    manifest = FILENAMES["manifest"] if stem == "model" else f"{stem}.export.json"
+    return [out / f"{stem}{s}" for s in (".onnx", ".ts", ".int8.onnx", ".fp16.onnx")] + [out / manifest]
+
+
+def plan(ckpt_path: Path, out_dir: Optional[str], opts: ExportOptions, log: Callable[[str], None] = print) -> Job:
+    """Load the checkpoint, rebuild the model, decide the output files; refuse to overwrite without force.
+
+    Any file of the previous set counts: with --force the whole set is replaced, so no model.int8.onnx
+    of an older export stays beside a new model.onnx."""
     ckpt = load_checkpoint(ckpt_path)
     model = build_model(ckpt, str(ckpt_path))
-    out = ensure_writable_dir(Path(out_dir) if out_dir else ckpt_path.parent)
+    out = ensure_writable_dir(Path(out_dir) if out_dir else ckpt_path.parent, option="--out")
+    recover(out, log)                                         # an export killed mid-commit: finish or undo it
     targets = {f: out / f"{opts.stem}{Path(FILENAMES[f]).suffix}" for f in opts.formats}
     if opts.int8:
         targets["int8"] = out / f"{opts.stem}.int8.onnx"
     if opts.half:
         targets["fp16"] = out / f"{opts.stem}.fp16.onnx"
-    manifest_path = out / (FILENAMES["manifest"] if opts.stem == "model" else f"{opts.stem}.export.json")
-    existing = [p for p in [*targets.values(), manifest_path] if p.exists()]
+    manifest_path = export_set(out, opts.stem)[-1]
+    existing = [p for p in export_set(out, opts.stem) if p.exists()]
     if existing and not opts.force:
         raise UserError(f"{existing[0]} already exists; pass --force to overwrite or --out to write elsewhere")
     names = contract.output_names(model.num_se_blocks, opts.extras)
@@ -176,7 +203,7 @@ def build_artifacts(job: Job, wrapper: torch.nn.Module, x: np.ndarray) -> Tuple[
         meta = contract.encode_metadata(build_metadata(job.ckpt, job.model, job.names, job.sha, opts.opset))
         raw = export_onnx(wrapper, example, tmp / "raw.onnx", job.names, opts.opset, opts.batch is None, meta)
         job.timings["onnx_export"] = time.perf_counter() - t
-        check_onnx(raw)
+        check_onnx(raw, "raw")
         candidates["onnx raw"] = run_onnx(raw, x)
         final = raw
         if opts.simplify:
@@ -184,7 +211,7 @@ def build_artifacts(job: Job, wrapper: torch.nn.Module, x: np.ndarray) -> Tuple[
             final = tmp / "simplified.onnx"
             job.nodes["raw"], job.nodes["simplified"] = simplify_onnx(raw, final)
             job.timings["simplify"] = time.perf_counter() - t
-            check_onnx(final)
+            check_onnx(final, "simplified")
             candidates["onnx simplified"] = run_onnx(final, x)
         else:
             import onnx
@@ -206,46 +233,57 @@ def verify(job: Job, reference: Dict[str, np.ndarray], candidates: Dict[str, Dic
     return rows
 
 
-def install(job: Job, final: Optional[Path], variants: Dict[str, Path]) -> Dict[str, Path]:
-    """Move the verified files from job.tmp onto their targets (each an atomic rename)."""
-    written = {}
+def stage(job: Job, final: Optional[Path], variants: Dict[str, Path]) -> Dict[str, Path]:
+    """The verified files in job.tmp, by kind (torchscript, onnx, int8, fp16): what the commit moves in."""
+    staged = {}
     if "torchscript" in job.opts.formats:
-        os.replace(job.tmp / "model.ts", job.targets["torchscript"])
-        written["torchscript"] = job.targets["torchscript"]
+        staged["torchscript"] = job.tmp / "model.ts"
     if "onnx" in job.opts.formats and final is not None:
-        os.replace(final, job.targets["onnx"])
-        written["onnx"] = job.targets["onnx"]
-    for kind, path in variants.items():
-        os.replace(path, job.targets[kind])
-        written[kind] = job.targets[kind]
-    return written
+        staged["onnx"] = final
+    staged.update(variants)
+    return staged
 
 
-def write_manifest(job: Job, written: Dict[str, Path], rows: List, batch_desc: str,
-                   log: Callable[[str], None]) -> dict:
+def write_manifest(job: Job, staged: Dict[str, Path], rows: List, batch_desc: str) -> dict:
+    """export.json into job.tmp: each file by its final name, with its size and sha256 (a reader checks
+    a set against it), what was verified, the int8 gate, the overhead measured, timings and options."""
     opts, nodes = job.opts, job.nodes
     manifest = {
         "sedeploy": __version__, "checkpoint": str(job.ckpt_path), "checkpoint_sha256": job.sha,
         "model_name": job.ckpt["model_name"], "output_names": job.names,
         "opset": opts.opset if "onnx" in opts.formats else None, "batch": opts.batch or "dynamic",
         "simplified": bool(opts.simplify and "onnx" in opts.formats),
-        "files": [{"format": f, "path": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
-                  for f, p in written.items()],
+        "files": [{"format": f, "path": job.targets[f].name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
+                  for f, p in staged.items()],
         "nodes": nodes, "verification": {"batch": batch_desc, "atol": ATOL, "rtol": RTOL,
                                          "rows": [r.to_dict() for r in rows]},
         "int8_gate": job.gate or None,
+        "overhead": job.overhead,
         "timings_s": {k: round(v, 4) for k, v in job.timings.items()},
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
     }
-    atomic_write_text(job.manifest_path, json.dumps(manifest, indent=2))
+    atomic_write_text(job.tmp / job.manifest_path.name, json.dumps(manifest, indent=2))
+    manifest["manifest_path"] = str(job.manifest_path)
+    return manifest
+
+
+def install(job: Job, staged: Dict[str, Path]) -> None:
+    """Move the staged set in together, export.json last (commit.py); files of the old set that the new
+    one lacks (an old model.int8.onnx when this export has no --int8) go with the old set."""
+    files = {job.targets[kind].name: path for kind, path in staged.items()}
+    files[job.manifest_path.name] = job.tmp / job.manifest_path.name
+    commit_files(job.out, files, job.manifest_path.name, stale=[p.name for p in export_set(job.out, job.opts.stem)])
+
+
+def report(job: Job, manifest: dict, log: Callable[[str], None]) -> None:
+    """The lines a user reads once the set is in place."""
+    nodes = job.nodes
     for f in manifest["files"]:
         log(f"wrote {job.out / f['path']} ({f['bytes'] / 1e6:.2f} MB)")
     if nodes:
         log(f"onnx nodes: {nodes.get('raw')} -> {nodes.get('simplified', nodes.get('raw'))} after simplification"
             if "simplified" in nodes else f"onnx nodes: {nodes['raw']} (not simplified)")
     log(f"wrote {job.manifest_path}; export took {job.timings['total']:.2f} s")
-    manifest["manifest_path"] = str(job.manifest_path)
-    return manifest
 
 
 FP16_ATOL, FP16_RTOL = 2e-2, 2e-2  # float16 keeps ~3 decimal digits
@@ -263,7 +301,7 @@ def _variants(job: Job, fp32: Path, reference: Dict[str, np.ndarray], x: np.ndar
         meta = {"dataset": ckpt["dataset"], "data": ckpt.get("data"), "mean": ckpt["mean"], "std": ckpt["std"]}
         q = quantize_int8(fp32, tmp / "model.int8.onnx", calibration_images(meta, opts.calib, opts.data_dir))
         job.timings["int8"] = time.perf_counter() - t
-        check_onnx(q)
+        check_onnx(q, "int8")
         _check_contract(reference, run_onnx(q, x), "int8")
         job.gate.update(int8_gate(fp32, q, ckpt, opts, log))
         out["int8"] = q
@@ -271,7 +309,7 @@ def _variants(job: Job, fp32: Path, reference: Dict[str, np.ndarray], x: np.ndar
         t = time.perf_counter()
         h = convert_fp16(fp32, tmp / "model.fp16.onnx")
         job.timings["fp16"] = time.perf_counter() - t
-        check_onnx(h)
+        check_onnx(h, "fp16")
         got, how = _run_fp16(h, x)
         _check_contract(reference, got, "fp16")
         rows = compare(reference, got, f"fp16 ({how})", atol=FP16_ATOL, rtol=FP16_RTOL)

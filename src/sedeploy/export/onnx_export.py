@@ -15,16 +15,23 @@ import torch
 from torch import nn
 
 from ..core import contract
+from ..core.errors import UserError
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: List[str], opset: int,
                 dynamic_batch: bool, metadata: Optional[Dict[str, str]] = None) -> Path:
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[contract.INPUT_NAME], output_names=output_names,
-                          dynamic_axes=contract.dynamic_axes(output_names) if dynamic_batch else None,
-                          do_constant_folding=True)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=[contract.INPUT_NAME], output_names=output_names,
+                              dynamic_axes=contract.dynamic_axes(output_names) if dynamic_batch else None,
+                              do_constant_folding=True)
+    except (torch.onnx.errors.OnnxExporterError, onnx.shape_inference.InferenceError) as e:
+        # an op this opset cannot express, or a graph ONNX shape inference rejects: the opset is the knob
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        raise UserError(f"the ONNX exporter failed at opset {opset} ({(lines or [type(e).__name__])[0][:200]}); "
+                        f"try another --opset (11..20); nothing was written") from None
     if metadata:
         m = onnx.load(str(path))
         set_metadata(m, metadata)

@@ -8,14 +8,15 @@
 
 Follows Triton's model repository and model configuration docs (model_config.proto); the same
 directory is what `sedeploy serve --model-repository` serves, so it moves to Triton or KServe
-unchanged. The entry is built in a temporary folder beside its destination and renamed into place:
-a failure leaves nothing half-written, and an existing entry is replaced only with force.
+unchanged. The entry is built complete in a temporary folder beside its destination and renamed
+into place (commit.swap_dir): an existing entry (only with force) is renamed aside first and removed
+only once the new one is in, so a failure or Ctrl-C at any step leaves the old entry or the new one,
+never neither and never a half-written one.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -23,7 +24,8 @@ from ..core import contract
 from ..core.io import PathLike, atomic_write, atomic_write_text, current_umask, ensure_writable_dir
 from ..core.errors import UserError
 from ..core import tritonconfig as tc
-from ..runtime.session import read_metadata
+from ..runtime.model import read_metadata
+from ..core.commit import owned_dir, recover_dir, release_dir, swap_dir
 
 
 def onnx_tensors(model) -> Tuple[List[tc.TensorSpec], List[tc.TensorSpec]]:
@@ -71,11 +73,12 @@ def write_triton_repository(onnx_path: PathLike, repo_dir: PathLike, name: Optio
     cfg = tc.model_config(name, inputs, outputs, max_batch=max_batch, max_delay_us=max_delay_us, max_queue=max_queue,
                           instance_kind=instance_kind, count=count, labels_for=labels)
 
-    repo = ensure_writable_dir(repo_dir, "repository directory")
+    repo = ensure_writable_dir(repo_dir, "repository directory", option="--out")
     dest = repo / name
+    recover_dir(dest, prefixes=[f".{name}.new-"])  # a triton-repo killed mid-swap: its old entry back
     if dest.exists() and not force:
         raise UserError(f"{dest} already exists; pass --force to replace it")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=str(repo)))
+    tmp = owned_dir(repo, f".{name}.new-")
     try:
         (tmp / "1").mkdir()
         atomic_write_text(tmp / tc.CONFIG_FILE, tc.to_pbtxt(cfg) + "\n")
@@ -83,15 +86,8 @@ def write_triton_repository(onnx_path: PathLike, repo_dir: PathLike, name: Optio
             atomic_write_text(tmp / tc.LABELS_FILE, "".join(f"{c}\n" for c in meta["classes"]))
         atomic_write(tmp / "1" / tc.MODEL_FILE, lambda p: shutil.copyfile(src, p))
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a repository is shared like any output
-        old = None
-        if dest.exists():  # force: move the old entry aside, put the new one in, then delete the old
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=str(repo)))
-            os.replace(dest, old / name)
-        os.replace(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_dir(tmp, dest)                       # complete new entry in, old one out; a failure keeps the old
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        release_dir(tmp)                          # empty after the swap; the partial entry after a failure
     return dest
 

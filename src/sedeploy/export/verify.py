@@ -13,16 +13,25 @@ from ..core.errors import UserError
 from ..core.parity import ParityRow, compare
 
 
-def check_onnx(path: Path) -> None:
+def check_onnx(path: Path, what: str = "exported") -> None:
+    """onnx.checker with full shape inference; a graph it rejects is a UserError naming the fix."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
-    except onnx.checker.ValidationError as e:
-        raise UserError(f"onnx.checker rejects {path.name}: {str(e).splitlines()[0][:200]}") from None
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        kind = "shape inference" if isinstance(e, onnx.shape_inference.InferenceError) else "onnx.checker"
+        fix = "export with --no-simplify" if what == "simplified" else "try another --opset (11..20)"
+        raise UserError(f"{kind} rejects the {what} ONNX graph ({_first_line(e)}); {fix}; "
+                        f"nothing was written") from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__)[:200]
 
 
 def run_onnx(path: Path, x: np.ndarray, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Dict[str, np.ndarray]:
     import onnxruntime as ort
-    from ..runtime.session import session_options
+    from ..runtime.runners.ort import session_options
     sess = ort.InferenceSession(str(path), session_options(), providers=list(providers))
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x})))

@@ -1,4 +1,6 @@
-"""Per-image work on every core, in input order, with bounded memory (standard library only).
+"""The folder pipeline: command-line inputs -> image paths, per-image work on every core, in input
+order, with bounded memory, batched for the model (the standard library, and core.decode's names
+for image files and errors).
 
 Folder inference is decode-bound: one 640x480 JPEG costs ~6 ms of Pillow decoding and resizing,
 the model well under 1 ms per image (docs/BENCHMARKS.md, "Edge throughput"). Pillow releases the
@@ -9,16 +11,44 @@ no start-up) runs that work on every core while the main thread runs the model.
 of 100,000 images: it submits lazily, keeping at most `window` items submitted and not yet taken
 (Executor.map submits everything at once and so holds every result), and closing the generator
 cancels what has not started (a consumer that stops, e.g. `| head`, stops the work).
+`ordered_batches` puts the model behind it: prepared items are run in batches, results still
+come in input order, each as soon as its batch is done.
 """
 from __future__ import annotations
 
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Deque, Iterable, Iterator, Optional, TypeVar
+from pathlib import Path
+from typing import Callable, Deque, Iterable, Iterator, List, Sequence, Tuple, TypeVar, Union
+
+from ..core.decode import IMAGE_SUFFIXES, ImageError
 
 T = TypeVar("T")
+P = TypeVar("P")
 R = TypeVar("R")
+E = TypeVar("E", bound=Exception)
+
+
+def expand_inputs(items: Sequence[str]):
+    """Files, directories (their images, sorted) and globs -> (paths, errors as ImageError)."""
+    import glob
+    paths, errors = [], []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                errors.append(ImageError(f"{p}: directory has no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)", p))
+            paths += found
+        elif any(ch in item for ch in "*?[") and not p.exists():
+            found = sorted(Path(q) for q in glob.glob(item, recursive=True) if Path(q).is_file())
+            if not found:
+                errors.append(ImageError(f"{item}: pattern matches no files", item))
+            paths += found
+        else:
+            paths.append(p)  # missing files are reported when loaded
+    return paths, errors
 
 
 def available_cores() -> int:
@@ -68,48 +98,35 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: 
 _END = object()
 
 
-class Progress:
-    """A one-line progress bar on a terminal (stderr), nothing elsewhere; no tqdm needed.
+def ordered_batches(prepare: Callable[[T], Union[P, E]], run: Callable[[List[P]], List[R]], items: Iterable[T],
+                    batch_size: int, workers: int, window: int) -> Iterator[Union[R, E]]:
+    """run(batch of prepared items) -> one result each, for every item, yielded in input order.
 
-    Redraws at most every `interval` seconds; `close()` clears the line so that what follows
-    (errors, the summary) prints cleanly.
+    prepare(item) runs on `workers` threads (ordered_map, at most `window` ahead) and returns its
+    per-item failure (an Exception) instead of raising it: a failure is yielded in its place, the
+    rest go to `run` in batches of `batch_size`. A result is yielded as soon as every input before
+    it is resolved, so only the batch being filled waits.
     """
+    # queue: one slot per input not yet yielded, in order; a slot is filled with its failure at
+    # once, with its result when its batch has run. Only the batch being filled is unresolved.
+    queue: Deque[List[Union[R, E, None]]] = deque()
+    batch: List[Tuple[list, P]] = []
 
-    def __init__(self, total: int, stream=None, enabled: Optional[bool] = None, interval: float = 0.1) -> None:
-        import sys
-        import time
-        self._time = time.perf_counter
-        self.stream = stream if stream is not None else sys.stderr
-        isatty = getattr(self.stream, "isatty", lambda: False)
-        self.enabled = bool(isatty()) if enabled is None else enabled
-        self.total, self.done, self.interval = total, 0, interval
-        self.start = self._last = self._time()
-        self._width = 0
+    def run_batch() -> None:
+        for (slot, _), res in zip(batch, run([p for _, p in batch])):
+            slot[0] = res
+        batch.clear()
 
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = self._time()
-        if self.enabled and (now - self._last >= self.interval or self.done >= self.total):
-            self._last = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        frac = self.done / self.total if self.total else 1.0
-        rate = self.done / max(now - self.start, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        bar = "#" * int(24 * frac)
-        line = f"{self.done:>{len(str(self.total))}}/{self.total} [{bar:<24}] {100 * frac:3.0f}% " \
-               f"{rate:6.0f} img/s  eta {eta:4.0f} s"
-        self._width = max(self._width, len(line))
-        self.stream.write("\r" + line)
-        self.stream.flush()
-
-    def clear(self) -> None:
-        """Erase the bar (before another line is printed on stderr); the next update redraws it."""
-        if self.enabled and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
-
-    def close(self) -> None:
-        self.clear()
-        self._width = 0
+    for prepared in ordered_map(prepare, items, workers, window):
+        slot: list = [prepared if isinstance(prepared, Exception) else None]
+        queue.append(slot)
+        if slot[0] is None:
+            batch.append((slot, prepared))
+            if len(batch) >= batch_size:
+                run_batch()
+        while queue and queue[0][0] is not None:
+            yield queue.popleft()[0]
+    if batch:
+        run_batch()
+    while queue:
+        yield queue.popleft()[0]

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
+from ..core import contract
 from ..core.errors import UserError
 from ..core.io import atomic_write_text, file_sha256
 from ..core.hardware import cpu_flags, cpu_name, has_vnni, isa_summary
@@ -83,7 +84,7 @@ def measure_pair(fp32: Path, int8: Path, threads: Optional[int], batch: int, bud
     """p50 ms of one batch for each file, interleaved rounds within ~budget_s, on random normal inputs."""
     import numpy as np
     from ..core.timing import interleaved
-    from .session import create_session
+    from .runners.ort import create_session
     sessions = {k: create_session(p, "cpu", threads)[0] for k, p in (("fp32", fp32), ("int8", int8))}
     inp = sessions["fp32"].get_inputs()[0]
     if isinstance(inp.shape[0], int):                  # a fixed-batch export runs its own batch
@@ -100,12 +101,16 @@ def measure_pair(fp32: Path, int8: Path, threads: Optional[int], batch: int, bud
     return {f"{k}_ms": v["p50_ms"] for k, v in t.items()}
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+
+
 def choose_precision(model: Path, precision: str = "auto", provider: str = "cpu", threads: Optional[int] = None,
                      batch: int = 32, cache: Optional[Path] = None, measure: Measure = measure_pair,
                      min_gain: float = MIN_GAIN) -> PrecisionChoice:
     """fp32, int8, or the faster of the two here (auto); UserError when int8 is asked for and absent."""
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    check_precision(precision)
     model = Path(model)
     if model.name.endswith((".int8.onnx", ".fp16.onnx")):
         return PrecisionChoice(model.name.split(".")[-2], model, f"{model.name} was given explicitly")
@@ -118,10 +123,32 @@ def choose_precision(model: Path, precision: str = "auto", provider: str = "cpu"
                             f"run `sedeploy export --ckpt best.pt --int8` (or use --precision fp32)")
         return PrecisionChoice("fp32", model, f"no {int8.name} beside the model (export --int8 makes one)")
     if precision == "int8":
+        if not same_checkpoint(model, int8):
+            raise UserError(f"--precision int8: {int8.name} beside {model} was exported from another checkpoint; "
+                            f"re-export with `sedeploy export --ckpt best.pt --int8 --force` (or use --precision fp32)")
         return PrecisionChoice("int8", int8, "--precision int8")
     if _wants_cuda(provider):
         return PrecisionChoice("fp32", model, "int8 is a CPU path; fp32 on CUDA")
     return _auto(model, int8, threads, batch, cache or cache_path(), measure, min_gain)
+
+
+def checkpoint_of(path: Path) -> Optional[str]:
+    """The checkpoint_sha256 an exported file records in its metadata (None when it records none)."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # only the metadata is read
+    try:
+        props = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+        return contract.decode_metadata(props).get("checkpoint_sha256")
+    except Exception:  # noqa: BLE001 - unreadable: loading it for real reports the problem
+        return None
+
+
+def same_checkpoint(model: Path, int8: Path) -> bool:
+    """An fp32 model and the int8 file beside it come from one checkpoint (or say nothing about it):
+    never run an int8 model of another training run in place of the model the user named."""
+    a, b = checkpoint_of(model), checkpoint_of(int8)
+    return a is None or b is None or a == b
 
 
 def _wants_cuda(provider: str) -> bool:
@@ -137,10 +164,14 @@ def _auto(model: Path, int8: Path, threads: Optional[int], batch: int, cache: Pa
           min_gain: float) -> PrecisionChoice:
     key = cache_key(model, int8, threads, batch)
     entry = _load_cache(cache).get(key)
-    cached = isinstance(entry, dict) and {"fp32_ms", "int8_ms"} <= set(entry)
+    # the key holds both files' sha256: an entry with pair_checked was measured on this very pair
+    cached = isinstance(entry, dict) and {"fp32_ms", "int8_ms", "pair_checked"} <= set(entry)
     if not cached:
+        if not same_checkpoint(model, int8):
+            return PrecisionChoice("fp32", model, f"{int8.name} was exported from another checkpoint than "
+                                   f"{model.name} (re-export with --int8 --force); fp32")
         t = measure(model, int8, threads, batch)
-        entry = {"fp32_ms": float(t["fp32_ms"]), "int8_ms": float(t["int8_ms"]),
+        entry = {"fp32_ms": float(t["fp32_ms"]), "int8_ms": float(t["int8_ms"]), "pair_checked": True,
                  "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "isa": isa_summary()}
         _save_cache(cache, key, entry)
     speedup = entry["fp32_ms"] / entry["int8_ms"]

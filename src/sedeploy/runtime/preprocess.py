@@ -1,19 +1,22 @@
-"""Preprocessing for the edge runtime: a decoded image -> the model's normalized float32 input,
-and the command line's inputs (files, folders, globs) -> image paths. Pillow and numpy only, no torch.
+"""Preprocessing for the edge runtime: an image (file, bytes or PIL image) -> the model's normalized
+float32 input, as the model's metadata says. Pillow and numpy only, no torch.
 
 Decoding (EXIF, modes, transparency, resize) is sedeploy.core.decode, shared with the folder reader
 and the server; this module adds step 5: scale to [0, 1], normalize with the metadata's mean/std,
-lay out as float32 (C, H, W).
+lay out as float32 (C, H, W). `Preprocessor` holds one model's settings for both steps.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
+import os
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
-from ..core.decode import IMAGE_SUFFIXES, ImageError, resize, to_chw, to_model_mode
+from ..core.decode import decode_image, load_image, resize, to_chw, to_model_mode
+
+ImageLike = Union[str, os.PathLike, Image.Image]
 
 
 def normalize(im: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -30,22 +33,25 @@ def preprocess(im: Image.Image, input_size: Sequence[int], mean: Sequence[float]
     return normalize(resize(to_model_mode(im, c), (h, w)), mean, std)
 
 
-def expand_inputs(items: Sequence[str]):
-    """Files, directories (their images, sorted) and globs -> (paths, errors as ImageError)."""
-    import glob
-    paths, errors = [], []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                errors.append(ImageError(f"{p}: directory has no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)", p))
-            paths += found
-        elif any(ch in item for ch in "*?[") and not p.exists():
-            found = sorted(Path(q) for q in glob.glob(item, recursive=True) if Path(q).is_file())
-            if not found:
-                errors.append(ImageError(f"{item}: pattern matches no files", item))
-            paths += found
-        else:
-            paths.append(p)  # missing files are reported when loaded
-    return paths, errors
+@dataclass
+class Preprocessor:
+    """One model's way from an image to its input (the fields come from the model's metadata)."""
+    input_size: List[int]              # [C, H, W]
+    mean: List[float]
+    std: List[float]
+    background: Tuple[int, int, int]   # RGB that transparent pixels are composited on
+    fast_decode: bool = False          # JPEGs decoded at reduced size (core.decode.load_image)
+
+    def load(self, image: ImageLike) -> Image.Image:
+        """A file or PIL image -> the decoded image in the model's mode; raises ImageError."""
+        if isinstance(image, Image.Image):
+            return to_model_mode(image, self.input_size[0], self.background)
+        c, h, w = self.input_size
+        return load_image(image, c, self.background, fast_size=(w, h) if self.fast_decode else None)
+
+    def decode(self, data: bytes, name: str = "upload") -> Image.Image:
+        """`load` for an image file's bytes in memory (an upload); raises ImageError."""
+        return decode_image(data, name, self.input_size[0], self.background)
+
+    def to_input(self, im: Image.Image) -> np.ndarray:
+        return preprocess(im, self.input_size, self.mean, self.std)

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..core import contract
 from ..core import tritonconfig as tc
+from ..runtime.options import ModelOptions
 from .batcher import DynamicBatcher
 from .protocol import InferRequest, ProtocolError, RequestedOutput, classify
 
@@ -75,9 +76,14 @@ class ServedModel:
         return int(self.config.get("max_batch_size", 0))
 
     # -- loading (in a worker thread: onnxruntime session creation and a warm-up run)
+    def options(self) -> ModelOptions:
+        """How this model loads: the options `infer` checks and loads by (runtime.options)."""
+        return ModelOptions(str(self.spec.path), self.provider, self.threads or default_threads(),
+                            precision=self.precision)
+
     def load(self) -> None:
         from ..runtime.predictor import Predictor
-        p = Predictor(self.spec.path, self.provider, self.threads or default_threads(), precision=self.precision)
+        p = Predictor.from_options(self.options())
         sess = p.session
         self.inputs = [tc.TensorSpec(a.name, tc.ORT_TYPES.get(a.type, "BYTES"), _dims(a.shape)) for a in sess.get_inputs()]
         self.outputs = [tc.TensorSpec(a.name, tc.ORT_TYPES.get(a.type, "BYTES"), _dims(a.shape))

@@ -67,7 +67,7 @@ def compare(base: TrainConfig, models: Sequence[str] = ("cnn", "se_cnn"), seeds:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("compare runs one process per seed, not under torchrun; start one `sedeploy compare "
                         "--seeds K` per seed into the same --out, then once more with all seeds for the table")
-    out = ensure_writable_dir(base.out)
+    out = ensure_writable_dir(base.out, option="--out")
     runs = []
     for seed in seeds:
         for name in models:

@@ -69,7 +69,8 @@ def _load_cifar10(root: Path, download: bool, splits) -> Tuple[DatasetInfo, dict
 def _load_fmnist(data_dir: Optional[Path], download: bool, splits) -> Tuple[DatasetInfo, dict]:
     info = dataset_info("fashion-mnist")
     if data_dir is not None and not data_dir.exists() and not download:
-        raise UserError(f"data directory {data_dir} does not exist; pass an existing --data-dir or add --download")
+        raise UserError(f"data directory {data_dir} does not exist; pass an existing --data-dir (or let "
+                        f"`sedeploy train --dataset fashion-mnist --download` fetch it)")
     dirs = fmnist_dirs(data_dir)
     out = {}
     for split in splits:

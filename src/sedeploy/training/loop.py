@@ -326,7 +326,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     device = resolve_device(cfg.device)
     d = init_distributed(device)
     out = Path(cfg.out)
-    ensure_writable_dir(out)                                              # every rank: no rank-0-only failure
+    ensure_writable_dir(out, option="--out")                              # every rank: no rank-0-only failure
     resume = load_resume(cfg)
     data = make_data(cfg, device, d, progress, out)
     amp = cfg.amp and device.type == "cuda"

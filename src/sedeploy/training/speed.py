@@ -20,7 +20,7 @@ from ..core.hardware import cpu_name
 from .augment import AUGMENT_PRESETS, BatchAugment, reference_transform
 from ..core.datasets import CIFAR10_MEAN, CIFAR10_STD
 from .data import Split, load_dataset
-from .loop import Dist, iterate_fast, iterate_reference, resolve_device
+from .loop import iterate_fast, iterate_reference, resolve_device
 
 WARMUP = 5
 
@@ -75,14 +75,15 @@ def bench_pipelines(dataset: str = "fashion-mnist", data_dir: Optional[str] = No
                          num_classes=len(info.classes))
         m = m.to(dev, memory_format=torch.contiguous_format if name == "reference" else torch.channels_last)
         opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-        g = torch.Generator().manual_seed(0)
+        # the same shuffled order for every pipeline, drawn as fit draws it (loop.train_epoch)
+        order = torch.randperm(need, generator=torch.Generator().manual_seed(0))
         if name.startswith("reference"):
-            tf = reference_transform(cfg, mean, std, size=split.images.shape[2])
-            it = iterate_reference(split, tf, batch_size, workers, g, dev, Dist(), True)
+            tf = reference_transform(cfg, mean, std, train=True, size=split.images.shape[2])
+            it = iterate_reference(split, tf, batch_size, workers, order, dev)
         else:
             s = Split(split.images.to(dev), split.labels.to(dev))
-            it = iterate_fast(s, BatchAugment(cfg, mean, std), batch_size, g, torch.Generator().manual_seed(1),
-                              dev, Dist(), True)
+            it = iterate_fast(s, BatchAugment(cfg, mean, std), batch_size, order, torch.Generator().manual_seed(1),
+                              dev, True)
         if name == "reference":
             it = ((x.contiguous(), y) for x, y in it)  # the source feeds NCHW
         rows.append({"pipeline": name, "images_per_s": _time_steps(m, it, batches, opt), "batches": batches})

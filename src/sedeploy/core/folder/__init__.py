@@ -1,7 +1,7 @@
 """Train on your own images: a folder of images of any size, mode and class count as a dataset.
 
 `load_folder` (training) indexes the folder (index.py), splits it (split.py), decodes every image
-once through the runtime's own preprocessing into a memory-mapped cache (cache.py) and returns the
+once through the runtime's own decoding (core.decode) into a memory-mapped cache (cache.py) and returns the
 splits as uint8 arrays with the train split's mean/std. `folder_arrays` (evaluation: bench,
 faithfulness, export verification, int8 calibration) reads one split back through the split file a
 training run wrote, using the cache when it is there. numpy and Pillow only: the torch-free tools

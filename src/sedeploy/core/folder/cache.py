@@ -10,11 +10,15 @@ is rebuilt, re-using every row whose (path, size, mtime) is unchanged: only new 
 decoded again. Each split is a contiguous slice of the memory map, so training gathers its batches
 from the map (the OS pages rows in as needed): a dataset larger than RAM still trains. A lock file
 serializes builders (data-parallel ranks, two runs at once); an entry is built in a temporary
-folder and renamed into place, so a crash never leaves a half-written entry.
+folder and renamed into place, so a crash never leaves a half-written entry. The disk space of
+images.u8 is reserved before it is mapped (`reserve`): a full disk falls back to decoding into
+memory with a log line, instead of a SIGBUS on the first page with no block behind it. An entry or
+header file of another format (an older sedeploy) is rebuilt, never an error.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -27,6 +31,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..commit import swap_dir
 from ..io import atomic_write_text
 from ..decode import ImageError, load_chw
 from .index import SPLITS, FileEntry, pmap, reason_of
@@ -106,8 +111,10 @@ def decode_splits(data_dir: Path, splits: Dict[str, List[FileEntry]], shape: Sha
             with _lock(Path(folder_cache)):
                 return _open(entry, key) or _build(data_dir, splits, shape, entry, key, True, workers, progress)
         except OSError as e:
+            full = e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+            room = " and room for it" if full else ""
             log(f"warning: cannot write the image cache in {folder_cache} ({e.strerror or e}); decoding into "
-                f"memory instead (pass --cache-dir with a writable folder to keep the decoded images)")
+                f"memory instead (pass --cache-dir with a writable folder{room} to keep the decoded images)")
     return _build(data_dir, splits, shape, entry, key, False, workers, progress)
 
 
@@ -123,12 +130,18 @@ def _lock(folder: Path) -> Iterator[None]:
         yield
 
 
+INDEX_KEYS = ("key", "shape", "n", "rows", "bounds", "dropped", "mean", "std")
+
+
 def _read_index(entry: Optional[Path]) -> Optional[dict]:
+    """The entry's index.json, or None when absent, damaged or of another CACHE_FORMAT (an older
+    sedeploy): the entry is then rebuilt, never an error."""
     try:
         idx = json.loads((entry / "index.json").read_text()) if entry is not None else None
-        return idx if isinstance(idx, dict) and idx.get("format") == CACHE_FORMAT else None
     except (OSError, ValueError):
         return None
+    ok = isinstance(idx, dict) and idx.get("format") == CACHE_FORMAT and all(k in idx for k in INDEX_KEYS)
+    return idx if ok else None
 
 
 def _map(entry: Path, idx: dict) -> Optional[np.ndarray]:
@@ -186,8 +199,11 @@ def _build(data_dir: Path, splits: Dict[str, List[FileEntry]], shape: Shape, ent
     todo = [f for s in order for f in splits[s] if f.stamp not in old_rows and f.stamp not in old_dropped]
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=str(entry.parent))) if persist else None
     try:
-        out = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="w+", shape=(max(n, 1), *shape)) if persist \
-            else np.empty((n, *shape), dtype=np.uint8)
+        if persist:   # the disk space first (an early ENOSPC), then rows written as plain writes
+            reserve(tmp / "images.u8", max(n, 1) * int(np.prod(shape)))
+            out = _RowWriter(tmp / "images.u8", int(np.prod(shape)))
+        else:
+            out = np.empty((n, *shape), dtype=np.uint8)
         results = iter(pmap(_decode_one(data_dir, shape), todo, workers, "decoding", progress))
         pos, labels, rows, bounds, dropped, stamps = 0, [], [], {}, [], []
         for s in order:
@@ -211,11 +227,13 @@ def _build(data_dir: Path, splits: Dict[str, List[FileEntry]], shape: Shape, ent
                 pos += 1
             bounds[s] = (start, pos)
         labels_a = np.asarray(labels, dtype=np.int64)
+        if persist:
+            out.close()
+            out = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="r", shape=(max(n, 1), *shape))
         mean, std = channel_stats(out[slice(*bounds["train"])]) if bounds.get("train", (0, 0))[1] else (None, None)
         stats = dict(decoded=len(todo), reused=n - len(todo), seconds=time.perf_counter() - t0)
         if not persist:
             return Decoded(out[:pos], labels_a, bounds, dropped, mean, std, **stats)
-        out.flush()
         del out
         os.truncate(tmp / "images.u8", pos * int(np.prod(shape)))
         np.save(tmp / "labels.npy", labels_a)
@@ -223,7 +241,7 @@ def _build(data_dir: Path, splits: Dict[str, List[FileEntry]], shape: Shape, ent
             {"format": CACHE_FORMAT, "key": key, "shape": list(shape), "n": pos, "rows": rows,
              "bounds": bounds, "dropped": dropped, "dropped_stamps": stamps, "mean": mean, "std": std,
              "data_dir": str(Path(data_dir).resolve())}))
-        _swap(tmp, entry)
+        swap_dir(tmp, entry)              # a reader that mapped the old files keeps them until it closes
         tmp = None
     finally:
         if tmp is not None:
@@ -235,13 +253,45 @@ def _build(data_dir: Path, splits: Dict[str, List[FileEntry]], shape: Shape, ent
     return dec
 
 
-def _swap(tmp: Path, entry: Path) -> None:
-    """Put the new entry in place; a reader that mapped the old files keeps them until it closes."""
-    trash = entry.with_name(f".{entry.name}.old-{os.getpid()}")
-    if entry.exists():
-        os.rename(entry, trash)
-    os.rename(tmp, entry)
-    shutil.rmtree(trash, ignore_errors=True)
+class _RowWriter:
+    """Rows of the image file written with plain (unbuffered) writes, not through a memory map: a full
+    disk or quota is then an OSError on every filesystem, where a store into a mapped page is SIGBUS on
+    those whose fallocate reserves no blocks (ZFS, compressed btrfs, NFS). `out[i] = row` as for an array."""
+
+    def __init__(self, path: Path, row_bytes: int) -> None:
+        self.f = open(path, "r+b", buffering=0)
+        self.row_bytes = row_bytes
+
+    def __setitem__(self, i: int, row: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(row, dtype=np.uint8)).cast("B")
+        assert len(data) == self.row_bytes, (len(data), self.row_bytes)
+        self.f.seek(i * self.row_bytes)
+        while data:                         # an unbuffered write may be short
+            data = data[self.f.write(data):]
+
+    def close(self) -> None:
+        os.fsync(self.f.fileno())
+        self.f.close()
+
+
+def reserve(path: Path, nbytes: int) -> None:
+    """Create `path` with `nbytes` of disk blocks allocated, so that writing through a memory map of it
+    cannot run out of space (a full disk raises OSError ENOSPC here, not SIGBUS later): posix_fallocate
+    where the OS and filesystem have it, else zeros written."""
+    with open(path, "wb") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, nbytes)
+            return
+        except AttributeError:                  # not on this OS (macOS, Windows)
+            pass
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise                           # ENOSPC, EFBIG, EIO: the caller falls back
+        block = bytes(1 << 20)
+        for done in range(0, nbytes, len(block)):
+            f.write(block[:min(len(block), nbytes - done)])
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def channel_stats(images: np.ndarray) -> Tuple[List[float], List[float]]:

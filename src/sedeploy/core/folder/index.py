@@ -230,16 +230,24 @@ def first_reason(skipped: List[Tuple[str, str]], cls: str) -> str:
     return mine[0] if mine else "none found"
 
 
+HEADERS_FORMAT = 2   # headers.json: {"format": 2, "headers": {rel: [size, mtime_ns, mode, w, h, grey, reason]}}
+
+
 def _read_headers(path: Optional[Path]) -> Dict[str, list]:
+    """The remembered headers; a damaged file, or one from an older sedeploy (another layout), is
+    ignored: the headers are read again, a slower run and never an error."""
     try:
-        return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+        data = json.loads(path.read_text()) if path is not None and path.is_file() else {}
     except (OSError, ValueError):
-        return {}  # a damaged header cache is only a slower run
+        return {}
+    if not isinstance(data, dict) or data.get("format") != HEADERS_FORMAT or not isinstance(data.get("headers"), dict):
+        return {}
+    return {k: v for k, v in data["headers"].items() if isinstance(v, list) and len(v) == 7}
 
 
 def _write_headers(path: Path, headers: Dict[str, list]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(headers))
+        atomic_write_text(path, json.dumps({"format": HEADERS_FORMAT, "headers": headers}))
     except OSError:
         pass  # read-only cache: headers are read again next time

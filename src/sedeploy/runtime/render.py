@@ -1,66 +1,21 @@
-"""Attention heatmaps from the graph's own outputs, with numpy and Pillow only (no gradients, no torch).
+"""Explanations as pictures: runtime.explain's arrays drawn over the image with Pillow, and the
+PNG files `infer --heatmaps` writes (atomically, each whole or absent).
 
-- SE-weighted map: A = sum_c w_c * F_c over the last block, with w the last SE output and F the
-  `feature_map` output. For the registry's models F >= 0 (it follows a ReLU) and w is in (0, 1), so
-  A >= 0 already; the clamp at 0 only guards graphs of other shapes. A is scaled by its maximum,
-  upsampled bicubically to the original image size and blended with a jet-like colormap (red high,
-  blue low) over the image.
-- The reference's view: top channels (here ranked by their real SE weights) each upsampled and
-  overlaid, labelled with index and weight.
-- Models without SE outputs fall back to the reference's ranking by spatial mean: channel scores
-  are the spatial means and the map is the mean of the top-3 channels.
+- heatmap: the original beside the colormapped attention blended over it, with a caption.
+- channels: the reference's view, the top channels each upsampled and overlaid, labelled with
+  index and weight (or spatial-mean score).
+- se: every SE block's channel-weight profile as a bar chart.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from pathlib import Path
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-TOP_MEAN_CHANNELS = 3   # the reference overlays its three strongest channels
-
-
-def normalize01(a: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float32)
-    lo, hi = float(a.min()), float(a.max())
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-
-
-def se_attention(fmap: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(C, h, w), (C,) -> (h, w) in [0, 1]: max(sum_c w_c F_c, 0), scaled by its maximum."""
-    a = np.maximum(np.tensordot(weights.astype(np.float32), fmap.astype(np.float32), axes=(0, 0)), 0)
-    m = float(a.max())
-    return a / m if m > 0 else a
-
-
-def spatial_mean_scores(fmap: np.ndarray) -> np.ndarray:
-    """The reference's channel ranking: spatial mean per channel, (C,)."""
-    return fmap.reshape(fmap.shape[0], -1).mean(1)
-
-
-def spatial_mean_attention(fmap: np.ndarray, top: int = TOP_MEAN_CHANNELS) -> np.ndarray:
-    idx = np.argsort(-spatial_mean_scores(fmap))[:top]
-    return normalize01(fmap[idx].mean(0))
-
-
-def top_channels(scores: np.ndarray, k: int) -> List[Tuple[int, float]]:
-    idx = np.argsort(-scores, kind="stable")[:k]
-    return [(int(i), float(scores[i])) for i in idx]
-
-
-def upsample(a: np.ndarray, size_wh: Tuple[int, int]) -> np.ndarray:
-    """Smooth (bicubic) upsampling of a 2-D map to (W, H), clipped to [0, 1]."""
-    im = Image.fromarray(a.astype(np.float32), mode="F").resize(size_wh, Image.BICUBIC)
-    return np.clip(np.asarray(im), 0, 1)
-
-
-def colormap(a: np.ndarray) -> np.ndarray:
-    """[0, 1] -> jet-like uint8 RGB (blue low, red high)."""
-    a = np.clip(a, 0, 1)[..., None]
-    r = np.clip(1.5 - np.abs(4 * a - 3), 0, 1)
-    g = np.clip(1.5 - np.abs(4 * a - 2), 0, 1)
-    b = np.clip(1.5 - np.abs(4 * a - 1), 0, 1)
-    return (np.concatenate([r, g, b], -1) * 255).astype(np.uint8)
+from ..core.io import atomic_write
+from .explain import colormap, normalize01, top_channels, upsample
 
 
 def overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.5) -> Image.Image:
@@ -138,3 +93,23 @@ def render_se_profile(se: Dict[str, np.ndarray], top: int = 5) -> Image.Image:
         for c, v in top_channels(w, top):
             draw.text((x0 + c * bw, y0 + row_h * (1 - v) - 13), str(c), fill=(160, 0, 0), font=font)
     return canvas
+
+
+def render_explanation(image: Image.Image, fmap: np.ndarray, ex: dict, caption: str) -> Dict[str, Image.Image]:
+    """An explanation (runtime.explain.explain) -> {"heatmap", "channels"(, "se")}: PIL images."""
+    how = "SE-weighted" if ex["method"] == "se" else "spatial-mean (no SE outputs)"
+    images = {"heatmap": render_heatmap(image, ex["attention"], f"{caption}  ({how} attention)"),
+              "channels": render_channels(image, fmap, ex["ranked"], ex["label"])}
+    if ex["se"]:
+        images["se"] = render_se_profile(ex["se"])
+    return images
+
+
+def write_pngs(images: Dict[str, Image.Image], outdir: Path, stem: str) -> Dict[str, str]:
+    """Write <stem>_<kind>.png for each image atomically -> {kind: path}."""
+    files = {}
+    for kind, im in images.items():
+        dest = Path(outdir) / f"{stem}_{kind}.png"
+        atomic_write(dest, lambda tmp, im=im: im.save(tmp, format="PNG"))
+        files[kind] = str(dest)
+    return files

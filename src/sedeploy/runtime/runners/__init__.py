@@ -1,0 +1,97 @@
+"""Runners: one module per runtime. A runner loads one artifact and runs a batch through it,
+returning the graph's outputs by name; everything above (preprocessing, explanation, the folder
+pipeline, the server) sees only this small interface.
+
+The registry follows fsspec's `known_implementations`: a name -> (module:class, package it needs,
+install hint) table, imported lazily, so that naming a runtime whose package is absent is a
+one-line error with the install command, and `sedeploy --help` imports no runtime at all.
+"""
+from __future__ import annotations
+
+import abc
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Tuple, Type
+
+import numpy as np
+
+from ...core.errors import UserError
+from ..model import ModelInfo
+
+
+class Runner(abc.ABC):
+    """One loaded model. Subclasses set `path`, `info` (metadata and graph contract, checked by
+    runtime.model.describe) and `provider` (where it runs), and implement `_invoke`."""
+
+    path: Path
+    info: ModelInfo
+    provider: str
+
+    @property
+    def input_name(self) -> str:
+        return self.info.input_name
+
+    @property
+    def output_names(self) -> List[str]:
+        return list(self.info.output_names)
+
+    @abc.abstractmethod
+    def _invoke(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+        """Every output for a batch the graph accepts as it is (its fixed batch size, if it has one)."""
+
+    def run(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+        """Every output, by name, for a preprocessed float32 batch (B, C, H, W) of any B >= 1."""
+        fb = self.info.fixed_batch
+        if fb is None:
+            return self._invoke(batch)
+        parts: Dict[str, List[np.ndarray]] = {n: [] for n in self.info.output_names}
+        for i in range(0, len(batch), fb):          # fixed-batch model: pad the last chunk
+            chunk = batch[i:i + fb]
+            n = len(chunk)
+            if n < fb:
+                chunk = np.concatenate([chunk, np.zeros((fb - n, *chunk.shape[1:]), np.float32)])
+            for name, o in self._invoke(chunk).items():
+                parts[name].append(o[:n])
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+@dataclass(frozen=True)
+class Implementation:
+    target: str      # "module:Class", the module relative to this package
+    requires: str    # the package it imports
+    hint: str        # how to install it
+
+
+# name -> implementation; the next runtimes (LiteRT, OpenVINO, ExecuTorch, NCNN, ORT format) add a row each
+RUNNERS: Dict[str, Implementation] = {
+    "onnxruntime": Implementation("ort:OrtRunner", "onnxruntime", "pip install 'sedeploy[runtime]' (onnxruntime)"),
+}
+
+
+def check_runner(name: str) -> None:
+    if name not in RUNNERS:
+        raise UserError(f"unknown runner {name!r}; choose one of: {', '.join(RUNNERS)}")
+
+
+def runner_class(name: str) -> Type[Runner]:
+    """The runner class for a name; UserError for an unknown name or a runtime that is not installed."""
+    check_runner(name)
+    impl = RUNNERS[name]
+    try:
+        importlib.import_module(impl.requires)
+    except ImportError:
+        raise UserError(f"the {name} runner needs the {impl.requires} package, which is not installed: "
+                        f"{impl.hint}") from None
+    module, cls = impl.target.split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
+def load_runner(name: str, path: Path, **options: Any) -> Runner:
+    """Load the artifact at `path` with the named runtime; options are the runner's own
+    (onnxruntime: provider, threads, graph_opt, spin)."""
+    return runner_class(name)(Path(path), **options)
+
+
+def runner_names() -> Tuple[str, ...]:
+    return tuple(RUNNERS)
