@@ -2,6 +2,7 @@
 import numpy as np
 
 from sedeploy.runtime import explain as hm
+from sedeploy.runtime import render
 
 
 def test_se_attention_literal():
@@ -49,23 +50,23 @@ def test_colormap_literal():
 def test_overlay_blends_half_and_half():
     from PIL import Image
     img = Image.new("L", (4, 2), 100)
-    out = hm.overlay(img, np.ones((1, 1), np.float32))          # heat upsampled to the image: all 1 -> (127, 0, 0)
+    out = render.overlay(img, np.ones((1, 1), np.float32))          # heat upsampled to the image: all 1 -> (127, 0, 0)
     assert out.mode == "RGB" and out.size == (4, 2)
     assert all(abs(a - b) <= 1 for px in out.getdata() for a, b in zip(px, (113.5, 50, 50)))
-    quarter = hm.overlay(img, np.zeros((2, 4), np.float32), alpha=0.25)   # all 0 -> (0, 0, 127)
+    quarter = render.overlay(img, np.zeros((2, 4), np.float32), alpha=0.25)   # all 0 -> (0, 0, 127)
     assert all(abs(a - b) <= 1 for px in quarter.getdata() for a, b in zip(px, (75, 75, 106.75)))
 
 
 def test_display_enlarges_small_images_with_nearest():
     from PIL import Image
     small = Image.fromarray(np.array([[0, 255], [255, 0]], np.uint8), "L")
-    big = hm._display(small, 6)                                  # ceil(6 / 2) = 3
+    big = render._display(small, 6)                                  # ceil(6 / 2) = 3
     assert big.mode == "RGB" and big.size == (6, 6)
     assert np.asarray(big)[:3, :3].max() == 0 and np.asarray(big)[:3, 3:].min() == 255
-    assert hm._display(Image.new("L", (200, 100)), 192).size == (400, 200)     # ceil(192 / 100) = 2
-    same = hm._display(Image.new("L", (300, 200)), 192)
+    assert render._display(Image.new("L", (200, 100)), 192).size == (400, 200)     # ceil(192 / 100) = 2
+    same = render._display(Image.new("L", (300, 200)), 192)
     assert same.size == (300, 200) and same.mode == "RGB"
-    assert hm._display(Image.new("L", (32, 32))).size == (192, 192)           # min_side defaults to 192
+    assert render._display(Image.new("L", (32, 32))).size == (192, 192)           # min_side defaults to 192
 
 
 def test_top_channels_and_scores_literal():

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from sedeploy.core import decode as D
-from sedeploy.runtime.preprocess import expand_inputs, normalize, preprocess
+from sedeploy.runtime.pipeline import expand_inputs
+from sedeploy.runtime.preprocess import normalize, preprocess
 
 
 def png(im: Image.Image, **kw) -> bytes:
