@@ -116,3 +116,64 @@ def test_without_batching_the_delay_does_not_apply():
         await b.stop()
         return out
     assert asyncio.run(main())["y"].tolist() == [[1.0]]
+
+
+def test_queue_and_compute_times_on_the_batchers_clock():
+    """A fake clock that the model advances by 2 s per run: exact nanoseconds, no wall time involved."""
+    now = [10.0]
+    gate = threading.Event()
+
+    def run(inputs):
+        gate.wait(10)
+        now[0] += 2.0
+        return {"y": inputs["x"]}
+
+    async def main():
+        b = DynamicBatcher(run, max_batch=1, max_delay_s=0.0, clock=lambda: now[0])
+        b.start()
+        first = asyncio.create_task(b.submit({"x": np.zeros((1, 1))}, 1))     # arrives at 10, runs 10 -> 12
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(b.submit({"x": np.ones((1, 1))}, 1))     # arrives at 10, waits until 12
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(first, second), 10)
+        await b.stop()
+        return b.stats
+    st = asyncio.run(main())
+    assert (st.queue.count, st.queue.ns) == (2, 2_000_000_000)
+    assert (st.compute.count, st.compute.ns) == (2, 4_000_000_000)
+    assert {k: (v.count, v.ns) for k, v in st.by_size.items()} == {1: (2, 4_000_000_000)}
+
+
+def test_a_lone_request_keeps_a_fixed_batch_models_whole_output():
+    async def main():
+        b = DynamicBatcher(lambda x: {"y": np.arange(4.0)[:, None]}, max_batch=4, max_delay_s=0.0)
+        b.start()
+        out = await b.submit({"x": np.zeros((1, 1))}, 1)
+        await b.stop()
+        return out
+    assert asyncio.run(main())["y"][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_queue_of_cancelled_requests_does_not_stop_the_loop():
+    gate = threading.Event()
+
+    def run(inputs):
+        gate.wait(10)
+        return {"y": inputs["x"]}
+
+    async def main():
+        b = DynamicBatcher(run, max_batch=1, max_delay_s=0.0)
+        b.start()
+        running = asyncio.create_task(b.submit({"x": np.zeros((1, 1))}, 1))
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(b.submit({"x": np.ones((1, 1))}, 1))
+        await asyncio.sleep(0.01)
+        gone.cancel()                                   # the next batch the loop forms is empty
+        gate.set()
+        await running
+        await asyncio.sleep(0.05)
+        out = await asyncio.wait_for(b.submit({"x": np.full((1, 1), 2.0)}, 1), 10)   # still served
+        await b.stop()
+        return out
+    assert asyncio.run(main())["y"].tolist() == [[2.0]]
