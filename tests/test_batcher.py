@@ -177,3 +177,10 @@ def test_a_queue_of_cancelled_requests_does_not_stop_the_loop():
         await b.stop()
         return out
     assert asyncio.run(main())["y"].tolist() == [[2.0]]
+
+
+def test_defaults_are_the_one_place_for_them():
+    """DynamicBatcher's defaults are Triton config's (core.tritonconfig.BatchingDefaults), not a second copy."""
+    from sedeploy.core.tritonconfig import BatchingDefaults
+    d, b = BatchingDefaults(), DynamicBatcher(lambda x: x)
+    assert (b.max_batch, b.max_delay_s, b.max_queue) == (d.max_batch, d.max_delay_us / 1e6, d.max_queue)
