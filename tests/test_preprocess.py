@@ -305,3 +305,24 @@ def test_ycbcr_grey_is_the_rgb_luma():
     rng = np.random.default_rng(0)
     ycc = Image.frombytes("YCbCr", (16, 16), rng.integers(0, 255, 16 * 16 * 3, dtype=np.uint8).tobytes())
     assert np.array_equal(np.asarray(D.to_model_mode(ycc, 1)), np.asarray(ycc.convert("RGB").convert("L")))
+
+
+def test_preprocessor_follows_the_models_metadata(tmp_path):
+    from sedeploy.runtime.preprocess import Preprocessor
+    white = (255, 255, 255)
+    p = Preprocessor([3, 32, 32], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], white)
+    clear = Image.new("RGBA", (4, 4), (9, 9, 9, 0))
+    assert p.load(clear).mode == "RGB" and p.load(clear).getpixel((0, 0)) == white      # a PIL image
+    (tmp_path / "big.png").write_bytes(png(Image.new("RGBA", (256, 256), (9, 9, 9, 0))))
+    assert p.load(tmp_path / "big.png").size == (256, 256) and p.load(tmp_path / "big.png").getpixel((0, 0)) == white
+    fast = Preprocessor([1, 32, 16], [0.5], [0.5], white, fast_decode=True)
+    got = fast.load(tmp_path / "big.png")
+    assert got.size == (64, 64) and got.mode == "L" and got.getpixel((0, 0)) == 255    # (W, H) = (16, 32): min(8, 4)
+    up = p.decode(png(clear), "u.png")
+    assert up.mode == "RGB" and up.getpixel((0, 0)) == white
+    assert Preprocessor([1, 4, 4], [0.5], [0.5], (0, 0, 0)).decode(png(clear)).mode == "L"
+    with pytest.raises(D.ImageError) as e:
+        p.decode(b"")
+    assert str(e.value) == "upload: empty file (0 bytes), not an image"
+    x = p.to_input(Image.new("RGB", (8, 4), white))
+    assert x.shape == (3, 32, 32) and x.dtype == np.float32 and np.allclose(x, 1.0)
