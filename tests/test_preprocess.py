@@ -320,7 +320,8 @@ def test_preprocessor_follows_the_models_metadata(tmp_path):
     assert got.size == (64, 64) and got.mode == "L" and got.getpixel((0, 0)) == 255    # (W, H) = (16, 32): min(8, 4)
     up = p.decode(png(clear), "u.png")
     assert up.mode == "RGB" and up.getpixel((0, 0)) == white
-    assert Preprocessor([1, 4, 4], [0.5], [0.5], (0, 0, 0)).decode(png(clear)).mode == "L"
+    grey = Preprocessor([1, 4, 4], [0.5], [0.5], (0, 0, 0))
+    assert grey.decode(png(clear)).mode == "L" and grey.load(clear).mode == "L"        # the model's channels
     with pytest.raises(D.ImageError) as e:
         p.decode(b"")
     assert str(e.value) == "upload: empty file (0 bytes), not an image"
