@@ -289,7 +289,12 @@ def _parse_batch(value: str) -> Optional[int]:
 @cli.command(context_settings=CONTEXT)
 @click.option("--ckpt", required=True, help="Checkpoint written by `sedeploy train` (best.pt).")
 @click.option("--out", default=None, help="Output directory [default: the checkpoint's directory].")
-@click.option("--formats", default="onnx,torchscript", show_default=True, help="Comma-separated: onnx, torchscript.")
+@click.option("--formats", default="onnx,torchscript", show_default=True,
+              help="Comma-separated: onnx, torchscript, ort (ONNX Runtime format), or all (every format whose "
+                   "converter is installed). `sedeploy formats` lists them.")
+@click.option("--list-formats", is_flag=True, is_eager=True, expose_value=False,
+              callback=lambda ctx, _, v: (_print_formats(False), ctx.exit()) if v else None,
+              help="List the formats (as `sedeploy formats`) and exit.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (11..20).")
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim simplification.")
@@ -328,6 +333,7 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
       sedeploy export --ckpt best.pt --batch 1 --no-simplify
       sedeploy export --ckpt best.pt --int8 --half --force     # + model.int8.onnx, model.fp16.onnx
       sedeploy export --ckpt best.pt --int8 --int8-min-agreement 99 --int8-max-drop 0.5
+      sedeploy export --ckpt best.pt --formats onnx,ort --force   # + model.ort (ONNX Runtime format)
 
     \b
     --int8 is gated: the int8 model is scored against fp32 on --int8-eval labelled test images and
@@ -344,6 +350,37 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
     manifest = export_checkpoint(ckpt, out, opts, log=log)
     if as_json:
         _dump_json(manifest)
+
+
+def _print_formats(as_json: bool) -> None:
+    from .export.formats import PLANNED, table
+    rows = table()
+    if as_json:
+        return _dump_json({"formats": rows, "planned": list(PLANNED)})
+    yes = lambda v: "yes" if v else "no"
+    click.echo(f"{'format':<12} {'file':<11} {'converter':<10} {'runtime (installed)':<20} {'runs here':<10} "
+               f"{'int8':<5} converter from")
+    for r in rows:
+        runtime = f"{r['runtime']} ({yes(r['runtime_installed'])})"
+        click.echo(f"{r['format']:<12} {r['file']:<11} {yes(r['converter_installed']):<10} {runtime:<20} "
+                   f"{yes(r['runs_here']):<10} {yes(r['int8']):<5} sedeploy[{r['extra']}]")
+    click.echo(f"planned (not implemented yet): {', '.join(PLANNED)}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def formats(as_json: bool) -> None:
+    """List the export formats: converter installed?, runtime installed?, runs here?, int8?
+
+    One row per implemented format (onnx, torchscript, ort); planned: openvino, tflite, executorch,
+    ncnn, coreml, web. `sedeploy export --formats all` writes every format whose converter is installed.
+
+    \b
+    Examples:
+      sedeploy formats
+      sedeploy formats --json
+    """
+    _print_formats(as_json)
 
 
 # ---------------------------------------------------------------- infer

@@ -41,7 +41,8 @@ def annotate(rows: list) -> None:
 
 
 def headline(rows: List[dict]) -> Dict[str, dict]:
-    """{batch: {ort_fp32, best_pytorch, best_pytorch_backend, ort_vs_best_pytorch, int8_vs_fp32}}."""
+    """{batch: {ort_fp32, best_pytorch, best_pytorch_backend, ort_vs_best_pytorch, int8_vs_fp32,
+    ort_format_vs_onnx (images/s of model.ort over model.onnx, both on onnxruntime)}}."""
     out = {}
     for b in sorted({r["batch"] for r in rows}):
         ort = _ips(rows, "ort-cpu", b)
@@ -49,10 +50,12 @@ def headline(rows: List[dict]) -> Dict[str, dict]:
         torch_rows = {n: v for n, v in torch_rows.items() if v}
         best = max(torch_rows, key=torch_rows.get) if torch_rows else None
         int8 = _ips(rows, "ort-cpu-int8", b)
+        ortf = _ips(rows, "ort-format", b)
         out[str(b)] = {"ort_fp32": ort, "best_pytorch_backend": best,
                        "best_pytorch": torch_rows.get(best) if best else None,
                        "ort_vs_best_pytorch": ort / torch_rows[best] if ort and best else None,
-                       "int8_vs_fp32": int8 / ort if int8 and ort else None}
+                       "int8_vs_fp32": int8 / ort if int8 and ort else None,
+                       "ort_format_vs_onnx": ortf / ort if ortf and ort else None}
     return out
 
 
@@ -96,6 +99,8 @@ def summary_lines(summary: Dict[str, dict]) -> List[str]:
                          f"({s['best_pytorch_backend']})")
         if s["int8_vs_fp32"]:
             parts.append(int8_note(s["int8_vs_fp32"]))
+        if s.get("ort_format_vs_onnx"):
+            parts.append(f"model.ort {s['ort_format_vs_onnx']:.2f}x model.onnx (images/s, both on onnxruntime)")
         if parts:
             lines.append(f"batch {b}: " + "; ".join(parts))
     return lines
