@@ -396,8 +396,8 @@ _INFER = InferOptions()
 @cli.command(context_settings=CONTEXT)
 @click.argument("images", nargs=-1, required=True)
 @click.option("--model", "model", default=None,
-              help="ONNX model [default: $SEDEPLOY_MODEL, ./model.onnx, or the newest model.onnx under ./runs, "
-                   "./demo, ./exports].")
+              help="Model file, .onnx or .ort [default: $SEDEPLOY_MODEL, ./model.onnx, or the newest model.onnx "
+                   "under ./runs, ./demo, ./exports].")
 @click.option("--provider", type=click.Choice(PROVIDERS), default=_INFER.provider, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default=_INFER.precision, show_default=True,
               help="auto: int8 (model.int8.onnx beside the model) when it measures faster than fp32 on this "
@@ -519,7 +519,9 @@ def _int_list(value: str, what: str) -> tuple:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--model", "model", default=None, help="ONNX model [found as `infer` finds it].")
+@click.option("--model", "model", default=None,
+              help="Model file, or an export folder / its export.json (a row per artifact of the set) "
+                   "[found as `infer` finds it].")
 @click.option("--ckpt", default=None, help="Checkpoint for the PyTorch rows [export.json's, or best.pt beside the model].")
 @click.option("--batch-sizes", default="1,8,64", show_default=True)
 @click.option("--backends", type=_CommaChoice(BACKENDS), default=",".join(BACKENDS), show_default=True,
@@ -549,6 +551,7 @@ def bench(model, ckpt, batch_sizes, backends, threads, warmup, min_time, repeats
     Examples:
       sedeploy bench                                   # the model `infer` would use
       sedeploy bench --model runs/fm/model.onnx --batch-sizes 1,64 --threads 2
+      sedeploy bench --model runs/fm --backends ort-cpu,ort-format --batch-sizes 1,64   # an export set
       sedeploy bench --backends ort-cpu,ort-cpu-int8 --save-json bench.json --save-csv bench.csv
       sedeploy bench --json 2>/dev/null | jq '.summary'
     """
