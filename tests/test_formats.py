@@ -75,7 +75,7 @@ def test_formats_command_json_and_table(run_cli, monkeypatch):
     for name, f in fm.FORMATS.items():
         assert rows[name] == {**rows[name], "file": f"model{f.suffix}", "runtime": f.runtime, "int8": f.int8,
                               "converter_installed": True, "runtime_installed": True, "runs_here": True}
-    assert rows["onnx"]["int8"] and not rows["ort"]["int8"]
+    assert rows["onnx"]["int8"] and rows["ort"]["int8"] and not rows["torchscript"]["int8"]
     real = fm.installed                                                      # a runtime that is absent
     monkeypatch.setattr(fm, "installed", lambda p: p != "onnxruntime" and real(p))
     rows = {x["format"]: x for x in json.loads(run_cli("formats", "--json").out)["formats"]}
@@ -154,8 +154,6 @@ def test_export_cli_formats_errors(trained_fm, run_cli, tmp_path):
                           "unknown format bogus", "choose from: onnx, torchscript, ort, all")
     assert_one_line_error(run_cli("export", "--ckpt", ck, "--out", tmp_path, "--formats", "ort,coreml"),
                           "coreml: planned")
-    assert_one_line_error(run_cli("export", "--ckpt", ck, "--out", tmp_path, "--formats", "ort", "--int8"),
-                          "include onnx in --formats")
     assert not list(tmp_path.iterdir())
 
 
@@ -244,6 +242,35 @@ def test_bench_rows_per_artifact_of_the_set(fm_set, fmnist_dir, run_cli, tmp_pat
     assert res[fm_set]["summary"]["1"]["ort_format_vs_onnx"] > 0
     assert res[fm_set / "export.json"]["header"]["model"] == str(fm_set / "model.onnx")
     assert_one_line_error(run_cli("bench", "--model", tmp_path, *args), "cannot read the export set")
+
+
+def test_int8_ort_from_the_gated_int8_onnx(trained_fm, fmnist_dir, run_cli, tmp_path):
+    """--int8 with ort: model.int8.ort converted from the gated model.int8.onnx, checked against it in
+    its runtime (recorded in int8_gate.derived), in the operators config, the bench and infer."""
+    ck = trained_fm / "best.pt"
+    r = run_cli("export", "--ckpt", ck, "--out", tmp_path, "--formats", "onnx,ort", "--int8", "--calib", "64",
+                "--data-dir", fmnist_dir, "--int8-min-agreement", "0", "--int8-max-drop", "100", "--int8-se-atol", "1")
+    assert r.code == 0, r.err
+    man = manifest(tmp_path)
+    assert {f["path"]: f["format"] for f in man["files"]}["model.int8.ort"] == "ort-int8"
+    derived = man["int8_gate"]["derived"]
+    assert [d["output"] for d in derived] == contract.output_names(3)
+    assert all(d["backend"] == "ort int8" and d["ok"] and d["max_abs"] <= ATOL for d in derived)
+    assert man["formats"]["ort"]["int8"] == "model.int8.ort"
+    config = (tmp_path / "model.required_operators.config").read_text()
+    assert "# - model.int8.ort" in config and "QLinearConv" in config                # int8 kernels listed too
+    r = run_cli("bench", "--model", tmp_path, "--backends", "ort-format,ort-format-int8", "--batch-sizes", "2",
+                "--warmup", "1", "--min-time", "0", "--repeats", "1", "--data-dir", fmnist_dir, "--json")
+    assert r.code == 0, r.err
+    by = {x["backend"]: x for x in json.loads(r.out)["rows"]}
+    assert by["ort-format-int8"]["status"] == "ok" and by["ort-format-int8"]["file"] == "model.int8.ort"
+    assert "fp32" in by["ort-format-int8"]["note"] and by["ort-format-int8"]["peak_pct"] is None
+    Image.new("L", (28, 28), 128).save(tmp_path / "a.png")
+    r = run_cli("infer", tmp_path / "a.png", "--model", tmp_path / "model.ort", "--precision", "int8")
+    assert r.code == 0, r.err
+    assert f"model {tmp_path / 'model.int8.ort'} " in r.out + r.err      # the .ort's own int8, not the .onnx's
+    assert_one_line_error(run_cli("export", "--ckpt", ck, "--out", tmp_path / "x", "--formats", "ort", "--int8"),
+                          "include onnx in --formats")
 
 
 # ---------------------------------------------------------------- another input size and channel count

@@ -2,7 +2,8 @@
 
 What a user would run instead of onnxruntime on a CPU, on the same exported model: PyTorch eager
 (NCHW and channels-last), torch.compile (inductor), TorchScript, the ORT-format file of the set
-(`ort-format`: model.ort on onnxruntime, timed exactly as `ort-cpu` times model.onnx), OpenVINO
+(`ort-format`: model.ort on onnxruntime, timed exactly as `ort-cpu` times model.onnx;
+`ort-format-int8`: model.int8.ort), OpenVINO
 (when installed), and on CUDA PyTorch and onnxruntime fp32/fp16 with IO binding. A backend that cannot run here raises
 Skip with the reason; torch and openvino are imported only when their rows are asked for.
 """
@@ -16,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 BACKENDS = ("pytorch", "pytorch-cl", "torch-compile", "torchscript", "ort-cpu", "ort-format", "ort-cpu-int8",
-            "openvino", "pytorch-cuda", "ort-cuda", "ort-cuda-fp16")
+            "ort-format-int8", "openvino", "pytorch-cuda", "ort-cuda", "ort-cuda-fp16")
 PYTORCH_CPU = ("pytorch", "pytorch-cl", "torch-compile", "torchscript")   # the PyTorch rows to compare against
 FP32_CPU = PYTORCH_CPU + ("ort-cpu", "ort-format", "openvino")                          # rows with a share of the fp32 peak
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -202,10 +203,12 @@ def make_backend(name: str, model: Path, ckpt: Optional[Path], threads: Optional
     if name == "openvino":
         return openvino_runner(model, threads), model
     files = {"ort-cpu": model.name, "ort-format": model.stem + ".ort", "ort-cpu-int8": model.stem + ".int8.onnx",
-             "ort-cuda": model.name, "ort-cuda-fp16": model.stem + ".fp16.onnx"}
+             "ort-format-int8": model.stem + ".int8.ort", "ort-cuda": model.name,
+             "ort-cuda-fp16": model.stem + ".fp16.onnx"}
     path = sibling(model, files[name])
     if not path.exists():
-        flag = {"ort-cpu-int8": "--int8", "ort-cuda-fp16": "--half", "ort-format": "--formats onnx,ort"}.get(name, "")
+        flag = {"ort-cpu-int8": "--int8", "ort-cuda-fp16": "--half", "ort-format": "--formats onnx,ort",
+                "ort-format-int8": "--formats onnx,ort --int8"}.get(name, "")
         raise Skip(f"no {path.name} (run sedeploy export {flag})".replace("  ", " "))
     if name.startswith("ort-cuda"):
         return ort_cuda(path), path

@@ -32,10 +32,11 @@ def int8_note(ratio: float) -> str:
 
 
 def annotate(rows: list) -> None:
-    """Fill the int8 rows' note with their speed against ort-cpu fp32 at the same batch size."""
+    """Fill the int8 rows' note with their speed against their fp32 file at the same batch size."""
+    fp32_of = {"ort-cpu-int8": "ort-cpu", "ort-format-int8": "ort-format"}
     for r in rows:
-        if r.backend == "ort-cpu-int8" and r.status == "ok":
-            fp32 = _ips(rows, "ort-cpu", r.batch)
+        if r.backend in fp32_of and r.status == "ok":
+            fp32 = _ips(rows, fp32_of[r.backend], r.batch)
             if fp32:
                 r.note = int8_note(r.images_per_s / fp32)
 
@@ -75,13 +76,13 @@ def format_table(res: dict) -> str:
              f"accuracy: {h['data']};  FLOPs/image {h['flops_per_image'] / 1e6:.1f} M",
              f"fp32 peak: nominal {h['cpu_peak']['peak_flops'] / 1e9:.0f} GFLOP/s ({h['cpu_peak']['formula']}); "
              f"measured SGEMM {sg['flops'] / 1e9:.0f} GFLOP/s ({sg['library']}, {sg['n']}x{sg['n']})", ""]
-    cols = f"{'backend':<14}{'batch':>6} {'size MB':>8} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>10} " \
+    cols = f"{'backend':<16}{'batch':>6} {'size MB':>8} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>10} " \
            f"{'top-1 %':>8} {'max|dlogit|':>12} {'agree %':>8} {'%peak':>6} {'%sgemm':>7}  status"
     lines += [cols, "-" * len(cols)]
     for r in res["rows"]:
         status = r["status"] + (f"; {r['note']}" if r.get("note") else "")
         lines.append(
-            f"{r['backend']:<14}{r['batch']:>6} {_fmt(r['size_mb'], '8.2f'):>8} {_fmt(r['p50_ms'], '9.3f'):>9} "
+            f"{r['backend']:<16}{r['batch']:>6} {_fmt(r['size_mb'], '8.2f'):>8} {_fmt(r['p50_ms'], '9.3f'):>9} "
             f"{_fmt(r['p90_ms'], '9.3f'):>9} {_fmt(r['p99_ms'], '9.3f'):>9} {_fmt(r['images_per_s'], '10,.0f'):>10} "
             f"{_fmt(r['accuracy'], '8.2f'):>8} {_fmt(r['max_abs_diff'], '12.2e'):>12} "
             f"{_fmt(r['top1_agreement'], '8.1f'):>8} {_fmt(r['peak_pct'], '6.1f'):>6} "

@@ -109,6 +109,7 @@ class Job:
     sha: str
     tmp: Path = Path()
     facts: Dict[str, dict] = field(default_factory=dict)   # format -> how it was converted (export.json)
+    ctx: Optional[BuildContext] = None                       # the format plug-ins' shared state, once built
     overhead: Optional[dict] = None
     timings: Dict[str, float] = field(default_factory=dict)
     nodes: Dict[str, int] = field(default_factory=dict)
@@ -187,9 +188,9 @@ def build_artifacts(job: Job, wrapper: torch.nn.Module, x: np.ndarray
     in its own runtime on x; -> (outputs by parity-table label, files by format)."""
     opts = job.opts
     meta = lambda opset: contract.encode_metadata(build_metadata(job.ckpt, job.model, job.names, job.sha, opset))
-    ctx = BuildContext(wrapper, torch.from_numpy(x[:opts.batch] if opts.batch else x[:2]), job.tmp, opts.stem,
-                       job.names, meta, opts.opset, opts.batch, opts.simplify, facts=job.facts,
-                       timings=job.timings, nodes=job.nodes)
+    ctx = job.ctx = BuildContext(wrapper, torch.from_numpy(x[:opts.batch] if opts.batch else x[:2]), job.tmp,
+                                 opts.stem, job.names, meta, opts.opset, opts.batch, opts.simplify, facts=job.facts,
+                                 timings=job.timings, nodes=job.nodes)
     candidates: Dict[str, Dict[str, np.ndarray]] = {}
     for name in build_order(opts.formats):
         plugin = format_module(name)
@@ -288,6 +289,7 @@ def _variants(job: Job, fp32: Path, reference: Dict[str, np.ndarray], x: np.ndar
         _check_contract(reference, run_onnx(q, x), "int8")
         job.gate.update(int8_gate(fp32, q, ckpt, opts, log))
         out["int8"] = q
+        out.update(_derived_int8(job, q, x, log))
     if opts.half:
         t = time.perf_counter()
         h = convert_fp16(fp32, tmp / f"{opts.stem}.fp16.onnx")
@@ -302,6 +304,31 @@ def _variants(job: Job, fp32: Path, reference: Dict[str, np.ndarray], x: np.ndar
             raise UserError(f"fp16 parity failed: output {bad[0].output} differs by {bad[0].max_abs:.3g} "
                             f"(tolerance {FP16_ATOL:g} + {FP16_RTOL:g}*|ref|); nothing was written")
         out["fp16"] = h
+    return out
+
+
+def _derived_int8(job: Job, q: Path, x: np.ndarray, log: Callable[[str], None]) -> Dict[str, Path]:
+    """The int8 files of the formats derived from ONNX (model.int8.ort), converted from the gated int8
+    graph and run in their own runtime against it: the same graph, so within the fp32 tolerance."""
+    from ..core.parity import compare
+    ref = run_onnx(q, x)
+    out: Dict[str, Path] = {}
+    for name in job.opts.formats:
+        fmt = FORMATS[name]
+        if not (fmt.int8 and "onnx" in fmt.needs):
+            continue
+        plugin = format_module(name)
+        paths = plugin.build_int8(job.ctx, q)
+        got = next(iter(plugin.outputs(job.ctx, paths, x).values()))
+        rows = compare(ref, got, f"{name} int8")
+        log(f"{paths[0].name} vs {q.name} (pass: |diff| <= {ATOL:g} + {RTOL:g}*|ref|):")
+        log(format_table(rows))
+        bad = [r for r in rows if not r.ok]
+        if bad:
+            raise UserError(f"{paths[0].name} differs from {q.name}: output {bad[0].output} by {bad[0].max_abs:.3g} "
+                            f"(tolerance {ATOL:g} + {RTOL:g}*|ref|); nothing was written")
+        job.gate.setdefault("derived", []).extend(r.to_dict() for r in rows)
+        out[f"{name}-int8"] = paths[0]
     return out
 
 

@@ -10,7 +10,9 @@ Every format module defines
     outputs(ctx, paths, x) -> {label: {output name: array}}
                                                the artifact run in its own runtime on the
                                                verification batch, for export's parity table
-and may record facts for export.json in ctx.facts[name] (how it was converted).
+and may record facts for export.json in ctx.facts[name] (how it was converted). A format derived
+from ONNX with `int8` set also defines build_int8(ctx, int8_onnx) -> [its int8 file], made from
+the gated <stem>.int8.onnx when export runs with --int8.
 """
 from __future__ import annotations
 
@@ -49,7 +51,8 @@ FORMATS: Dict[str, Format] = {
     "torchscript": Format("torchscript", "torchscript", ".ts", ("torch",), "full", "torch", "torch",
                           int8=False, what="TorchScript, traced (PyTorch / libtorch)"),
     "ort": Format("ort", "ort", ".ort", ("onnxruntime", "flatbuffers"), "full", "onnxruntime", "onnxruntime",
-                  int8=False, needs=("onnx",), side_files=(".required_operators.config",), what="ONNX Runtime format for mobile and minimal builds"),
+                  int8=True, needs=("onnx",), side_files=(".required_operators.config", ".int8.ort"),
+                  what="ONNX Runtime format for mobile and minimal builds"),
 }
 DEFAULT = ("onnx", "torchscript")    # what `sedeploy export` writes without --formats
 

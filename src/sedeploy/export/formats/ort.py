@@ -55,14 +55,18 @@ def convert(onnx_path: Path, ort_path: Path, target: Optional[str]) -> Path:
     return ort_path
 
 
-def operators_config(ort_path: Path, config: Path) -> Path:
-    """<stem>.required_operators.config: the operators of the file, for a minimal onnxruntime build."""
+def operators_config(ort_paths: List[Path], config: Path) -> Path:
+    """<stem>.required_operators.config: the operators of the files (model.ort, and model.int8.ort
+    with --int8: a minimal build that is to run either needs both), for a minimal onnxruntime build."""
     import logging
     from onnxruntime.tools.ort_format_model import create_config_from_models
     logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)   # its "Created config in" line
-    create_config_from_models([ort_path], config, False)
-    # the tool names the converted file by its path, here the staging folder's: name it as installed
-    config.write_text(config.read_text().replace(str(ort_path), ort_path.name))
+    create_config_from_models(ort_paths, config, False)
+    # the tool names the converted files by their paths, here the staging folder's: name them as installed
+    text = config.read_text()
+    for p in ort_paths:
+        text = text.replace(str(p), p.name)
+    config.write_text(text)
     return config
 
 
@@ -71,7 +75,7 @@ def build(ctx: BuildContext) -> List[Path]:
     t = time.perf_counter()
     target = target_platform()
     path = convert(ctx.built["onnx"][0], ctx.tmp / f"{ctx.stem}.ort", target)
-    config = operators_config(path, ctx.tmp / f"{ctx.stem}.required_operators.config")
+    config = operators_config([path], ctx.tmp / f"{ctx.stem}.required_operators.config")
     ctx.timings["ort"] = time.perf_counter() - t
     ctx.facts["ort"] = {
         "converter": f"onnxruntime {ort.__version__} (convert_onnx_models_to_ort's conversion, Fixed style)",
@@ -81,6 +85,15 @@ def build(ctx: BuildContext) -> List[Path]:
         "operators_config": config.name,
     }
     return [path, config]
+
+
+def build_int8(ctx: BuildContext, int8_onnx: Path) -> List[Path]:
+    """<stem>.int8.ort from the gated <stem>.int8.onnx (export --int8), converted the same way; the
+    operators config is rewritten to cover both files."""
+    path = convert(int8_onnx, ctx.tmp / f"{ctx.stem}.int8.ort", target_platform())
+    operators_config([ctx.built["ort"][0], path], ctx.tmp / f"{ctx.stem}.required_operators.config")
+    ctx.facts["ort"]["int8"] = path.name
+    return [path]
 
 
 def outputs(ctx: BuildContext, paths: List[Path], x: np.ndarray) -> Dict[str, Dict[str, np.ndarray]]:
