@@ -194,7 +194,9 @@ def build_artifacts(job: Job, wrapper: torch.nn.Module, x: np.ndarray
     candidates: Dict[str, Dict[str, np.ndarray]] = {}
     for name in build_order(opts.formats):
         plugin = format_module(name)
+        t = time.perf_counter()
         ctx.built[name] = plugin.build(ctx)
+        job.timings[name] = time.perf_counter() - t          # the one place each format is timed
         candidates.update(plugin.outputs(ctx, ctx.built[name], x))
     return candidates, ctx.built
 

@@ -146,5 +146,6 @@ class BuildContext:
     simplify: bool = True
     built: Dict[str, List[Path]] = field(default_factory=dict)    # format -> files it wrote
     facts: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # format -> facts for export.json
-    timings: Dict[str, float] = field(default_factory=dict)
+    timings: Dict[str, float] = field(default_factory=dict)   # finer steps (onnx_export, simplify); the
+                                                                # exporter times each build as a whole
     nodes: Dict[str, int] = field(default_factory=dict)

@@ -19,7 +19,6 @@ the runner registry (runtime.runners: the onnxruntime runner reads .ort files na
 from __future__ import annotations
 
 import platform
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -72,11 +71,9 @@ def operators_config(ort_paths: List[Path], config: Path) -> Path:
 
 def build(ctx: BuildContext) -> List[Path]:
     import onnxruntime as ort
-    t = time.perf_counter()
     target = target_platform()
     path = convert(ctx.built["onnx"][0], ctx.tmp / f"{ctx.stem}.ort", target)
     config = operators_config([path], ctx.tmp / f"{ctx.stem}.required_operators.config")
-    ctx.timings["ort"] = time.perf_counter() - t
     ctx.facts["ort"] = {
         "converter": f"onnxruntime {ort.__version__} (convert_onnx_models_to_ort's conversion, Fixed style)",
         "target_platform": target or "generic", "machine": platform.machine(),

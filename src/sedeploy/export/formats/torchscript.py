@@ -2,7 +2,6 @@
 (export.torchscript), reloaded and run by PyTorch for verification."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -13,10 +12,7 @@ from . import BuildContext
 
 def build(ctx: BuildContext) -> List[Path]:
     from ..torchscript import export_torchscript
-    t = time.perf_counter()
-    path = export_torchscript(ctx.wrapper, ctx.example, ctx.tmp / f"{ctx.stem}.ts", ctx.metadata(None))
-    ctx.timings["torchscript"] = time.perf_counter() - t
-    return [path]
+    return [export_torchscript(ctx.wrapper, ctx.example, ctx.tmp / f"{ctx.stem}.ts", ctx.metadata(None))]
 
 
 def outputs(ctx: BuildContext, paths: List[Path], x: np.ndarray) -> Dict[str, Dict[str, np.ndarray]]:
