@@ -595,8 +595,8 @@ def samples(dataset: str, data_dir: Optional[str], n: int, seed: int, out: str) 
 from .core.tritonconfig import BATCHING  # noqa: E402 - numpy only; the defaults both commands show
 @cli.command(context_settings=CONTEXT)
 @click.option("--model", "models", multiple=True,
-              help="ONNX model to serve, PATH or NAME=PATH; repeatable [name: the file name without .onnx; "
-                   "default model: found as `infer` finds it].")
+              help="Model to serve (.onnx or .ort), PATH or NAME=PATH; repeatable [name: the file name without "
+                   ".onnx / .ort; default model: found as `infer` finds it].")
 @click.option("--model-repository", default=None, help="Serve every model of this Triton model repository "
               "(`sedeploy triton-repo` writes one); each config.pbtxt sets its batching.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
