@@ -148,6 +148,21 @@ def test_a_failed_verification_installs_nothing(trained_fm, run_cli, tmp_path, m
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_ort_is_verified_by_loading_the_file_in_its_runner(trained_fm, tmp_path, monkeypatch):
+    """The ort row of the parity table comes from the staged model.ort on the onnxruntime runner,
+    not from the ONNX file it was converted from."""
+    from sedeploy.runtime import runners
+    loaded = []
+    real = runners.load_runner
+
+    def spy(name, path, **kw):
+        loaded.append((name, Path(path).name))
+        return real(name, path, **kw)
+    monkeypatch.setattr(runners, "load_runner", spy)
+    export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path), ExportOptions(formats=("ort",)), log=lambda s: None)
+    assert loaded == [("onnxruntime", "model.ort")]
+
+
 def test_export_cli_formats_errors(trained_fm, run_cli, tmp_path):
     ck = trained_fm / "best.pt"
     assert_one_line_error(run_cli("export", "--ckpt", ck, "--out", tmp_path, "--formats", "onnx,bogus"),
@@ -286,8 +301,9 @@ def test_rgb_48_model_through_every_format(tmp_path):
     ck = make_checkpoint(m, "se_cnn", model_config(m), classes=["ant", "bee", "cow", "doe"], mean=[0.5] * 3,
                          std=[0.25] * 3, input_size=(3, 48, 48), dataset="cifar10", epoch=1, metrics={})
     save_checkpoint(ck, tmp_path / "best.pt")
-    export_checkpoint(str(tmp_path / "best.pt"), str(tmp_path), ExportOptions(formats=ALL), log=lambda s: None)
+    export_checkpoint(str(tmp_path / "best.pt"), str(tmp_path), ExportOptions(formats=("all",)), log=lambda s: None)
     man = manifest(tmp_path)
+    assert man["options"]["formats"] == list(ALL)                          # all = every installed converter
     assert {r["backend"] for r in man["verification"]["rows"]} >= set(LABEL.values())
     assert all(r["ok"] for r in man["verification"]["rows"])
     sess = ort.InferenceSession(str(tmp_path / "model.ort"), providers=["CPUExecutionProvider"])
