@@ -23,19 +23,18 @@ import torch
 from .. import __version__
 from ..core import contract
 from ..core.errors import UserError
-from ..core.io import atomic_write_text, ensure_writable_dir
 from ..core.commit import commit_files, recover, release_dir, stage_dir
-from ..core.versions import versions
+from ..core.io import atomic_write_text, ensure_writable_dir, file_sha256
 from ..core.parity import ATOL, RTOL, format_table
+from ..core.versions import versions
 from ..checkpoint import build_model, load_checkpoint
-from ..core.io import file_sha256
 from .formats import DEFAULT, FORMATS, BuildContext, build_order, format_module, parse_formats
+from .onnx_export import MAX_OPSET, MIN_OPSET
 from .verify import check_onnx, parity_all, run_onnx, run_torch, verification_batch
 from .wrappers import ExplainWrapper, LogitsWrapper
 
 MANIFEST = "export.json"
 VARIANTS = (".int8.onnx", ".fp16.onnx")   # --int8 / --half, derived from the verified ONNX file
-MIN_OPSET, MAX_OPSET = 11, 20
 
 
 @dataclass

@@ -44,6 +44,8 @@ class Runner(abc.ABC):
 
     def run(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         """Every output, by name, for a preprocessed float32 batch (B, C, H, W) of any B >= 1."""
+        if len(batch) == 0:
+            raise UserError("an empty batch (0 images) cannot be run; pass at least one image")
         fb = self.info.fixed_batch
         if fb is None:
             return self._invoke(batch)
@@ -116,6 +118,3 @@ def load_runner(name: str, path: Path, **options: Any) -> Runner:
     check_suffix(name, Path(path))
     return cls(Path(path), **options)
 
-
-def runner_names() -> Tuple[str, ...]:
-    return tuple(RUNNERS)
