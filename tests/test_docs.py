@@ -258,6 +258,7 @@ END_TO_END: Dict[str, str] = {
     "compare": "tests/test_docs.py::test_compare_runs",
     "faithfulness": "tests/test_docs.py::test_faithfulness_runs",
     "serve": "tests/test_docs.py::test_serve_starts_answers_and_stops",
+    "formats": "tests/test_formats.py::test_formats_command_json_and_table",
 }
 
 

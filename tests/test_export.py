@@ -216,15 +216,15 @@ def test_simplify_failure_is_an_error(tmp_path, monkeypatch):
 
 
 def test_parity_failure_writes_nothing(tmp_path, monkeypatch):
-    from sedeploy.export import exporter
+    from sedeploy.export import verify               # what the onnx format plug-in runs its graphs with
     write_ckpt(tmp_path / "best.pt")
-    real = exporter.run_onnx
+    real = verify.run_onnx
 
     def skewed(path, x):
         out = real(path, x)
         out["se2"] = out["se2"] + 1e-2
         return out
-    monkeypatch.setattr(exporter, "run_onnx", skewed)
+    monkeypatch.setattr(verify, "run_onnx", skewed)
     with pytest.raises(UserError, match="parity check failed.*se2"):
         export_checkpoint(str(tmp_path / "best.pt"), str(tmp_path), ExportOptions(), log=lambda s: None)
     assert _no_outputs(tmp_path)

@@ -649,3 +649,18 @@ def test_every_option_an_error_names_exists_on_its_command(run_cli, tmp_path, on
     assert_one_line_error(r, option)
     named = named_options(r.err)
     assert option in named and named <= command_options(command), (named - command_options(command), r.err)
+
+
+def test_find_model_skips_staging_and_backup_folders(tmp_path, monkeypatch):
+    """A killed export's leftovers (hidden, newer) are never the model infer picks."""
+    from sedeploy.runtime.model import find_model
+    run = tmp_path / "runs" / "fm"
+    run.mkdir(parents=True)
+    (run / "model.onnx").write_bytes(b"the model")
+    for hidden in (commit.BACKUP_PREFIX + "1-x", commit.STAGE_PREFIX + "1-y"):
+        (run / hidden).mkdir()
+        (run / hidden / "model.onnx").write_bytes(b"leftover")
+        os.utime(run / hidden / "model.onnx", (2e9, 2e9))          # newer than the real one
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SEDEPLOY_MODEL", raising=False)
+    assert find_model(None) == Path("runs/fm/model.onnx")

@@ -289,7 +289,12 @@ def _parse_batch(value: str) -> Optional[int]:
 @cli.command(context_settings=CONTEXT)
 @click.option("--ckpt", required=True, help="Checkpoint written by `sedeploy train` (best.pt).")
 @click.option("--out", default=None, help="Output directory [default: the checkpoint's directory].")
-@click.option("--formats", default="onnx,torchscript", show_default=True, help="Comma-separated: onnx, torchscript.")
+@click.option("--formats", default="onnx,torchscript", show_default=True,
+              help="Comma-separated: onnx, torchscript, ort (ONNX Runtime format), or all (every format whose "
+                   "converter is installed). `sedeploy formats` lists them.")
+@click.option("--list-formats", is_flag=True, is_eager=True, expose_value=False,
+              callback=lambda ctx, _, v: (_print_formats(False), ctx.exit()) if v else None,
+              help="List the formats (as `sedeploy formats`) and exit.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (11..20).")
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim simplification.")
@@ -328,6 +333,7 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
       sedeploy export --ckpt best.pt --batch 1 --no-simplify
       sedeploy export --ckpt best.pt --int8 --half --force     # + model.int8.onnx, model.fp16.onnx
       sedeploy export --ckpt best.pt --int8 --int8-min-agreement 99 --int8-max-drop 0.5
+      sedeploy export --ckpt best.pt --formats onnx,ort --force   # + model.ort (ONNX Runtime format)
 
     \b
     --int8 is gated: the int8 model is scored against fp32 on --int8-eval labelled test images and
@@ -346,6 +352,37 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
         _dump_json(manifest)
 
 
+def _print_formats(as_json: bool) -> None:
+    from .export.formats import PLANNED, table
+    rows = table()
+    if as_json:
+        return _dump_json({"formats": rows, "planned": list(PLANNED)})
+    yes = lambda v: "yes" if v else "no"
+    click.echo(f"{'format':<12} {'file':<11} {'converter':<10} {'runtime (installed)':<20} {'runs here':<10} "
+               f"{'int8':<5} converter from")
+    for r in rows:
+        runtime = f"{r['runtime']} ({yes(r['runtime_installed'])})"
+        click.echo(f"{r['format']:<12} {r['file']:<11} {yes(r['converter_installed']):<10} {runtime:<20} "
+                   f"{yes(r['runs_here']):<10} {yes(r['int8']):<5} sedeploy[{r['extra']}]")
+    click.echo(f"planned (not implemented yet): {', '.join(PLANNED)}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def formats(as_json: bool) -> None:
+    """List the export formats: converter installed?, runtime installed?, runs here?, int8?
+
+    One row per implemented format (onnx, torchscript, ort); planned: openvino, tflite, executorch,
+    ncnn, coreml, web. `sedeploy export --formats all` writes every format whose converter is installed.
+
+    \b
+    Examples:
+      sedeploy formats
+      sedeploy formats --json
+    """
+    _print_formats(as_json)
+
+
 # ---------------------------------------------------------------- infer
 # The registries the infer choices come from (light imports: no torch, no onnxruntime).
 from .runtime.precision import PRECISIONS  # noqa: E402
@@ -359,8 +396,8 @@ _INFER = InferOptions()
 @cli.command(context_settings=CONTEXT)
 @click.argument("images", nargs=-1, required=True)
 @click.option("--model", "model", default=None,
-              help="ONNX model [default: $SEDEPLOY_MODEL, ./model.onnx, or the newest model.onnx under ./runs, "
-                   "./demo, ./exports].")
+              help="Model file, .onnx or .ort [default: $SEDEPLOY_MODEL, ./model.onnx, or the newest model.onnx "
+                   "under ./runs, ./demo, ./exports].")
 @click.option("--provider", type=click.Choice(PROVIDERS), default=_INFER.provider, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default=_INFER.precision, show_default=True,
               help="auto: int8 (model.int8.onnx beside the model) when it measures faster than fp32 on this "
@@ -482,7 +519,9 @@ def _int_list(value: str, what: str) -> tuple:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--model", "model", default=None, help="ONNX model [found as `infer` finds it].")
+@click.option("--model", "model", default=None,
+              help="Model file, or an export folder / its export.json (a row per artifact of the set) "
+                   "[found as `infer` finds it].")
 @click.option("--ckpt", default=None, help="Checkpoint for the PyTorch rows [export.json's, or best.pt beside the model].")
 @click.option("--batch-sizes", default="1,8,64", show_default=True)
 @click.option("--backends", type=_CommaChoice(BACKENDS), default=",".join(BACKENDS), show_default=True,
@@ -512,6 +551,7 @@ def bench(model, ckpt, batch_sizes, backends, threads, warmup, min_time, repeats
     Examples:
       sedeploy bench                                   # the model `infer` would use
       sedeploy bench --model runs/fm/model.onnx --batch-sizes 1,64 --threads 2
+      sedeploy bench --model runs/fm --backends ort-cpu,ort-format --batch-sizes 1,64   # an export set
       sedeploy bench --backends ort-cpu,ort-cpu-int8 --save-json bench.json --save-csv bench.csv
       sedeploy bench --json 2>/dev/null | jq '.summary'
     """
@@ -555,8 +595,8 @@ def samples(dataset: str, data_dir: Optional[str], n: int, seed: int, out: str) 
 from .core.tritonconfig import BATCHING  # noqa: E402 - numpy only; the defaults both commands show
 @cli.command(context_settings=CONTEXT)
 @click.option("--model", "models", multiple=True,
-              help="ONNX model to serve, PATH or NAME=PATH; repeatable [name: the file name without .onnx; "
-                   "default model: found as `infer` finds it].")
+              help="Model to serve (.onnx or .ort), PATH or NAME=PATH; repeatable [name: the file name without "
+                   ".onnx / .ort; default model: found as `infer` finds it].")
 @click.option("--model-repository", default=None, help="Serve every model of this Triton model repository "
               "(`sedeploy triton-repo` writes one); each config.pbtxt sets its batching.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")

@@ -1,7 +1,7 @@
 """`sedeploy bench`: one honest table of every backend x batch size (after ultralytics' benchmark).
 
 Rows (bench.backends): PyTorch eager, eager channels-last, torch.compile, TorchScript, onnxruntime
-CPU fp32 and int8, OpenVINO, and on CUDA PyTorch, onnxruntime fp32 and fp16 (IO binding). A
+CPU fp32 and int8, the ORT-format file, OpenVINO, and on CUDA PyTorch, onnxruntime fp32 and fp16 (IO binding). A
 backend that cannot run is listed as skipped with the reason, one that breaks as failed with the
 reason; neither stops the table. Per row: file size, p50/p90/p99 latency of one batch, images/s,
 top-1 accuracy on the test set (when the data is on disk), max |logits - eager PyTorch logits|
@@ -24,7 +24,7 @@ import numpy as np
 
 from ..core.errors import UserError
 from ..core.timing import measure
-from .backends import BACKENDS, FP32_CPU, PYTORCH_CPU, Runner, Skip, make_backend, resolve_ckpt
+from .backends import BACKENDS, FP32_CPU, PYTORCH_CPU, Runner, Skip, make_backend, resolve_ckpt, resolve_set
 from .backends import first_line as _first_line
 from .report import annotate, format_table, headline, write_csv, write_json
 
@@ -35,7 +35,8 @@ Log = Callable[[str], None]
 
 @dataclass
 class BenchConfig:
-    model: Optional[str] = None                      # model.onnx (found as `infer` finds it)
+    model: Optional[str] = None                      # model.onnx (found as `infer` finds it), or an export
+                                                     # folder / its export.json: a row per artifact of the set
     ckpt: Optional[str] = None                       # checkpoint for the PyTorch rows
     batch_sizes: Tuple[int, ...] = (1, 8, 64)
     backends: Tuple[str, ...] = BACKENDS
@@ -118,7 +119,7 @@ def resolve_model(cfg: BenchConfig) -> _Model:
     """The ONNX model (as `infer` finds it), its metadata, the checkpoint beside it, FLOPs per image."""
     from ..runtime.model import find_model
     from ..runtime.runners import load_runner
-    path = find_model(cfg.model)
+    path = find_model(resolve_set(cfg.model))
     info = load_runner("onnxruntime", path, provider="cpu", threads=cfg.threads).info
     flops = model_flops({**info.meta.get("model_config", {}), "se": bool(info.se_outputs)})
     return _Model(path, info, resolve_ckpt(path, cfg.ckpt), cfg.threads or os.cpu_count() or 1, flops)

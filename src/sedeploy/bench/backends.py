@@ -1,8 +1,10 @@
 """The bench's backends: for each row kind, a runner `x (B, C, H, W) float32 -> logits` on one file.
 
 What a user would run instead of onnxruntime on a CPU, on the same exported model: PyTorch eager
-(NCHW and channels-last), torch.compile (inductor), TorchScript, OpenVINO (when installed), and on
-CUDA PyTorch and onnxruntime fp32/fp16 with IO binding. A backend that cannot run here raises
+(NCHW and channels-last), torch.compile (inductor), TorchScript, the ORT-format file of the set
+(`ort-format`: model.ort on onnxruntime, timed exactly as `ort-cpu` times model.onnx;
+`ort-format-int8`: model.int8.ort), OpenVINO
+(when installed), and on CUDA PyTorch and onnxruntime fp32/fp16 with IO binding. A backend that cannot run here raises
 Skip with the reason; torch and openvino are imported only when their rows are asked for.
 """
 from __future__ import annotations
@@ -14,10 +16,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-BACKENDS = ("pytorch", "pytorch-cl", "torch-compile", "torchscript", "ort-cpu", "ort-cpu-int8", "openvino",
-            "pytorch-cuda", "ort-cuda", "ort-cuda-fp16")
+BACKENDS = ("pytorch", "pytorch-cl", "torch-compile", "torchscript", "ort-cpu", "ort-format", "ort-cpu-int8",
+            "ort-format-int8", "openvino", "pytorch-cuda", "ort-cuda", "ort-cuda-fp16")
 PYTORCH_CPU = ("pytorch", "pytorch-cl", "torch-compile", "torchscript")   # the PyTorch rows to compare against
-FP32_CPU = PYTORCH_CPU + ("ort-cpu", "openvino")                          # rows with a share of the fp32 peak
+FP32_CPU = PYTORCH_CPU + ("ort-cpu", "ort-format", "openvino")                          # rows with a share of the fp32 peak
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -158,6 +160,26 @@ def sibling(model: Path, name: str) -> Path:
     return model.parent / name
 
 
+def resolve_set(model: Optional[str]) -> Optional[str]:
+    """--model as given, or for an export folder or its export.json the set's fp32 model (the file of
+    format onnx, else ort): every other row then finds its artifact of the set beside it."""
+    if not model or not (Path(model).is_dir() or model.endswith(".json")):
+        return model
+    from ..core.errors import UserError
+    manifest = Path(model) / "export.json" if Path(model).is_dir() else Path(model)
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--model {model}: cannot read the export set's {manifest.name} ({first_line(e)}); "
+                        f"pass a model file or a folder `sedeploy export` wrote") from None
+    for fmt in ("onnx", "ort"):
+        for f in files:
+            if isinstance(f, dict) and f.get("format") == fmt and (manifest.parent / f.get("path", "")).is_file():
+                return str(manifest.parent / f["path"])
+    raise UserError(f"--model {model}: {manifest} lists no model.onnx or model.ort that is there; "
+                    f"re-export with `sedeploy export --formats onnx,ort`")
+
+
 def resolve_ckpt(model: Path, ckpt: Optional[str]) -> Optional[Path]:
     """--ckpt, else the checkpoint recorded in export.json beside the model, else best.pt beside it."""
     if ckpt:
@@ -181,11 +203,13 @@ def make_backend(name: str, model: Path, ckpt: Optional[Path], threads: Optional
         return _pytorch(name, model, ckpt, threads, probe)
     if name == "openvino":
         return openvino_runner(model, threads), model
-    files = {"ort-cpu": model.name, "ort-cpu-int8": model.stem + ".int8.onnx", "ort-cuda": model.name,
+    files = {"ort-cpu": model.name, "ort-format": model.stem + ".ort", "ort-cpu-int8": model.stem + ".int8.onnx",
+             "ort-format-int8": model.stem + ".int8.ort", "ort-cuda": model.name,
              "ort-cuda-fp16": model.stem + ".fp16.onnx"}
     path = sibling(model, files[name])
     if not path.exists():
-        flag = {"ort-cpu-int8": "--int8", "ort-cuda-fp16": "--half"}.get(name, "")
+        flag = {"ort-cpu-int8": "--int8", "ort-cuda-fp16": "--half", "ort-format": "--formats onnx,ort",
+                "ort-format-int8": "--formats onnx,ort --int8"}.get(name, "")
         raise Skip(f"no {path.name} (run sedeploy export {flag})".replace("  ", " "))
     if name.startswith("ort-cuda"):
         return ort_cuda(path), path

@@ -32,16 +32,18 @@ def int8_note(ratio: float) -> str:
 
 
 def annotate(rows: list) -> None:
-    """Fill the int8 rows' note with their speed against ort-cpu fp32 at the same batch size."""
+    """Fill the int8 rows' note with their speed against their fp32 file at the same batch size."""
+    fp32_of = {"ort-cpu-int8": "ort-cpu", "ort-format-int8": "ort-format"}
     for r in rows:
-        if r.backend == "ort-cpu-int8" and r.status == "ok":
-            fp32 = _ips(rows, "ort-cpu", r.batch)
+        if r.backend in fp32_of and r.status == "ok":
+            fp32 = _ips(rows, fp32_of[r.backend], r.batch)
             if fp32:
                 r.note = int8_note(r.images_per_s / fp32)
 
 
 def headline(rows: List[dict]) -> Dict[str, dict]:
-    """{batch: {ort_fp32, best_pytorch, best_pytorch_backend, ort_vs_best_pytorch, int8_vs_fp32}}."""
+    """{batch: {ort_fp32, best_pytorch, best_pytorch_backend, ort_vs_best_pytorch, int8_vs_fp32,
+    ort_format_vs_onnx (images/s of model.ort over model.onnx, both on onnxruntime)}}."""
     out = {}
     for b in sorted({r["batch"] for r in rows}):
         ort = _ips(rows, "ort-cpu", b)
@@ -49,10 +51,12 @@ def headline(rows: List[dict]) -> Dict[str, dict]:
         torch_rows = {n: v for n, v in torch_rows.items() if v}
         best = max(torch_rows, key=torch_rows.get) if torch_rows else None
         int8 = _ips(rows, "ort-cpu-int8", b)
+        ortf = _ips(rows, "ort-format", b)
         out[str(b)] = {"ort_fp32": ort, "best_pytorch_backend": best,
                        "best_pytorch": torch_rows.get(best) if best else None,
                        "ort_vs_best_pytorch": ort / torch_rows[best] if ort and best else None,
-                       "int8_vs_fp32": int8 / ort if int8 and ort else None}
+                       "int8_vs_fp32": int8 / ort if int8 and ort else None,
+                       "ort_format_vs_onnx": ortf / ort if ortf and ort else None}
     return out
 
 
@@ -72,13 +76,13 @@ def format_table(res: dict) -> str:
              f"accuracy: {h['data']};  FLOPs/image {h['flops_per_image'] / 1e6:.1f} M",
              f"fp32 peak: nominal {h['cpu_peak']['peak_flops'] / 1e9:.0f} GFLOP/s ({h['cpu_peak']['formula']}); "
              f"measured SGEMM {sg['flops'] / 1e9:.0f} GFLOP/s ({sg['library']}, {sg['n']}x{sg['n']})", ""]
-    cols = f"{'backend':<14}{'batch':>6} {'size MB':>8} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>10} " \
+    cols = f"{'backend':<16}{'batch':>6} {'size MB':>8} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>10} " \
            f"{'top-1 %':>8} {'max|dlogit|':>12} {'agree %':>8} {'%peak':>6} {'%sgemm':>7}  status"
     lines += [cols, "-" * len(cols)]
     for r in res["rows"]:
         status = r["status"] + (f"; {r['note']}" if r.get("note") else "")
         lines.append(
-            f"{r['backend']:<14}{r['batch']:>6} {_fmt(r['size_mb'], '8.2f'):>8} {_fmt(r['p50_ms'], '9.3f'):>9} "
+            f"{r['backend']:<16}{r['batch']:>6} {_fmt(r['size_mb'], '8.2f'):>8} {_fmt(r['p50_ms'], '9.3f'):>9} "
             f"{_fmt(r['p90_ms'], '9.3f'):>9} {_fmt(r['p99_ms'], '9.3f'):>9} {_fmt(r['images_per_s'], '10,.0f'):>10} "
             f"{_fmt(r['accuracy'], '8.2f'):>8} {_fmt(r['max_abs_diff'], '12.2e'):>12} "
             f"{_fmt(r['top1_agreement'], '8.1f'):>8} {_fmt(r['peak_pct'], '6.1f'):>6} "
@@ -96,6 +100,8 @@ def summary_lines(summary: Dict[str, dict]) -> List[str]:
                          f"({s['best_pytorch_backend']})")
         if s["int8_vs_fp32"]:
             parts.append(int8_note(s["int8_vs_fp32"]))
+        if s.get("ort_format_vs_onnx"):
+            parts.append(f"model.ort {s['ort_format_vs_onnx']:.2f}x model.onnx (images/s, both on onnxruntime)")
         if parts:
             lines.append(f"batch {b}: " + "; ".join(parts))
     return lines

@@ -1,16 +1,18 @@
-"""Export a checkpoint: model.onnx (simplified), model.ts, export.json, verified on every output.
+"""Export a checkpoint: model.onnx (simplified), model.ts, model.ort, ..., export.json, every
+artifact verified in its own runtime on every output.
 
-One function per format (torchscript.py, onnx_export.py), each returning the written path; this
-wrapper times them, reports sizes, verifies, and writes the manifest (after ultralytics'
-exporter): plan -> build each format -> verify each -> manifest, all staged in a folder beside the
-destination and moved in together by commit.py (export.json last), so a failed or interrupted
-export leaves the previous set as it was and a successful --force replaces all of it.
+One plug-in module per format (export.formats: a registry, imported lazily), each building its
+files and running them in its own runtime; this wrapper iterates the plan, reports sizes,
+verifies, and writes the manifest (after ultralytics' exporter): plan -> build each format ->
+verify each -> manifest, all staged in a folder beside the destination and moved in together by
+commit.py (export.json last), so a failed or interrupted export leaves the previous set as it
+was and a successful --force replaces all of it.
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -21,26 +23,23 @@ import torch
 from .. import __version__
 from ..core import contract
 from ..core.errors import UserError
-from ..core.io import atomic_write_text, ensure_writable_dir
 from ..core.commit import commit_files, recover, release_dir, stage_dir
-from ..core.versions import versions
+from ..core.io import atomic_write_text, ensure_writable_dir, file_sha256
 from ..core.parity import ATOL, RTOL, format_table
+from ..core.versions import versions
 from ..checkpoint import build_model, load_checkpoint
-from ..core.io import file_sha256
-from .onnx_export import export_onnx, node_count
-from .simplify import simplify_onnx
-from .torchscript import export_torchscript, load_torchscript
+from .formats import DEFAULT, FORMATS, BuildContext, build_order, format_module, parse_formats
+from .onnx_export import MAX_OPSET, MIN_OPSET
 from .verify import check_onnx, parity_all, run_onnx, run_torch, verification_batch
 from .wrappers import ExplainWrapper, LogitsWrapper
 
-FORMATS = ("onnx", "torchscript")
-FILENAMES = {"onnx": "model.onnx", "torchscript": "model.ts", "manifest": "export.json"}
-MIN_OPSET, MAX_OPSET = 11, 20
+MANIFEST = "export.json"
+VARIANTS = (".int8.onnx", ".fp16.onnx")   # --int8 / --half, derived from the verified ONNX file
 
 
 @dataclass
 class ExportOptions:
-    formats: Tuple[str, ...] = FORMATS  # which artifacts to write
+    formats: Tuple[str, ...] = DEFAULT  # which artifacts to write (export.formats names; "all")
     opset: int = 17                     # ONNX opset
     batch: Optional[int] = None         # None: dynamic batch axis; else a fixed batch size
     simplify: bool = True               # run onnxsim (failure fails the export)
@@ -60,10 +59,9 @@ class ExportOptions:
     overhead: bool = False              # measure the latency cost of the extra outputs (into export.json)
 
 
-def validate_options(opts: ExportOptions) -> None:
-    bad = [f for f in opts.formats if f not in FORMATS]
-    if bad or not opts.formats:
-        raise UserError(f"unknown format {', '.join(bad) or '(none)'}; choose from: {', '.join(FORMATS)}")
+def validate_options(opts: ExportOptions) -> ExportOptions:
+    """The options checked; -> them with --formats resolved (registry names in build order)."""
+    opts = replace(opts, formats=parse_formats(opts.formats))
     if not MIN_OPSET <= opts.opset <= MAX_OPSET:
         raise UserError(f"--opset {opts.opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET}")
     if opts.batch is not None and opts.batch <= 0:
@@ -78,6 +76,7 @@ def validate_options(opts: ExportOptions) -> None:
         raise UserError(f"--int8-min-agreement is a percentage in [0, 100], got {opts.int8_min_agreement}")
     if opts.int8_max_drop < 0:
         raise UserError(f"--int8-max-drop is in accuracy points and cannot be negative, got {opts.int8_max_drop}")
+    return opts
 
 
 def build_metadata(ckpt: dict, model, names: List[str], sha: str, opset: Optional[int],
@@ -103,11 +102,12 @@ class Job:
     model: torch.nn.Module
     opts: ExportOptions
     out: Path
-    targets: Dict[str, Path]
     manifest_path: Path
     names: List[str]
     sha: str
     tmp: Path = Path()
+    facts: Dict[str, dict] = field(default_factory=dict)   # format -> how it was converted (export.json)
+    ctx: Optional[BuildContext] = None                       # the format plug-ins' shared state, once built
     overhead: Optional[dict] = None
     timings: Dict[str, float] = field(default_factory=dict)
     nodes: Dict[str, int] = field(default_factory=dict)
@@ -117,7 +117,7 @@ class Job:
 def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: ExportOptions = ExportOptions(),
                       log: Callable[[str], None] = print) -> dict:
     """Run the whole export; returns the manifest (also written as export.json)."""
-    validate_options(opts)
+    opts = validate_options(opts)
     t_start = time.perf_counter()
     out_existed = Path(out_dir).exists() if out_dir else True
     job = plan(Path(ckpt_path), out_dir, opts, log)
@@ -126,10 +126,10 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
         x, batch_desc = verification_batch(job.ckpt, opts.batch or opts.verify_n, opts.data_dir)
         wrapper = ExplainWrapper(job.model) if opts.extras else LogitsWrapper(job.model)
         reference = run_torch(wrapper, x, job.names)
-        candidates, final = build_artifacts(job, wrapper, x)
+        candidates, built = build_artifacts(job, wrapper, x)
         rows = verify(job, reference, candidates, batch_desc, log)
-        variants = _variants(job, final, reference, x, log) if opts.int8 or opts.half else {}
-        staged = stage(job, final, variants)
+        variants = _variants(job, built["onnx"][0], reference, x, log) if opts.int8 or opts.half else {}
+        staged = stage(job, built, variants)
         if opts.overhead:
             job.overhead = overhead(job, log)
         job.timings["total"] = time.perf_counter() - t_start
@@ -157,9 +157,10 @@ def overhead(job: Job, log: Callable[[str], None]) -> dict:
 
 
 def export_set(out: Path, stem: str) -> List[Path]:
-    """Every file an export with this stem may write (its set), whether there or not."""
-    manifest = FILENAMES["manifest"] if stem == "model" else f"{stem}.export.json"
-    return [out / f"{stem}{s}" for s in (".onnx", ".ts", ".int8.onnx", ".fp16.onnx")] + [out / manifest]
+    """Every file an export with this stem may write (its set), whether there or not; export.json last."""
+    manifest = MANIFEST if stem == "model" else f"{stem}.export.json"
+    suffixes = [s for f in FORMATS.values() for s in (f.suffix, *f.side_files)] + list(VARIANTS)
+    return [out / f"{stem}{s}" for s in suffixes] + [out / manifest]
 
 
 def plan(ckpt_path: Path, out_dir: Optional[str], opts: ExportOptions, log: Callable[[str], None] = print) -> Job:
@@ -171,52 +172,31 @@ def plan(ckpt_path: Path, out_dir: Optional[str], opts: ExportOptions, log: Call
     model = build_model(ckpt, str(ckpt_path))
     out = ensure_writable_dir(Path(out_dir) if out_dir else ckpt_path.parent, option="--out")
     recover(out, log)                                         # an export killed mid-commit: finish or undo it
-    targets = {f: out / f"{opts.stem}{Path(FILENAMES[f]).suffix}" for f in opts.formats}
-    if opts.int8:
-        targets["int8"] = out / f"{opts.stem}.int8.onnx"
-    if opts.half:
-        targets["fp16"] = out / f"{opts.stem}.fp16.onnx"
     manifest_path = export_set(out, opts.stem)[-1]
     existing = [p for p in export_set(out, opts.stem) if p.exists()]
     if existing and not opts.force:
         raise UserError(f"{existing[0]} already exists; pass --force to overwrite or --out to write elsewhere")
     names = contract.output_names(model.num_se_blocks, opts.extras)
-    return Job(ckpt_path, ckpt, model, opts, out, targets, manifest_path, names, file_sha256(ckpt_path))
+    return Job(ckpt_path, ckpt, model, opts, out, manifest_path, names, file_sha256(ckpt_path))
 
 
-def build_artifacts(job: Job, wrapper: torch.nn.Module, x: np.ndarray) -> Tuple[Dict[str, Dict[str, np.ndarray]],
-                                                                                   Optional[Path]]:
-    """TorchScript and ONNX (raw, then simplified) in job.tmp; -> (outputs of each on x, final ONNX path)."""
-    opts, tmp = job.opts, job.tmp
-    example = torch.from_numpy(x[:opts.batch] if opts.batch else x[:2])
+def build_artifacts(job: Job, wrapper: torch.nn.Module, x: np.ndarray
+                    ) -> Tuple[Dict[str, Dict[str, np.ndarray]], Dict[str, List[Path]]]:
+    """Every format of the plan (and those it derives from) built in job.tmp by its plug-in, then run
+    in its own runtime on x; -> (outputs by parity-table label, files by format)."""
+    opts = job.opts
+    meta = lambda opset: contract.encode_metadata(build_metadata(job.ckpt, job.model, job.names, job.sha, opset))
+    ctx = job.ctx = BuildContext(wrapper, torch.from_numpy(x[:opts.batch] if opts.batch else x[:2]), job.tmp,
+                                 opts.stem, job.names, meta, opts.opset, opts.batch, opts.simplify, facts=job.facts,
+                                 timings=job.timings, nodes=job.nodes)
     candidates: Dict[str, Dict[str, np.ndarray]] = {}
-    final = None
-    if "torchscript" in opts.formats:
+    for name in build_order(opts.formats):
+        plugin = format_module(name)
         t = time.perf_counter()
-        meta = contract.encode_metadata(build_metadata(job.ckpt, job.model, job.names, job.sha, None))
-        ts_path = export_torchscript(wrapper, example, tmp / "model.ts", meta)
-        job.timings["torchscript"] = time.perf_counter() - t
-        reloaded, _ = load_torchscript(ts_path, ())
-        candidates["torchscript"] = run_torch(reloaded, x, job.names)
-    if "onnx" in opts.formats:
-        t = time.perf_counter()
-        meta = contract.encode_metadata(build_metadata(job.ckpt, job.model, job.names, job.sha, opts.opset))
-        raw = export_onnx(wrapper, example, tmp / "raw.onnx", job.names, opts.opset, opts.batch is None, meta)
-        job.timings["onnx_export"] = time.perf_counter() - t
-        check_onnx(raw, "raw")
-        candidates["onnx raw"] = run_onnx(raw, x)
-        final = raw
-        if opts.simplify:
-            t = time.perf_counter()
-            final = tmp / "simplified.onnx"
-            job.nodes["raw"], job.nodes["simplified"] = simplify_onnx(raw, final)
-            job.timings["simplify"] = time.perf_counter() - t
-            check_onnx(final, "simplified")
-            candidates["onnx simplified"] = run_onnx(final, x)
-        else:
-            import onnx
-            job.nodes["raw"] = node_count(onnx.load(str(raw)))
-    return candidates, final
+        ctx.built[name] = plugin.build(ctx)
+        job.timings[name] = time.perf_counter() - t          # the one place each format is timed
+        candidates.update(plugin.outputs(ctx, ctx.built[name], x))
+    return candidates, ctx.built
 
 
 def verify(job: Job, reference: Dict[str, np.ndarray], candidates: Dict[str, Dict[str, np.ndarray]],
@@ -233,28 +213,32 @@ def verify(job: Job, reference: Dict[str, np.ndarray], candidates: Dict[str, Dic
     return rows
 
 
-def stage(job: Job, final: Optional[Path], variants: Dict[str, Path]) -> Dict[str, Path]:
-    """The verified files in job.tmp, by kind (torchscript, onnx, int8, fp16): what the commit moves in."""
-    staged = {}
-    if "torchscript" in job.opts.formats:
-        staged["torchscript"] = job.tmp / "model.ts"
-    if "onnx" in job.opts.formats and final is not None:
-        staged["onnx"] = final
-    staged.update(variants)
+Staged = Dict[str, Tuple[str, Path]]   # installed file name -> (format or variant, file in job.tmp)
+
+
+def stage(job: Job, built: Dict[str, List[Path]], variants: Dict[str, Path]) -> Staged:
+    """The verified files of the requested formats and variants: what the commit moves in. A format
+    built only because another derives from it (onnx for ort alone) is not installed."""
+    staged: Staged = {}
+    for name in job.opts.formats:
+        staged.update({p.name: (name, p) for p in built[name]})
+    staged.update({p.name: (kind, p) for kind, p in variants.items()})
     return staged
 
 
-def write_manifest(job: Job, staged: Dict[str, Path], rows: List, batch_desc: str) -> dict:
+def write_manifest(job: Job, staged: Staged, rows: List, batch_desc: str) -> dict:
     """export.json into job.tmp: each file by its final name, with its size and sha256 (a reader checks
-    a set against it), what was verified, the int8 gate, the overhead measured, timings and options."""
+    a set against it), what was verified (a row per artifact and output), how each format was
+    converted, the int8 gate, the overhead measured, timings and options."""
     opts, nodes = job.opts, job.nodes
     manifest = {
         "sedeploy": __version__, "checkpoint": str(job.ckpt_path), "checkpoint_sha256": job.sha,
         "model_name": job.ckpt["model_name"], "output_names": job.names,
-        "opset": opts.opset if "onnx" in opts.formats else None, "batch": opts.batch or "dynamic",
-        "simplified": bool(opts.simplify and "onnx" in opts.formats),
-        "files": [{"format": f, "path": job.targets[f].name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
-                  for f, p in staged.items()],
+        "opset": opts.opset if "onnx" in build_order(opts.formats) else None, "batch": opts.batch or "dynamic",
+        "simplified": bool(opts.simplify and "onnx" in build_order(opts.formats)),
+        "files": [{"format": kind, "path": name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
+                  for name, (kind, p) in staged.items()],
+        "formats": {name: job.facts.get(name, {}) for name in opts.formats},
         "nodes": nodes, "verification": {"batch": batch_desc, "atol": ATOL, "rtol": RTOL,
                                          "rows": [r.to_dict() for r in rows]},
         "int8_gate": job.gate or None,
@@ -267,10 +251,10 @@ def write_manifest(job: Job, staged: Dict[str, Path], rows: List, batch_desc: st
     return manifest
 
 
-def install(job: Job, staged: Dict[str, Path]) -> None:
+def install(job: Job, staged: Staged) -> None:
     """Move the staged set in together, export.json last (commit.py); files of the old set that the new
     one lacks (an old model.int8.onnx when this export has no --int8) go with the old set."""
-    files = {job.targets[kind].name: path for kind, path in staged.items()}
+    files = {name: path for name, (_, path) in staged.items()}
     files[job.manifest_path.name] = job.tmp / job.manifest_path.name
     commit_files(job.out, files, job.manifest_path.name, stale=[p.name for p in export_set(job.out, job.opts.stem)])
 
@@ -299,15 +283,16 @@ def _variants(job: Job, fp32: Path, reference: Dict[str, np.ndarray], x: np.ndar
     if opts.int8:
         t = time.perf_counter()
         meta = {"dataset": ckpt["dataset"], "data": ckpt.get("data"), "mean": ckpt["mean"], "std": ckpt["std"]}
-        q = quantize_int8(fp32, tmp / "model.int8.onnx", calibration_images(meta, opts.calib, opts.data_dir))
+        q = quantize_int8(fp32, tmp / f"{opts.stem}.int8.onnx", calibration_images(meta, opts.calib, opts.data_dir))
         job.timings["int8"] = time.perf_counter() - t
         check_onnx(q, "int8")
         _check_contract(reference, run_onnx(q, x), "int8")
         job.gate.update(int8_gate(fp32, q, ckpt, opts, log))
         out["int8"] = q
+        out.update(_derived_int8(job, q, x, log))
     if opts.half:
         t = time.perf_counter()
-        h = convert_fp16(fp32, tmp / "model.fp16.onnx")
+        h = convert_fp16(fp32, tmp / f"{opts.stem}.fp16.onnx")
         job.timings["fp16"] = time.perf_counter() - t
         check_onnx(h, "fp16")
         got, how = _run_fp16(h, x)
@@ -319,6 +304,31 @@ def _variants(job: Job, fp32: Path, reference: Dict[str, np.ndarray], x: np.ndar
             raise UserError(f"fp16 parity failed: output {bad[0].output} differs by {bad[0].max_abs:.3g} "
                             f"(tolerance {FP16_ATOL:g} + {FP16_RTOL:g}*|ref|); nothing was written")
         out["fp16"] = h
+    return out
+
+
+def _derived_int8(job: Job, q: Path, x: np.ndarray, log: Callable[[str], None]) -> Dict[str, Path]:
+    """The int8 files of the formats derived from ONNX (model.int8.ort), converted from the gated int8
+    graph and run in their own runtime against it: the same graph, so within the fp32 tolerance."""
+    from ..core.parity import compare
+    ref = run_onnx(q, x)
+    out: Dict[str, Path] = {}
+    for name in job.opts.formats:
+        fmt = FORMATS[name]
+        if not (fmt.int8 and "onnx" in fmt.needs):
+            continue
+        plugin = format_module(name)
+        paths = plugin.build_int8(job.ctx, q)
+        got = next(iter(plugin.outputs(job.ctx, paths, x).values()))
+        rows = compare(ref, got, f"{name} int8")
+        log(f"{paths[0].name} vs {q.name} (pass: |diff| <= {ATOL:g} + {RTOL:g}*|ref|):")
+        log(format_table(rows))
+        bad = [r for r in rows if not r.ok]
+        if bad:
+            raise UserError(f"{paths[0].name} differs from {q.name}: output {bad[0].output} by {bad[0].max_abs:.3g} "
+                            f"(tolerance {ATOL:g} + {RTOL:g}*|ref|); nothing was written")
+        job.gate.setdefault("derived", []).extend(r.to_dict() for r in rows)
+        out[f"{name}-int8"] = paths[0]
     return out
 
 

@@ -17,6 +17,8 @@ from torch import nn
 from ..core import contract
 from ..core.errors import UserError
 
+MIN_OPSET, MAX_OPSET = 11, 20   # the opsets export accepts (--opset)
+
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: List[str], opset: int,
                 dynamic_batch: bool, metadata: Optional[Dict[str, str]] = None) -> Path:
@@ -31,7 +33,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_nam
         # an op this opset cannot express, or a graph ONNX shape inference rejects: the opset is the knob
         lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
         raise UserError(f"the ONNX exporter failed at opset {opset} ({(lines or [type(e).__name__])[0][:200]}); "
-                        f"try another --opset (11..20); nothing was written") from None
+                        f"try another --opset ({MIN_OPSET}..{MAX_OPSET}); nothing was written") from None
     if metadata:
         m = onnx.load(str(path))
         set_metadata(m, metadata)

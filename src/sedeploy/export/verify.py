@@ -11,6 +11,7 @@ import torch
 
 from ..core.errors import UserError
 from ..core.parity import ParityRow, compare
+from .onnx_export import MAX_OPSET, MIN_OPSET
 
 
 def check_onnx(path: Path, what: str = "exported") -> None:
@@ -19,7 +20,7 @@ def check_onnx(path: Path, what: str = "exported") -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         kind = "shape inference" if isinstance(e, onnx.shape_inference.InferenceError) else "onnx.checker"
-        fix = "export with --no-simplify" if what == "simplified" else "try another --opset (11..20)"
+        fix = "export with --no-simplify" if what == "simplified" else f"try another --opset ({MIN_OPSET}..{MAX_OPSET})"
         raise UserError(f"{kind} rejects the {what} ONNX graph ({_first_line(e)}); {fix}; "
                         f"nothing was written") from None
 

@@ -97,7 +97,8 @@ def find_model(explicit: Optional[str] = None) -> Path:
     found = []
     for root in MODEL_SEARCH:
         for pattern in ("model.onnx", "*/model.onnx", "*/*/model.onnx", "*/*/*/model.onnx"):
-            found += list(Path(root).glob(pattern))
+            # not inside hidden folders: an export's staging or backup (core.commit) is no model to run
+            found += [q for q in Path(root).glob(pattern) if not any(part.startswith(".") for part in q.parts[:-1])]
     if not found:
         raise UserError("no model found: pass --model model.onnx, set SEDEPLOY_MODEL, or run in the directory "
                         "where `sedeploy export` wrote model.onnx")

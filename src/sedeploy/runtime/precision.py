@@ -45,8 +45,9 @@ class PrecisionChoice:
 
 
 def int8_sibling(model: Path) -> Path:
-    """model.onnx -> model.int8.onnx (what `sedeploy export --int8` writes beside it)."""
-    return model.with_name(model.stem + ".int8.onnx")
+    """model.onnx -> model.int8.onnx (what `sedeploy export --int8` writes beside it); model.ort ->
+    model.int8.ort, so that a file format given is never swapped for another."""
+    return model.with_name(model.stem + ".int8" + model.suffix)
 
 
 def cache_path() -> Path:
@@ -112,7 +113,7 @@ def choose_precision(model: Path, precision: str = "auto", provider: str = "cpu"
     """fp32, int8, or the faster of the two here (auto); UserError when int8 is asked for and absent."""
     check_precision(precision)
     model = Path(model)
-    if model.name.endswith((".int8.onnx", ".fp16.onnx")):
+    if model.name.endswith((".int8.onnx", ".fp16.onnx", ".int8.ort")):
         return PrecisionChoice(model.name.split(".")[-2], model, f"{model.name} was given explicitly")
     int8 = int8_sibling(model)
     if precision == "fp32":

@@ -3,8 +3,10 @@ returning the graph's outputs by name; everything above (preprocessing, explanat
 pipeline, the server) sees only this small interface.
 
 The registry follows fsspec's `known_implementations`: a name -> (module:class, package it needs,
-install hint) table, imported lazily, so that naming a runtime whose package is absent is a
-one-line error with the install command, and `sedeploy --help` imports no runtime at all.
+install hint, file extensions it loads) table, imported lazily, so that naming a runtime whose
+package is absent is a one-line error with the install command, and `sedeploy --help` imports no
+runtime at all. As Pillow's plugins register their extensions, each runner names the file
+suffixes it loads; a model file with another suffix is a one-line error listing the supported ones.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any, Dict, List, Tuple, Type
 import numpy as np
 
 from ...core.errors import UserError
-from ..model import ModelInfo
+from ..model import ModelInfo, check_model_file
 
 
 class Runner(abc.ABC):
@@ -42,6 +44,8 @@ class Runner(abc.ABC):
 
     def run(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         """Every output, by name, for a preprocessed float32 batch (B, C, H, W) of any B >= 1."""
+        if len(batch) == 0:
+            raise UserError("an empty batch (0 images) cannot be run; pass at least one image")
         fb = self.info.fixed_batch
         if fb is None:
             return self._invoke(batch)
@@ -61,11 +65,14 @@ class Implementation:
     target: str      # "module:Class", the module relative to this package
     requires: str    # the package it imports
     hint: str        # how to install it
+    suffixes: Tuple[str, ...] = (".onnx",)   # the model files it loads
 
 
-# name -> implementation; the next runtimes (LiteRT, OpenVINO, ExecuTorch, NCNN, ORT format) add a row each
+# name -> implementation; the next runtimes (LiteRT, OpenVINO, ExecuTorch, NCNN) add a row each.
+# onnxruntime loads ONNX Runtime's own format (.ort) natively, with the same session options.
 RUNNERS: Dict[str, Implementation] = {
-    "onnxruntime": Implementation("ort:OrtRunner", "onnxruntime", "pip install 'sedeploy[runtime]' (onnxruntime)"),
+    "onnxruntime": Implementation("ort:OrtRunner", "onnxruntime", "pip install 'sedeploy[runtime]' (onnxruntime)",
+                                  (".onnx", ".ort")),
 }
 
 
@@ -87,11 +94,27 @@ def runner_class(name: str) -> Type[Runner]:
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
+def supported_suffixes() -> Dict[str, str]:
+    """Model file suffix -> the runner that loads it."""
+    return {s: name for name, impl in RUNNERS.items() for s in impl.suffixes}
+
+
+def check_suffix(name: str, path: Path) -> None:
+    """A file the named runner loads, by its extension: UserError listing the supported ones."""
+    if path.suffix.lower() in RUNNERS[name].suffixes:
+        return
+    known = supported_suffixes()
+    other = known.get(path.suffix.lower())
+    fix = (f"load it with the {other} runner" if other else
+           f"pass a model file ending in {', '.join(known)} (sedeploy export writes them)")
+    raise UserError(f"{path}: the {name} runner does not load {path.suffix or 'extension-less'} files; {fix}")
+
+
 def load_runner(name: str, path: Path, **options: Any) -> Runner:
     """Load the artifact at `path` with the named runtime; options are the runner's own
     (onnxruntime: provider, threads, graph_opt, spin)."""
-    return runner_class(name)(Path(path), **options)
+    cls = runner_class(name)
+    check_model_file(Path(path))
+    check_suffix(name, Path(path))
+    return cls(Path(path), **options)
 
-
-def runner_names() -> Tuple[str, ...]:
-    return tuple(RUNNERS)

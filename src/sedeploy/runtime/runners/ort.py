@@ -72,8 +72,10 @@ def create_session(path: Path, provider: str = "auto", threads: Optional[int] = 
         sess = ort.InferenceSession(str(path), so, providers=chain)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "protobuf" in text.lower() or "INVALID_PROTOBUF" in text or "Load model" in text:
-            raise UserError(f"{path} is not a valid ONNX model ({text[:120]}); export one with "
+        if ("protobuf" in text.lower() or "INVALID_PROTOBUF" in text or "Load model" in text
+                or "ORT model verification failed" in text):           # a damaged .ort flatbuffer
+            kind = "ORT-format" if path.suffix.lower() == ".ort" else "ONNX"
+            raise UserError(f"{path} is not a valid {kind} model ({text[:120]}); export one with "
                             f"`sedeploy export`") from None
         raise UserError(f"onnxruntime cannot load {path}: {text[:200]}") from None
     running = sess.get_providers()[0]
@@ -89,7 +91,9 @@ def session_info(sess, path: Path) -> ModelInfo:
 
 
 class OrtRunner(Runner):
-    """An .onnx file on an onnxruntime InferenceSession (`session`, for callers that need its own API)."""
+    """An .onnx or .ort file on an onnxruntime InferenceSession (`session`, for callers that need its
+    own API). One runner for both: onnxruntime reads either file into the same session type, so the
+    providers, session options and metadata (.ort keeps the ONNX metadata_props) are shared."""
 
     def __init__(self, path: Path, provider: str = "auto", threads: Optional[int] = None, graph_opt: str = "all",
                  spin: bool = True) -> None:

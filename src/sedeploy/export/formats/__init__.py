@@ -1,0 +1,151 @@
+"""Export formats as plug-ins: a name -> format table, each format one module of the same shape.
+
+After fsspec's `known_implementations` (a name -> module table, imported lazily, with the install
+hint for a missing package) and Pillow's image plugins (one module per format; the core names
+none of them): the exporter iterates a plan of names and never branches on one. Nothing heavy is
+imported here, so `sedeploy formats` and `sedeploy --help` load no converter.
+
+Every format module defines
+    build(ctx: BuildContext) -> List[Path]     the files it wrote into ctx.tmp, the artifact first
+    outputs(ctx, paths, x) -> {label: {output name: array}}
+                                               the artifact run in its own runtime on the
+                                               verification batch, for export's parity table
+and may record facts for export.json in ctx.facts[name] (how it was converted). A format derived
+from ONNX with `int8` set also defines build_int8(ctx, int8_onnx) -> [its int8 file], made from
+the gated <stem>.int8.onnx when export runs with --int8.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from ...core.errors import UserError
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str                        # the --formats name
+    module: str                      # module in this package that builds and runs it
+    suffix: str                      # the artifact's file suffix after the stem: model<suffix>
+    converter: Tuple[str, ...]       # import names the converter needs
+    extra: str                       # the sedeploy extra that brings them
+    runtime: str                     # what runs the artifact: a runtime.runners name, or "torch"
+    runtime_package: str             # import name of that runtime
+    int8: bool                       # export writes an int8 artifact of this format (--int8)
+    needs: Tuple[str, ...] = ()      # formats built first because this one is derived from them
+    side_files: Tuple[str, ...] = ()  # suffixes of files written beside the artifact, part of the set
+    platforms: Optional[Tuple[str, ...]] = None   # platform.system() values its runtime runs on; None: any
+    what: str = ""                   # one line for `sedeploy formats`
+
+
+# The registered (implemented) formats, in build order. Issue 15 plans more, each a module and a row:
+PLANNED = ("openvino", "tflite", "executorch", "ncnn", "coreml", "web")
+FORMATS: Dict[str, Format] = {
+    "onnx": Format("onnx", "onnx", ".onnx", ("torch", "onnx", "onnxsim"), "full", "onnxruntime", "onnxruntime",
+                   int8=True, what="ONNX, simplified by onnxsim (onnxruntime)"),
+    "torchscript": Format("torchscript", "torchscript", ".ts", ("torch",), "full", "torch", "torch",
+                          int8=False, what="TorchScript, traced (PyTorch / libtorch)"),
+    "ort": Format("ort", "ort", ".ort", ("onnxruntime", "flatbuffers"), "full", "onnxruntime", "onnxruntime",
+                  int8=True, needs=("onnx",), side_files=(".required_operators.config", ".int8.ort"),
+                  what="ONNX Runtime format for mobile and minimal builds"),
+}
+DEFAULT = ("onnx", "torchscript")    # what `sedeploy export` writes without --formats
+
+
+def installed(package: str) -> bool:
+    """Whether an import name is installed, without importing it (torch takes seconds to import)."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def converter_installed(fmt: Format) -> bool:
+    return all(installed(p) for p in fmt.converter)
+
+
+def runtime_installed(fmt: Format) -> bool:
+    return installed(fmt.runtime_package)
+
+
+def runs_here(fmt: Format) -> bool:
+    """The artifact can run on this machine: its runtime is installed and supports this OS."""
+    return runtime_installed(fmt) and (fmt.platforms is None or platform.system() in fmt.platforms)
+
+
+def install_hint(fmt: Format) -> str:
+    return f"pip install 'sedeploy[{fmt.extra}]'"
+
+
+def parse_formats(names: Sequence[str]) -> Tuple[str, ...]:
+    """--formats as given -> registered names in build order; `all` = every format whose converter is
+    installed. An unknown name or a missing converter is a UserError naming the fix."""
+    names = [n.strip().lower() for n in names if n.strip()]
+    if "all" in names:
+        return tuple(n for n, f in FORMATS.items() if converter_installed(f))
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        planned = [n for n in unknown if n in PLANNED]
+        why = f" ({', '.join(planned)}: planned, not implemented yet)" if planned else ""
+        raise UserError(f"unknown format {', '.join(unknown) or '(none)'}{why}; "
+                        f"choose from: {', '.join(FORMATS)}, all")
+    for n in names:
+        fmt = FORMATS[n]
+        missing = [p for p in fmt.converter if not installed(p)]
+        if missing:
+            raise UserError(f"format {n} needs {', '.join(missing)}, which is not installed: {install_hint(fmt)}")
+    return tuple(n for n in FORMATS if n in names)       # registry order: what a format needs comes first
+
+
+def build_order(requested: Sequence[str]) -> Tuple[str, ...]:
+    """The requested formats plus those they are derived from (built and verified, installed only if
+    requested), in registry order."""
+    want = set(requested)
+    for n in requested:
+        want.update(FORMATS[n].needs)
+    return tuple(n for n in FORMATS if n in want)
+
+
+def format_module(name: str) -> ModuleType:
+    """The plug-in module of a registered format, imported now (it imports its converter)."""
+    return importlib.import_module(f"{__name__}.{FORMATS[name].module}")
+
+
+def format_for_suffix(filename: str) -> Optional[Format]:
+    """The format whose artifact a file name is (model.ort -> ort), longest suffix first."""
+    for fmt in sorted(FORMATS.values(), key=lambda f: -len(f.suffix)):
+        if filename.endswith(fmt.suffix):
+            return fmt
+    return None
+
+
+def table() -> List[Dict[str, Any]]:
+    """One row per registered format: what `sedeploy formats` prints."""
+    return [{"format": f.name, "file": f"model{f.suffix}", "converter_installed": converter_installed(f),
+             "runtime": f.runtime, "runtime_installed": runtime_installed(f), "runs_here": runs_here(f),
+             "int8": f.int8, "extra": f.extra, "what": f.what} for f in FORMATS.values()]
+
+
+@dataclass
+class BuildContext:
+    """What every format's build and outputs functions get: the model to trace, where to write, the
+    options that shape the graph, and what earlier formats of the plan wrote."""
+    wrapper: Any                      # torch module returning the contract's outputs (export.wrappers)
+    example: Any                      # torch tensor traced on: (batch or 2, C, H, W)
+    tmp: Path                         # the staging folder: every file is written here
+    stem: str                         # output file stem: <stem>.onnx, <stem>.ort, ...
+    names: List[str]                  # output names in graph order (core.contract.output_names)
+    metadata: Callable[[Optional[int]], Dict[str, str]]   # opset (None: not ONNX) -> encoded metadata
+    opset: int = 17
+    batch: Optional[int] = None       # None: dynamic batch axis
+    simplify: bool = True
+    built: Dict[str, List[Path]] = field(default_factory=dict)    # format -> files it wrote
+    facts: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # format -> facts for export.json
+    timings: Dict[str, float] = field(default_factory=dict)   # finer steps (onnx_export, simplify); the
+                                                                # exporter times each build as a whole
+    nodes: Dict[str, int] = field(default_factory=dict)
