@@ -279,7 +279,8 @@ def test_int8_gate_refuses_a_bad_int8_model(run_cli, trained_fm, fmnist_dir, tmp
                         np.zeros_like(real(meta, n, data_dir, seed)))
     r = run_cli("export", "--ckpt", trained_fm / "best.pt", "--out", tmp_path, "--formats", "onnx", "--int8",
                 "--calib", "64", "--data-dir", fmnist_dir)
-    assert_one_line_error(r, "int8 model refused", "fp32", "nothing was written")
+    assert_one_line_error(r, "int8 model refused: top-1 agreement with fp32", "(--int8-min-agreement)",
+                          "nothing was written")
     assert r.code == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 

@@ -2,6 +2,7 @@
 import numpy as np
 
 from sedeploy.runtime import explain as hm
+from sedeploy.runtime import render
 
 
 def test_se_attention_literal():
@@ -36,3 +37,76 @@ def test_upsample_keeps_orientation():
     assert up.shape == (20, 40)
     r, c = np.unravel_index(np.argmax(up), up.shape)
     assert r < 5 and c >= 30                                      # in the top-right source cell
+
+
+def test_colormap_literal():
+    # r, g, b = clip(1.5 - |4a - k|, 0, 1) for k = 3, 2, 1, times 255 (truncated to uint8)
+    got = hm.colormap(np.array([[-1.0, 0.0, 0.25], [0.5, 1.0, 2.0]]))
+    assert got.dtype == np.uint8 and got.shape == (2, 3, 3)
+    assert got.tolist() == [[[0, 0, 127], [0, 0, 127], [0, 127, 255]],
+                            [[127, 255, 127], [127, 0, 0], [127, 0, 0]]]
+
+
+def test_overlay_blends_half_and_half():
+    from PIL import Image
+    img = Image.new("L", (4, 2), 100)
+    out = render.overlay(img, np.ones((1, 1), np.float32))          # heat upsampled to the image: all 1 -> (127, 0, 0)
+    assert out.mode == "RGB" and out.size == (4, 2)
+    assert all(abs(a - b) <= 1 for px in out.getdata() for a, b in zip(px, (113.5, 50, 50)))
+    quarter = render.overlay(img, np.zeros((2, 4), np.float32), alpha=0.25)   # all 0 -> (0, 0, 127)
+    assert all(abs(a - b) <= 1 for px in quarter.getdata() for a, b in zip(px, (75, 75, 106.75)))
+
+
+def test_display_enlarges_small_images_with_nearest():
+    from PIL import Image
+    small = Image.fromarray(np.array([[0, 255], [255, 0]], np.uint8), "L")
+    big = render._display(small, 6)                                  # ceil(6 / 2) = 3
+    assert big.mode == "RGB" and big.size == (6, 6)
+    assert np.asarray(big)[:3, :3].max() == 0 and np.asarray(big)[:3, 3:].min() == 255
+    assert render._display(Image.new("L", (200, 100)), 192).size == (400, 200)     # ceil(192 / 100) = 2
+    same = render._display(Image.new("L", (300, 200)), 192)
+    assert same.size == (300, 200) and same.mode == "RGB"
+    assert render._display(Image.new("L", (32, 32))).size == (192, 192)           # min_side defaults to 192
+
+
+def test_top_channels_and_scores_literal():
+    assert hm.top_channels(np.array([0.2, 0.7]), 5) == [(1, 0.7), (0, 0.2)]
+    assert hm.top_channels(np.array([0.5, 0.5, 0.9]), 2) == [(2, 0.9), (0, 0.5)]      # ties: lower index first
+    f = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
+    assert hm.spatial_mean_scores(f).tolist() == [1.5, 5.5]
+    assert hm.TOP_MEAN_CHANNELS == 3
+    np.testing.assert_allclose(hm.normalize01(np.array([-2.0, 0.0, 2.0])), [0, 0.5, 1])
+    assert hm.normalize01(np.array([1, 2], np.int64)).dtype == np.float32
+    one = hm.spatial_mean_attention(np.stack([f[0], f[1], f[1] * 0]), top=1)   # channel 1 alone
+    np.testing.assert_allclose(one, [[0, 1 / 3], [2 / 3, 1]], atol=1e-6)
+
+
+def test_upsample_is_bicubic_and_clipped():
+    from PIL import Image
+    a = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
+    up = hm.upsample(a, (8, 8))
+    ref = np.asarray(Image.fromarray(a, "F").resize((8, 8), Image.BICUBIC))
+    assert ref.min() < 0 and ref.max() > 1                                       # bicubic overshoots ...
+    np.testing.assert_allclose(up, np.clip(ref, 0, 1))                            # ... and the map is clipped
+    assert hm.upsample(a, (2, 2)).tolist() == a.tolist()
+
+
+# ---------------------------------------------------------------- cases that killed surviving mutants
+def test_map_types_shapes_and_small_maxima():
+    flat = hm.normalize01(np.full((3, 3), 7.0))
+    assert flat.shape == (3, 3) and flat.dtype == np.float32 and not flat.any()
+    fmap = np.array([[[0.5, 0.25]]], np.float32)                  # max 0.5 < 1: still scaled to 1
+    a = hm.se_attention(fmap, np.array([1.0], np.float64))
+    assert a.dtype == np.float32 and a.tolist() == [[1.0, 0.5]]
+    assert hm.se_attention(fmap.astype(np.float64), np.array([1.0], np.float32)).dtype == np.float32
+
+
+def test_colormap_peak_channels_saturate():
+    # at a = 0.75 red's ramp is at its top (1.5 before the clip at 1): 255, not an overflowed byte
+    assert hm.colormap(np.array([0.75])).tolist() == [[255, 127, 0]]
+
+
+def test_top_channels_ties_among_many():
+    s = np.zeros(300)
+    s[::7] = 1.0                                                  # 43 tied channels: the lowest indices first
+    assert [c for c, _ in hm.top_channels(s, 4)] == [0, 7, 14, 21]

@@ -265,14 +265,13 @@ def test_model_discovery(run_cli, fm_export, tmp_path, monkeypatch):
 
 
 def test_faithfulness_eval(fm_export, fmnist_dir):
-    from sedeploy.faithfulness import _rank_mask, deletion_eval
-    m = _rank_mask(np.arange(20.0).reshape(4, 5), 0.2)
-    assert m.sum() == 4 and m.ravel()[-4:].all()                   # the 4 highest of 20
+    """On the real model: every method masks something (the planted-signal oracle is test_faithfulness.py)."""
+    from sedeploy.faithfulness import deletion_eval
     model, _ = fm_export
     res = deletion_eval(str(model), "fashion-mnist", str(fmnist_dir), n=40, fraction=0.2, log=lambda s: None)
     assert res["images"] == 40 and set(res["methods"]) == {"se", "spatial_mean", "random"}
-    for v in res["methods"].values():
-        assert -1 <= v["mean_drop"] <= 1 and v["sem"] >= 0
+    for v in res["methods"].values():      # a deletion that masks nothing gives exactly 0 +- 0
+        assert v["mean_drop"] != 0 and v["sem"] > 0
 
 
 def test_samples_cli(run_cli, fmnist_dir, tmp_path):

@@ -181,6 +181,17 @@ def test_paired_ci_matches_the_t_table():
     assert paired_ci([0.5])["ci_low"] is None      # one seed: no interval
 
 
+@pytest.mark.parametrize("level", [0.95, 0.9])
+def test_paired_ci_matches_scipy(level):
+    from scipy import stats
+    from sedeploy.training.compare import paired_ci
+    d = [0.3, -1.2, 2.5, 0.8, 1.1]
+    ci = stats.ttest_1samp(d, 0.0).confidence_interval(level)
+    r = paired_ci(d, level)
+    assert r["mean"] == pytest.approx(0.7) and r["sd"] == pytest.approx(float(np.std(d, ddof=1)))
+    assert r["ci_low"] == pytest.approx(ci.low, abs=1e-9) and r["ci_high"] == pytest.approx(ci.high, abs=1e-9)
+
+
 def test_compare_over_seeds_is_paired_and_resumable(fmnist_dir, tmp_path, monkeypatch):
     base = cfg(fmnist_dir, tmp_path, limit_train=128, limit_test=64)
     res = compare(base, ("cnn", "se_cnn"), seeds=(0, 1), progress=False, log=lambda m: None)
@@ -189,7 +200,14 @@ def test_compare_over_seeds_is_paired_and_resumable(fmnist_dir, tmp_path, monkey
     pm = {m["model"]: m for m in res["per_model"]}
     assert pm["cnn"]["mean"] == pytest.approx((acc["cnn", 0] + acc["cnn", 1]) / 2)
     assert res["paired"][0]["diffs"] == pytest.approx([acc["se_cnn", s] - acc["cnn", s] for s in (0, 1)])
-    assert res["paired"][0]["ci_low"] <= res["paired"][0]["mean"] <= res["paired"][0]["ci_high"]
+    from scipy import stats
+    d, pr = res["paired"][0]["diffs"], res["paired"][0]
+    assert pr["mean"] == pytest.approx(np.mean(d))
+    if np.std(d) > 0:                               # the interval scipy gives for these two paired seeds
+        ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+        assert (pr["ci_low"], pr["ci_high"]) == pytest.approx((ci.low, ci.high))
+    else:                                           # equal diffs: a zero-width interval at the mean
+        assert pr["ci_low"] == pr["ci_high"] == pytest.approx(pr["mean"])
     assert {r["params"] for r in res["runs"] if r["model"] == "se_cnn"} == {1_150_026}
     for f in ("comparison.json", "comparison.md", "comparison.png"):
         assert (tmp_path / f).stat().st_size > 0

@@ -103,9 +103,10 @@ def compiled_runner(model, threads: Optional[int], probe: np.ndarray) -> Runner:
     try:
         compiled = torch.compile(model.eval().to(memory_format=torch.channels_last), backend="inductor")
         run = torch_runner(compiled, "cpu", threads, channels_last=True)
-        run(probe)                         # the first call compiles: a failure is a skip, not a row
+        run(probe)                         # the first call compiles
     except Exception as e:  # noqa: BLE001 - inductor raises many kinds (compiler, codegen, dynamo)
-        raise Skip(f"torch.compile failed: {first_line(e)}") from None
+        # with a compiler present, a compile error is a broken backend: a "failed" row, never a skip
+        raise RuntimeError(f"torch.compile failed: {first_line(e)}") from None
     return run
 
 

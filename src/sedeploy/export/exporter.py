@@ -393,19 +393,28 @@ def int8_gate(fp32: Path, int8: Path, ckpt: dict, opts: ExportOptions, log: Call
         + (f", accuracy {res['int8_acc']:.2f}% vs fp32 {res['fp32_acc']:.2f}% (drop {res['drop']:+.2f}, max "
            f"{opts.int8_max_drop:g})" if y is not None else ", no labels: accuracy not checked")
         + f", SE weights max |diff| {se_diff:.3g} (max {opts.int8_se_atol:g})")
-    fix = "calibrate on more images (--calib), relax the threshold, or export without --int8; nothing was written"
-    if res["agreement"] < opts.int8_min_agreement:
-        raise UserError(f"int8 model refused: top-1 agreement with fp32 {res['agreement']:.2f}% < "
-                        f"{opts.int8_min_agreement:g}% (--int8-min-agreement) on {what}; {fix}")
-    if y is not None and res["drop"] > opts.int8_max_drop:
-        raise UserError(f"int8 model refused: accuracy {res['int8_acc']:.2f}% is {res['drop']:.2f} points below "
-                        f"fp32 ({res['fp32_acc']:.2f}%) on {what}, more than --int8-max-drop "
-                        f"{opts.int8_max_drop:g}; {fix}")
-    if se_diff > opts.int8_se_atol:
-        raise UserError(f"int8 model refused: its SE weights differ from fp32's by up to {se_diff:.3g} "
-                        f"(--int8-se-atol {opts.int8_se_atol:g}), so its heatmaps would mislead; {fix}")
+    refusal = int8_refusal(res, opts)
+    if refusal:
+        raise UserError(refusal)
     res["passed"] = True
     return res
+
+
+def int8_refusal(res: Dict[str, object], opts: ExportOptions) -> Optional[str]:
+    """The gate's verdict on its measured figures: None to accept, else why int8 is refused (first check
+    that fails: agreement, then accuracy drop when labelled, then SE weights). Each threshold is inclusive."""
+    fix = "calibrate on more images (--calib), relax the threshold, or export without --int8; nothing was written"
+    what = res["images"]
+    if res["agreement"] < opts.int8_min_agreement:
+        return (f"int8 model refused: top-1 agreement with fp32 {res['agreement']:.2f}% < "
+                f"{opts.int8_min_agreement:g}% (--int8-min-agreement) on {what}; {fix}")
+    if "drop" in res and res["drop"] > opts.int8_max_drop:
+        return (f"int8 model refused: accuracy {res['int8_acc']:.2f}% is {res['drop']:.2f} points below "
+                f"fp32 ({res['fp32_acc']:.2f}%) on {what}, more than --int8-max-drop {opts.int8_max_drop:g}; {fix}")
+    if res["se_max_abs"] > opts.int8_se_atol:
+        return (f"int8 model refused: its SE weights differ from fp32's by up to {res['se_max_abs']:.3g} "
+                f"(--int8-se-atol {opts.int8_se_atol:g}), so its heatmaps would mislead; {fix}")
+    return None
 
 
 def _run_chunks(path: Path, x: np.ndarray, batch: Optional[int]) -> Dict[str, np.ndarray]:
