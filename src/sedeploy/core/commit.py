@@ -29,7 +29,6 @@ renamed aside, new renamed in, old removed; a failure at any step puts the old o
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -38,6 +37,8 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional
+
+from .io import file_sha256
 
 try:
     import fcntl
@@ -145,14 +146,6 @@ def stage_dir(folder: Path) -> Path:
     return owned_dir(folder, STAGE_PREFIX)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fsync(path: Path) -> None:
     fd = os.open(str(path), os.O_RDONLY)
     try:
@@ -181,7 +174,7 @@ def commit_files(folder: Path, staged: Dict[str, Path], manifest: str, stale: It
             for n in names:                                    # 2. every old file kept in the backup
                 if (folder / n).exists():
                     _keep(folder / n, backup / n)
-            _journal(backup, names, manifest, _sha256(staged[manifest]))
+            _journal(backup, names, manifest, file_sha256(staged[manifest]))
             for n in names:                                    # 3. each new file over its old one
                 installed.append(n)
                 _move(staged[n], folder / n)
@@ -236,7 +229,7 @@ def recover(folder: Path, log: Callable[[str], None] = print) -> None:
             try:
                 journal = json.loads((entry / JOURNAL).read_text())
                 installs, manifest = journal["installs"], journal["manifest"]
-                done = (folder / manifest).is_file() and _sha256(folder / manifest) == journal["manifest_sha256"]
+                done = (folder / manifest).is_file() and file_sha256(folder / manifest) == journal["manifest_sha256"]
             except (OSError, ValueError, KeyError, TypeError):
                 installs, manifest, done = [], "", False           # killed before installing anything
             if done:
