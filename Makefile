@@ -39,7 +39,7 @@ browser:
 # train -> export (+ int8, fp16; parity table) -> infer with heatmaps on real test images -> bench.
 demo: install dataset
 	$(SEDEPLOY) train --dataset fashion-mnist --model se_cnn --epochs 2 --limit-train 20000 --out $(DEMO)/run
-	$(SEDEPLOY) export --ckpt $(DEMO)/run/best.pt --int8 --half --force
+	$(SEDEPLOY) export --ckpt $(DEMO)/run/best.pt --formats onnx,torchscript,ort --int8 --half --force
 	$(SEDEPLOY) samples --n 6 --out $(DEMO)/images
 	$(SEDEPLOY) infer $(DEMO)/images --model $(DEMO)/run/model.onnx --topk 3 --heatmaps $(DEMO)/heatmaps
 	$(SEDEPLOY) bench --model $(DEMO)/run/model.onnx --batch-sizes 1,64 --min-time 0.5 \
@@ -47,7 +47,7 @@ demo: install dataset
 	@echo
 	@echo "demo done. Look at:"
 	@echo "  $(DEMO)/run/curves.png, $(DEMO)/run/loss_iterations.png   training curves"
-	@echo "  $(DEMO)/run/model.onnx (+ .int8.onnx, .fp16.onnx, model.ts, export.json)   exports"
+	@echo "  $(DEMO)/run/model.onnx (+ .int8.onnx, .fp16.onnx, model.ts, model.ort, model.int8.ort, export.json)   exports"
 	@echo "  $(DEMO)/heatmaps/*_heatmap.png, *_channels.png, *_se.png   attention heatmaps"
 	@echo "  $(DEMO)/bench.json, $(DEMO)/bench.csv                      benchmark table"
 	@echo "serve it (Open Inference Protocol + page at http://127.0.0.1:8000/): $(SEDEPLOY) serve --model $(DEMO)/run/model.onnx"
