@@ -17,9 +17,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 BACKENDS = ("pytorch", "pytorch-cl", "torch-compile", "torchscript", "ort-cpu", "ort-format", "ort-cpu-int8",
-            "ort-format-int8", "openvino", "pytorch-cuda", "ort-cuda", "ort-cuda-fp16")
+            "ort-format-int8", "openvino", "ncnn", "pytorch-cuda", "ort-cuda", "ort-cuda-fp16")
 PYTORCH_CPU = ("pytorch", "pytorch-cl", "torch-compile", "torchscript")   # the PyTorch rows to compare against
-FP32_CPU = PYTORCH_CPU + ("ort-cpu", "ort-format", "openvino")                          # rows with a share of the fp32 peak
+FP32_CPU = PYTORCH_CPU + ("ort-cpu", "ort-format", "openvino", "ncnn")                          # rows with a share of the fp32 peak
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -156,6 +156,23 @@ def openvino_runner(path: Path, threads: Optional[int]) -> Runner:
 
 
 # ---------------------------------------------------------------- files
+def ncnn_runner(model: Path, threads: Optional[int]) -> Tuple[Runner, Path]:
+    """model.ncnn.param beside the model on the ncnn runner (fp32, a loop per image), timed as ort-format
+    is; -> (runner, the .bin: the weights are the artifact's size)."""
+    from ..runtime.runners import RUNNERS
+    path = sibling(model, model.stem + ".ncnn.param")
+    if not path.exists():
+        raise Skip(f"no {path.name} (run sedeploy export --formats onnx,ncnn)")
+    try:
+        import ncnn  # noqa: F401
+    except ImportError:
+        raise Skip(f"ncnn is not installed ({RUNNERS['ncnn'].hint})") from None
+    from ..runtime.runners import load_runner
+    r = load_runner("ncnn", path, threads=threads)
+    logits = r.output_names[0]
+    return (lambda x: r.run(x)[logits]), path.with_suffix(".bin")
+
+
 def sibling(model: Path, name: str) -> Path:
     return model.parent / name
 
@@ -203,6 +220,8 @@ def make_backend(name: str, model: Path, ckpt: Optional[Path], threads: Optional
         return _pytorch(name, model, ckpt, threads, probe)
     if name == "openvino":
         return openvino_runner(model, threads), model
+    if name == "ncnn":
+        return ncnn_runner(model, threads)
     files = {"ort-cpu": model.name, "ort-format": model.stem + ".ort", "ort-cpu-int8": model.stem + ".int8.onnx",
              "ort-format-int8": model.stem + ".int8.ort", "ort-cuda": model.name,
              "ort-cuda-fp16": model.stem + ".fp16.onnx"}

@@ -30,7 +30,7 @@ from .options import ModelOptions, check_run
 from .pipeline import available_cores, ordered_batches
 from .precision import PrecisionChoice, choose_precision
 from .preprocess import ImageLike, Preprocessor
-from .runners import Runner, load_runner
+from .runners import Runner, load_runner, supported_suffixes
 
 
 @dataclass
@@ -87,6 +87,8 @@ class Predictor:
             self.choice = choose_precision(self.path, precision, provider, threads, precision_batch)
             self.path = self.choice.path
         self.workers = available_cores() if workers is None else workers
+        if runner == "onnxruntime":      # the default: a file another runner loads goes to it (model.ncnn.param)
+            runner = supported_suffixes().get(self.path.suffix.lower(), runner)
         # With decoding threads on every core, onnxruntime's workers must not spin-wait for the next
         # run between batches: that would take the cores from the decoders.
         self.runner: Runner = load_runner(runner, self.path, provider=provider, threads=threads,

@@ -44,7 +44,7 @@ class Format:
 
 
 # The registered (implemented) formats, in build order. Issue 15 plans more, each a module and a row:
-PLANNED = ("openvino", "tflite", "executorch", "ncnn", "coreml", "web")
+PLANNED = ("openvino", "tflite", "executorch", "coreml", "web")
 FORMATS: Dict[str, Format] = {
     "onnx": Format("onnx", "onnx", ".onnx", ("torch", "onnx", "onnxsim"), "full", "onnxruntime", "onnxruntime",
                    int8=True, what="ONNX, simplified by onnxsim (onnxruntime)"),
@@ -53,6 +53,8 @@ FORMATS: Dict[str, Format] = {
     "ort": Format("ort", "ort", ".ort", ("onnxruntime", "flatbuffers"), "full", "onnxruntime", "onnxruntime",
                   int8=True, needs=("onnx",), side_files=(".required_operators.config", ".int8.ort"),
                   what="ONNX Runtime format for mobile and minimal builds"),
+    "ncnn": Format("ncnn", "ncnn", ".ncnn.param", ("pnnx",), "ncnn", "ncnn", "ncnn", int8=False, needs=("onnx",),
+                   side_files=(".ncnn.bin", ".ncnn.json"), what="NCNN .param/.bin (pnnx, fp32) + sidecar JSON"),
 }
 DEFAULT = ("onnx", "torchscript")    # what `sedeploy export` writes without --formats
 

@@ -73,6 +73,7 @@ class Implementation:
 RUNNERS: Dict[str, Implementation] = {
     "onnxruntime": Implementation("ort:OrtRunner", "onnxruntime", "pip install 'sedeploy[runtime]' (onnxruntime)",
                                   (".onnx", ".ort")),
+    "ncnn": Implementation("ncnn:NcnnRunner", "ncnn", "pip install 'sedeploy[ncnn]'", (".param",)),
 }
 
 
