@@ -290,18 +290,23 @@ def test_int8_ort_from_the_gated_int8_onnx(trained_fm, fmnist_dir, run_cli, tmp_
 
 
 # ---------------------------------------------------------------- another input size and channel count
-def test_rgb_48_model_through_every_format(tmp_path):
-    import onnxruntime as ort
+def write_rgb48_checkpoint(path: Path) -> None:
+    """A small untrained se_cnn on 3x48x48 RGB input with 4 classes: not the default input size or channels."""
     import torch
     from sedeploy.checkpoint import make_checkpoint, save_checkpoint
     from sedeploy.models import create_model
     from sedeploy.models.registry import model_config
-    from sedeploy.runtime.predictor import Predictor
     torch.manual_seed(0)
     m = create_model("se_cnn", in_channels=3, input_size=48, num_classes=4, widths=[8, 16, 32]).eval()
     ck = make_checkpoint(m, "se_cnn", model_config(m), classes=["ant", "bee", "cow", "doe"], mean=[0.5] * 3,
                          std=[0.25] * 3, input_size=(3, 48, 48), dataset="cifar10", epoch=1, metrics={})
-    save_checkpoint(ck, tmp_path / "best.pt")
+    save_checkpoint(ck, path)
+
+
+def test_rgb_48_model_through_every_format(tmp_path):
+    import onnxruntime as ort
+    from sedeploy.runtime.predictor import Predictor
+    write_rgb48_checkpoint(tmp_path / "best.pt")
     export_checkpoint(str(tmp_path / "best.pt"), str(tmp_path), ExportOptions(formats=("all",)), log=lambda s: None)
     man = manifest(tmp_path)
     assert man["options"]["formats"] == [n for n, f in fm.FORMATS.items() if fm.converter_installed(f)]  # all = every installed converter

@@ -124,16 +124,9 @@ def test_param_without_bin_and_foreign_sidecar(nc_set, run_cli, tmp_path):
 
 
 def test_rgb_48_model(tmp_path):
-    import torch
-    from sedeploy.checkpoint import make_checkpoint, save_checkpoint
-    from sedeploy.models import create_model
-    from sedeploy.models.registry import model_config
     from sedeploy.runtime.predictor import Predictor
-    torch.manual_seed(0)
-    m = create_model("se_cnn", in_channels=3, input_size=48, num_classes=4, widths=[8, 16, 32]).eval()
-    ck = make_checkpoint(m, "se_cnn", model_config(m), classes=["ant", "bee", "cow", "doe"], mean=[0.5] * 3,
-                         std=[0.25] * 3, input_size=(3, 48, 48), dataset="cifar10", epoch=1, metrics={})
-    save_checkpoint(ck, tmp_path / "best.pt")
+    from test_formats import write_rgb48_checkpoint
+    write_rgb48_checkpoint(tmp_path / "best.pt")
     export_checkpoint(str(tmp_path / "best.pt"), str(tmp_path), ExportOptions(formats=("onnx", "ncnn")),
                       log=lambda s: None)
     im = Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 50, 3), dtype=np.uint8))
