@@ -42,11 +42,13 @@ def read_sidecar(param: Path) -> Dict[str, Any]:
         raise UserError(f"{param}: its sidecar {side.name} (metadata and output names) is missing; {fix}")
     try:
         doc = json.loads(side.read_text())
-        assert isinstance(doc, dict) and doc.get("sidecar_version") == SIDECAR_VERSION
         files, outputs = doc["files"], doc["outputs"]
-        assert isinstance(outputs, list) and all({"blob", "name", "shape"} <= set(o) for o in outputs)
-    except (ValueError, AssertionError, KeyError, TypeError):
-        raise UserError(f"{side} is not a sedeploy NCNN sidecar; {fix}") from None
+        well_formed = (doc.get("sidecar_version") == SIDECAR_VERSION and isinstance(files, dict)
+                       and isinstance(outputs, list) and all({"blob", "name", "shape"} <= set(o) for o in outputs))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        well_formed = False
+    if not well_formed:                 # checked input, not an invariant: no assert (python -O drops them)
+        raise UserError(f"{side} is not a sedeploy NCNN sidecar; {fix}")
     for p in (param, bin_path):
         if files.get(p.suffix) != file_sha256(p):
             raise UserError(f"{side} does not match {p.name} (sha256 differs): the files come from different "
