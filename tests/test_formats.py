@@ -74,7 +74,7 @@ def test_formats_command_json_and_table(run_cli, monkeypatch):
     rows = {x["format"]: x for x in data["formats"]}
     assert list(rows) == list(fm.FORMATS) and data["planned"] == list(fm.PLANNED)
     for name, f in fm.FORMATS.items():
-        assert rows[name] == {**rows[name], "file": f"model{f.suffix}", "runtime": f.runtime, "int8": f.int8,
+        assert rows[name] == {**rows[name], "file": f"model{f.suffix}", "runtime": f.runtime, "int8": bool(f.int8),
                               "converter_installed": True, "runtime_installed": True, "runs_here": True}
     assert rows["onnx"]["int8"] and rows["ort"]["int8"] and not rows["torchscript"]["int8"]
     real = fm.installed                                                      # a runtime that is absent

@@ -101,7 +101,9 @@ def test_bench_row(nc_set, fmnist_dir, run_cli):
                 "--min-time", "0", "--repeats", "1", "--data-dir", fmnist_dir, "--limit", "40", "--json")
     assert r.code == 0, r.err
     by = {(x["backend"], x["batch"]): x for x in json.loads(r.out)["rows"]}
-    assert by[("ncnn", 3)]["status"] == "ok" and by[("ncnn", 1)]["file"] == "model.ncnn.bin"
+    assert by[("ncnn", 3)]["status"] == "ok" and by[("ncnn", 1)]["file"] == "model.ncnn.param"
+    files = ("model.ncnn.param", "model.ncnn.bin", "model.ncnn.json")            # its size: the whole artifact
+    assert by[("ncnn", 1)]["size_mb"] == round(sum((nc_set / f).stat().st_size for f in files) / 1e6, 3)
     assert by[("ncnn", 3)]["max_abs_diff"] <= ATOL and by[("ncnn", 1)]["accuracy"] == by[("ort-cpu", 1)]["accuracy"]
 
 

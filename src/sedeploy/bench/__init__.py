@@ -153,7 +153,7 @@ def pytorch_reference(m: _Model, data: _Data, log: Log) -> Optional[np.ndarray]:
     if m.ckpt is None:
         return None
     try:
-        run, _ = make_backend("pytorch", m.path, m.ckpt, m.threads, data.x_par)
+        run, _, _ = make_backend("pytorch", m.path, m.ckpt, m.threads, data.x_par)
         return run(data.x_par)
     except Exception as e:  # noqa: BLE001 - parity columns stay empty, with the reason logged
         log(f"no PyTorch reference for parity ({_first_line(e)})")
@@ -182,9 +182,9 @@ def build_backends(m: _Model, cfg: BenchConfig, data: _Data, reference: Optional
     ready = []
     for name in cfg.backends:
         try:
-            run, path = make_backend(name, m.path, m.ckpt, cfg.threads, data.x_par[:1])
+            run, path, files = make_backend(name, m.path, m.ckpt, cfg.threads, data.x_par[:1])
             base = dict(file=path.name if path else "",
-                        size_mb=round(path.stat().st_size / 1e6, 3) if path else None)
+                        size_mb=round(sum(p.stat().st_size for p in files) / 1e6, 3) if files else None)
         except Skip as e:
             rows += [Row(name, b, f"skipped: {e}") for b in cfg.batch_sizes]
             log(f"{name}: skipped ({e})")
@@ -262,7 +262,9 @@ def make_header(m: _Model, cfg: BenchConfig, data: _Data, peaks: Dict[str, dict]
     import sys
     from ..core.hardware import cpu_name, gpu_name, isa_summary, ort_device
     from ..core.versions import versions
-    names = ["onnxruntime"] + [p for p in ("torch", "openvino") if p in sys.modules]
+    from ..export.formats import FORMATS
+    runtimes = dict.fromkeys(["torch", "openvino"] + [f.runtime_package for f in FORMATS.values()])
+    names = ["onnxruntime"] + [p for p in runtimes if p in sys.modules and p != "onnxruntime"]
     return {
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {m.threads} threads used",
         "isa": isa_summary(), "onnxruntime_sees": ort_device(), "gpu": gpu_name() or "none",

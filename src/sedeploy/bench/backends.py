@@ -16,10 +16,23 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-BACKENDS = ("pytorch", "pytorch-cl", "torch-compile", "torchscript", "ort-cpu", "ort-format", "ort-cpu-int8",
-            "ort-format-int8", "openvino", "ncnn", "pytorch-cuda", "ort-cuda", "ort-cuda-fp16")
+from ..export.formats import FORMATS, Format, int8_file
+
 PYTORCH_CPU = ("pytorch", "pytorch-cl", "torch-compile", "torchscript")   # the PyTorch rows to compare against
-FP32_CPU = PYTORCH_CPU + ("ort-cpu", "ort-format", "openvino", "ncnn")                          # rows with a share of the fp32 peak
+ORT_CPU = ("ort-cpu", "ort-format", "ort-cpu-int8", "ort-format-int8", "openvino")
+CUDA = ("pytorch-cuda", "ort-cuda", "ort-cuda-fp16")
+# A row per artifact of every registered format that a runner of runtime.runners runs (ncnn, ...), read
+# from the set by the file name the format writes: "<format>" for <stem><suffix>, "<format>-int8" for
+# its native int8 file. Formats run by onnxruntime or torch have the rows above.
+ARTIFACT_ROWS: Dict[str, Tuple[Format, bool]] = {}
+for _f in FORMATS.values():
+    if _f.runtime not in ("onnxruntime", "torch") and _f.name not in ORT_CPU:
+        ARTIFACT_ROWS[_f.name] = (_f, False)
+        if _f.int8 == "native":
+            ARTIFACT_ROWS[f"{_f.name}-int8"] = (_f, True)
+BACKENDS = PYTORCH_CPU + ORT_CPU + tuple(ARTIFACT_ROWS) + CUDA
+FP32_CPU = PYTORCH_CPU + ("ort-cpu", "ort-format", "openvino") + tuple(n for n, (_, q) in ARTIFACT_ROWS.items()
+                                                                      if not q)   # rows with a share of the fp32 peak
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -156,21 +169,29 @@ def openvino_runner(path: Path, threads: Optional[int]) -> Runner:
 
 
 # ---------------------------------------------------------------- files
-def ncnn_runner(model: Path, threads: Optional[int]) -> Tuple[Runner, Path]:
-    """model.ncnn.param beside the model on the ncnn runner (fp32, a loop per image), timed as ort-format
-    is; -> (runner, the .bin: the weights are the artifact's size)."""
-    from ..runtime.runners import RUNNERS
-    path = sibling(model, model.stem + ".ncnn.param")
+def artifact_runner(row: str, model: Path, threads: Optional[int]) -> Tuple[Runner, Path, List[Path]]:
+    """The row's artifact of the set beside the model on its format's runner (runtime.runners), as
+    `sedeploy infer --model` loads it; -> (logits runner, the artifact, every file of it (its size))."""
+    from ..runtime.runners import RUNNERS, load_runner
+    fmt, int8 = ARTIFACT_ROWS[row]
+    path = sibling(model, int8_file(fmt, model.stem) if int8 else model.stem + fmt.suffix)
     if not path.exists():
-        raise Skip(f"no {path.name} (run sedeploy export --formats onnx,ncnn)")
-    try:
-        import ncnn  # noqa: F401
-    except ImportError:
-        raise Skip(f"ncnn is not installed ({RUNNERS['ncnn'].hint})") from None
-    from ..runtime.runners import load_runner
-    r = load_runner("ncnn", path, threads=threads)
+        raise Skip(f"no {path.name} (run sedeploy export --formats {fmt.name}{' --int8' if int8 else ''})")
+    impl = RUNNERS.get(fmt.runtime)
+    if impl is None:
+        raise Skip(f"no runner for {fmt.runtime} in this version")
+    if not installed(impl.requires):
+        raise Skip(f"{impl.requires} is not installed ({impl.hint})")
+    r = load_runner(fmt.runtime, path, threads=threads)
     logits = r.output_names[0]
-    return (lambda x: r.run(x)[logits]), path.with_suffix(".bin")
+    files = [path] + [p for p in (sibling(model, model.stem + s) for s in fmt.side_files)
+                      if p.is_file() and (".int8" in p.name) == int8 and p != path]
+    return (lambda x: r.run(x)[logits]), path, files
+
+
+def installed(package: str) -> bool:
+    from ..export.formats import installed as _installed
+    return _installed(package)
 
 
 def sibling(model: Path, name: str) -> Path:
@@ -214,14 +235,21 @@ def resolve_ckpt(model: Path, ckpt: Optional[str]) -> Optional[Path]:
 
 
 def make_backend(name: str, model: Path, ckpt: Optional[Path], threads: Optional[int], probe: np.ndarray
-                 ) -> Tuple[Runner, Optional[Path]]:
-    """-> (runner, file). Raises Skip with the reason when the backend cannot run here."""
+                 ) -> Tuple[Runner, Optional[Path], List[Path]]:
+    """-> (runner, file, the files whose bytes are its size). Raises Skip with the reason when the backend
+    cannot run here."""
+    if name in ARTIFACT_ROWS:
+        return artifact_runner(name, model, threads)
+    run, path = _make_backend(name, model, ckpt, threads, probe)
+    return run, path, [path] if path else []
+
+
+def _make_backend(name: str, model: Path, ckpt: Optional[Path], threads: Optional[int], probe: np.ndarray
+                  ) -> Tuple[Runner, Optional[Path]]:
     if name in PYTORCH_CPU or name == "pytorch-cuda":
         return _pytorch(name, model, ckpt, threads, probe)
     if name == "openvino":
         return openvino_runner(model, threads), model
-    if name == "ncnn":
-        return ncnn_runner(model, threads)
     files = {"ort-cpu": model.name, "ort-format": model.stem + ".ort", "ort-cpu-int8": model.stem + ".int8.onnx",
              "ort-format-int8": model.stem + ".int8.ort", "ort-cuda": model.name,
              "ort-cuda-fp16": model.stem + ".fp16.onnx"}

@@ -66,8 +66,18 @@ def validate_options(opts: ExportOptions) -> ExportOptions:
         raise UserError(f"--opset {opts.opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET}")
     if opts.batch is not None and opts.batch <= 0:
         raise UserError(f"--batch must be 'dynamic' or a positive integer, got {opts.batch}")
-    if (opts.int8 or opts.half) and "onnx" not in opts.formats:
-        raise UserError("--int8 and --half derive from the ONNX export; include onnx in --formats")
+    if opts.half and "onnx" not in opts.formats:
+        raise UserError("--half derives from the ONNX export; include onnx in --formats")
+    if opts.int8:
+        kinds = {n: FORMATS[n].int8 for n in opts.formats}
+        if not any(kinds.values()):
+            with_int8 = ", ".join(n for n, f in FORMATS.items() if f.int8)
+            raise UserError(f"--int8: none of {', '.join(opts.formats)} has an int8 variant; add one of "
+                            f"{with_int8} to --formats, or drop --int8")
+        derived = [n for n, k in kinds.items() if k == "onnx" and n != "onnx"]
+        if derived and "onnx" not in opts.formats:
+            raise UserError(f"--int8 for {', '.join(derived)} derives from the ONNX int8 graph; include onnx "
+                            f"in --formats")
     if opts.int8 and opts.calib <= 0:
         raise UserError(f"--calib must be positive, got {opts.calib}")
     if opts.int8 and opts.int8_eval <= 0:
@@ -128,7 +138,7 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
         reference = run_torch(wrapper, x, job.names)
         candidates, built = build_artifacts(job, wrapper, x)
         rows = verify(job, reference, candidates, batch_desc, log)
-        variants = _variants(job, built["onnx"][0], reference, x, log) if opts.int8 or opts.half else {}
+        variants = _variants(job, built, reference, x, log) if opts.int8 or opts.half else {}
         staged = stage(job, built, variants)
         if opts.overhead:
             job.overhead = overhead(job, log)
@@ -195,7 +205,12 @@ def build_artifacts(job: Job, wrapper: torch.nn.Module, x: np.ndarray
         t = time.perf_counter()
         ctx.built[name] = plugin.build(ctx)
         job.timings[name] = time.perf_counter() - t          # the one place each format is timed
-        candidates.update(plugin.outputs(ctx, ctx.built[name], x))
+        got = plugin.outputs(ctx, ctx.built[name], x)
+        facts = ctx.facts.setdefault(name, {})
+        if not got and not facts.get("not_verified"):
+            raise UserError(f"format {name} was built but could not be run to verify it; nothing was written")
+        facts["verified"] = bool(got)                         # not verified: built, validated, never picked to run
+        candidates.update(got)
     return candidates, ctx.built
 
 
@@ -216,13 +231,13 @@ def verify(job: Job, reference: Dict[str, np.ndarray], candidates: Dict[str, Dic
 Staged = Dict[str, Tuple[str, Path]]   # installed file name -> (format or variant, file in job.tmp)
 
 
-def stage(job: Job, built: Dict[str, List[Path]], variants: Dict[str, Path]) -> Staged:
+def stage(job: Job, built: Dict[str, List[Path]], variants: Dict[str, List[Path]]) -> Staged:
     """The verified files of the requested formats and variants: what the commit moves in. A format
     built only because another derives from it (onnx for ort alone) is not installed."""
     staged: Staged = {}
     for name in job.opts.formats:
         staged.update({p.name: (name, p) for p in built[name]})
-    staged.update({p.name: (kind, p) for kind, p in variants.items()})
+    staged.update({p.name: (kind, p) for kind, paths in variants.items() for p in paths})
     return staged
 
 
@@ -267,29 +282,38 @@ def report(job: Job, manifest: dict, log: Callable[[str], None]) -> None:
     if nodes:
         log(f"onnx nodes: {nodes.get('raw')} -> {nodes.get('simplified', nodes.get('raw'))} after simplification"
             if "simplified" in nodes else f"onnx nodes: {nodes['raw']} (not simplified)")
+    for name, facts in manifest["formats"].items():
+        if not facts.get("verified", True):
+            log(f"{name}: built and validated, NOT verified here ({facts.get('not_verified')}); "
+                f"infer, bench and --backend auto never pick it")
     log(f"wrote {job.manifest_path}; export took {job.timings['total']:.2f} s")
 
 
 FP16_ATOL, FP16_RTOL = 2e-2, 2e-2  # float16 keeps ~3 decimal digits
 
 
-def _variants(job: Job, fp32: Path, reference: Dict[str, np.ndarray], x: np.ndarray,
-              log: Callable[[str], None]) -> Dict[str, Path]:
-    """int8 / fp16 variants of the verified fp32 graph: int8 through its gate, fp16 through parity."""
+def _variants(job: Job, built: Dict[str, List[Path]], reference: Dict[str, np.ndarray], x: np.ndarray,
+              log: Callable[[str], None]) -> Dict[str, List[Path]]:
+    """int8 / fp16 variants of the verified fp32 artifacts: int8 through its gate (the ONNX graph's, and
+    each native int8 format's against its own fp32 file), fp16 through parity."""
     from ..core.parity import compare
     from .quantize import calibration_images, convert_fp16, quantize_int8
     opts, ckpt, tmp = job.opts, job.ckpt, job.tmp
-    out: Dict[str, Path] = {}
+    out: Dict[str, List[Path]] = {}
     if opts.int8:
-        t = time.perf_counter()
         meta = {"dataset": ckpt["dataset"], "data": ckpt.get("data"), "mean": ckpt["mean"], "std": ckpt["std"]}
-        q = quantize_int8(fp32, tmp / f"{opts.stem}.int8.onnx", calibration_images(meta, opts.calib, opts.data_dir))
-        job.timings["int8"] = time.perf_counter() - t
-        check_onnx(q, "int8")
-        _check_contract(reference, run_onnx(q, x), "int8")
-        job.gate.update(int8_gate(fp32, q, ckpt, opts, log))
-        out["int8"] = q
-        out.update(_derived_int8(job, q, x, log))
+        calib = calibration_images(meta, opts.calib, opts.data_dir)
+        if "onnx" in opts.formats:
+            fp32 = built["onnx"][0]
+            t = time.perf_counter()
+            q = quantize_int8(fp32, tmp / f"{opts.stem}.int8.onnx", calib)
+            job.timings["int8"] = time.perf_counter() - t
+            check_onnx(q, "int8")
+            _check_contract(reference, run_onnx(q, x), "int8")
+            job.gate.update(int8_gate(onnx_runs(fp32, opts.batch), onnx_runs(q, opts.batch), ckpt, opts, log))
+            out["int8"] = [q]
+            out.update(_derived_int8(job, q, x, log))
+        out.update(_native_int8(job, calib, reference, x, log))
     if opts.half:
         t = time.perf_counter()
         h = convert_fp16(fp32, tmp / f"{opts.stem}.fp16.onnx")
@@ -303,7 +327,7 @@ def _variants(job: Job, fp32: Path, reference: Dict[str, np.ndarray], x: np.ndar
         if bad:
             raise UserError(f"fp16 parity failed: output {bad[0].output} differs by {bad[0].max_abs:.3g} "
                             f"(tolerance {FP16_ATOL:g} + {FP16_RTOL:g}*|ref|); nothing was written")
-        out["fp16"] = h
+        out["fp16"] = [h]
     return out
 
 
@@ -315,7 +339,7 @@ def _derived_int8(job: Job, q: Path, x: np.ndarray, log: Callable[[str], None]) 
     out: Dict[str, Path] = {}
     for name in job.opts.formats:
         fmt = FORMATS[name]
-        if not (fmt.int8 and "onnx" in fmt.needs):
+        if not (fmt.int8 == "onnx" and name != "onnx"):
             continue
         plugin = format_module(name)
         paths = plugin.build_int8(job.ctx, q)
@@ -328,7 +352,32 @@ def _derived_int8(job: Job, q: Path, x: np.ndarray, log: Callable[[str], None]) 
             raise UserError(f"{paths[0].name} differs from {q.name}: output {bad[0].output} by {bad[0].max_abs:.3g} "
                             f"(tolerance {ATOL:g} + {RTOL:g}*|ref|); nothing was written")
         job.gate.setdefault("derived", []).extend(r.to_dict() for r in rows)
-        out[f"{name}-int8"] = paths[0]
+        out[f"{name}-int8"] = paths
+    return out
+
+
+def _native_int8(job: Job, calib: np.ndarray, reference: Dict[str, np.ndarray], x: np.ndarray,
+                 log: Callable[[str], None]) -> Dict[str, List[Path]]:
+    """The int8 files of the formats with their own quantizer (LiteRT, ExecuTorch): calibrated on the
+    same training images as the ONNX graph, run in their own runtime, and gated against the format's
+    own verified fp32 artifact by the same gate (recorded in export.json under formats.<name>.int8_gate)."""
+    out: Dict[str, List[Path]] = {}
+    ctx = job.ctx
+    for name in job.opts.formats:
+        if FORMATS[name].int8 != "native":
+            continue
+        plugin = format_module(name)
+        t = time.perf_counter()
+        paths = plugin.build_int8(ctx, calib)
+        job.timings[f"{name}-int8"] = time.perf_counter() - t
+        fp32_paths = ctx.built[name]
+        run32 = lambda xs, p=plugin, f=fp32_paths: next(iter(p.outputs(ctx, f, xs).values()))
+        run8 = lambda xs, p=plugin, f=paths: next(iter(p.outputs(ctx, f, xs).values()))
+        _check_contract(reference, run8(x), f"{name} int8")
+        gate = int8_gate(run32, run8, job.ckpt, job.opts, log, what=f"{name} int8")
+        ctx.facts.setdefault(name, {})["int8_gate"] = gate
+        ctx.facts[name]["int8"] = paths[0].name
+        out[f"{name}-int8"] = paths
     return out
 
 
@@ -356,7 +405,16 @@ def _run_fp16(path: Path, x: np.ndarray) -> Tuple[Dict[str, np.ndarray], str]:
     return dict(zip(names, ev.run(None, {model.graph.input[0].name: x}))), "onnx reference evaluator"
 
 
-def int8_gate(fp32: Path, int8: Path, ckpt: dict, opts: ExportOptions, log: Callable[[str], None]) -> Dict[str, object]:
+Runs = Callable[[np.ndarray], Dict[str, np.ndarray]]     # a batch of any size -> every output by name
+
+
+def onnx_runs(path: Path, batch: Optional[int]) -> Runs:
+    """An ONNX file on onnxruntime CPU as a Runs function (a fixed-batch graph gets padded chunks)."""
+    return lambda xs: _run_chunks(path, xs, batch)
+
+
+def int8_gate(run32: Runs, run8: Runs, ckpt: dict, opts: ExportOptions, log: Callable[[str], None],
+              what: str = "int8") -> Dict[str, object]:
     """Score fp32 and int8 on labelled test images; refuse the int8 model below the thresholds.
 
     Agreement is the share of images where both give the same top-1 class; the accuracy drop is
@@ -372,30 +430,30 @@ def int8_gate(fp32: Path, int8: Path, ckpt: dict, opts: ExportOptions, log: Call
         if list(xs.shape[1:]) != list(ckpt["input_size"]):
             raise UserError(f"test images are {list(xs.shape[1:])}, the model takes {ckpt['input_size']}")
         idx = np.random.default_rng(0).permutation(len(xs))[:opts.int8_eval]
-        x, y, what = normalize_batch(xs[idx], ckpt["mean"], ckpt["std"]), ys[idx], f"{len(idx)} test images"
+        x, y, images = normalize_batch(xs[idx], ckpt["mean"], ckpt["std"]), ys[idx], f"{len(idx)} test images"
     except UserError as e:
         if not opts.int8_allow_unlabelled:
             raise UserError(f"the int8 gate needs labelled {ckpt['dataset']} test images ({str(e).split(';')[0]}); "
                             f"pass --data-dir, or --int8-allow-unlabelled to gate on agreement alone") from None
-        x, what = verification_batch(ckpt, opts.verify_n, opts.data_dir)
+        x, images = verification_batch(ckpt, opts.verify_n, opts.data_dir)
         y = None
-    o32, o8 = _run_chunks(fp32, x, opts.batch), _run_chunks(int8, x, opts.batch)
+    o32, o8 = run32(x), run8(x)
     p32, p8 = o32["logits"].argmax(1), o8["logits"].argmax(1)
     se = {k: v for k, v in o32.items() if k.startswith("se")}
     se_diff = max((r.max_abs for r in compare(se, o8, "int8")), default=0.0)
-    res: Dict[str, object] = {"images": what, "agreement": float((p32 == p8).mean() * 100), "se_max_abs": se_diff,
+    res: Dict[str, object] = {"images": images, "agreement": float((p32 == p8).mean() * 100), "se_max_abs": se_diff,
                               "min_agreement": opts.int8_min_agreement, "max_drop": opts.int8_max_drop,
                               "se_atol": opts.int8_se_atol}
     if y is not None:
         res.update(fp32_acc=float((p32 == y).mean() * 100), int8_acc=float((p8 == y).mean() * 100))
         res["drop"] = res["fp32_acc"] - res["int8_acc"]
-    log(f"int8 gate on {what}: agreement with fp32 {res['agreement']:.2f}% (min {opts.int8_min_agreement:g})"
+    log(f"{what} gate on {images}: agreement with fp32 {res['agreement']:.2f}% (min {opts.int8_min_agreement:g})"
         + (f", accuracy {res['int8_acc']:.2f}% vs fp32 {res['fp32_acc']:.2f}% (drop {res['drop']:+.2f}, max "
            f"{opts.int8_max_drop:g})" if y is not None else ", no labels: accuracy not checked")
         + f", SE weights max |diff| {se_diff:.3g} (max {opts.int8_se_atol:g})")
     refusal = int8_refusal(res, opts)
     if refusal:
-        raise UserError(refusal)
+        raise UserError(refusal if what == "int8" else f"{what}: {refusal}")
     res["passed"] = True
     return res
 

@@ -10,9 +10,19 @@ Every format module defines
     outputs(ctx, paths, x) -> {label: {output name: array}}
                                                the artifact run in its own runtime on the
                                                verification batch, for export's parity table
-and may record facts for export.json in ctx.facts[name] (how it was converted). A format derived
-from ONNX with `int8` set also defines build_int8(ctx, int8_onnx) -> [its int8 file], made from
-the gated <stem>.int8.onnx when export runs with --int8.
+and may record facts for export.json in ctx.facts[name] (how it was converted).
+
+A format whose runtime cannot run on this machine (Core ML predicts only on macOS) returns {} from
+outputs() and says why in ctx.facts[name]["not_verified"] (e.g. "needs macOS; program validated by
+coremltools"): export.json records it as built but not verified, and nothing picks it to run.
+
+int8 (--int8), by the row's `int8` kind:
+    "onnx"    derived from the gated <stem>.int8.onnx: build_int8(ctx, int8_onnx) -> [its int8 files],
+              checked against that graph within the fp32 tolerance (model.int8.ort);
+    "native"  the format's own quantizer: build_int8(ctx, calib) -> [its int8 files], calibrated on
+              `calib` (N, C, H, W normalized training images), run by outputs() like the fp32 files
+              and gated against the format's own fp32 artifact exactly as the ONNX int8 graph is
+              (agreement, accuracy drop, SE weights; export.int8_gate); files <stem>.int8<suffix>.
 """
 from __future__ import annotations
 
@@ -36,7 +46,7 @@ class Format:
     extra: str                       # the sedeploy extra that brings them
     runtime: str                     # what runs the artifact: a runtime.runners name, or "torch"
     runtime_package: str             # import name of that runtime
-    int8: bool                       # export writes an int8 artifact of this format (--int8)
+    int8: str                        # --int8 variant: "" none, "onnx" (derived from the ONNX int8 graph), "native"
     needs: Tuple[str, ...] = ()      # formats built first because this one is derived from them
     side_files: Tuple[str, ...] = ()  # suffixes of files written beside the artifact, part of the set
     platforms: Optional[Tuple[str, ...]] = None   # platform.system() values its runtime runs on; None: any
@@ -47,13 +57,13 @@ class Format:
 PLANNED = ("openvino", "tflite", "executorch", "coreml", "web")
 FORMATS: Dict[str, Format] = {
     "onnx": Format("onnx", "onnx", ".onnx", ("torch", "onnx", "onnxsim"), "full", "onnxruntime", "onnxruntime",
-                   int8=True, what="ONNX, simplified by onnxsim (onnxruntime)"),
+                   int8="onnx", what="ONNX, simplified by onnxsim (onnxruntime)"),
     "torchscript": Format("torchscript", "torchscript", ".ts", ("torch",), "full", "torch", "torch",
-                          int8=False, what="TorchScript, traced (PyTorch / libtorch)"),
+                          int8="", what="TorchScript, traced (PyTorch / libtorch)"),
     "ort": Format("ort", "ort", ".ort", ("onnxruntime", "flatbuffers"), "full", "onnxruntime", "onnxruntime",
-                  int8=True, needs=("onnx",), side_files=(".required_operators.config", ".int8.ort"),
+                  int8="onnx", needs=("onnx",), side_files=(".required_operators.config", ".int8.ort"),
                   what="ONNX Runtime format for mobile and minimal builds"),
-    "ncnn": Format("ncnn", "ncnn", ".ncnn.param", ("pnnx",), "ncnn", "ncnn", "ncnn", int8=False, needs=("onnx",),
+    "ncnn": Format("ncnn", "ncnn", ".ncnn.param", ("pnnx",), "ncnn", "ncnn", "ncnn", int8="", needs=("onnx",),
                    side_files=(".ncnn.bin", ".ncnn.json"), what="NCNN .param/.bin (pnnx, fp32) + sidecar JSON"),
 }
 DEFAULT = ("onnx", "torchscript")    # what `sedeploy export` writes without --formats
@@ -126,11 +136,16 @@ def format_for_suffix(filename: str) -> Optional[Format]:
     return None
 
 
+def int8_file(fmt: Format, stem: str) -> str:
+    """The file name of a format's int8 artifact: <stem>.int8<suffix> (model.int8.onnx, model.int8.tflite)."""
+    return f"{stem}.int8{fmt.suffix}"
+
+
 def table() -> List[Dict[str, Any]]:
     """One row per registered format: what `sedeploy formats` prints."""
     return [{"format": f.name, "file": f"model{f.suffix}", "converter_installed": converter_installed(f),
              "runtime": f.runtime, "runtime_installed": runtime_installed(f), "runs_here": runs_here(f),
-             "int8": f.int8, "extra": f.extra, "what": f.what} for f in FORMATS.values()]
+             "int8": bool(f.int8), "extra": f.extra, "what": f.what} for f in FORMATS.values()]
 
 
 @dataclass
