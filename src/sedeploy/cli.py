@@ -396,12 +396,19 @@ _INFER = InferOptions()
 @cli.command(context_settings=CONTEXT)
 @click.argument("images", nargs=-1, required=True)
 @click.option("--model", "model", default=None,
-              help="Model file, .onnx or .ort [default: $SEDEPLOY_MODEL, ./model.onnx, or the newest model.onnx "
-                   "under ./runs, ./demo, ./exports].")
+              help="Model file (.onnx, .ort, or another runtime's file: see `sedeploy formats`), or with --backend "
+                   "an export folder [default: $SEDEPLOY_MODEL, ./model.onnx, or the newest model.onnx under "
+                   "./runs, ./demo, ./exports].")
 @click.option("--provider", type=click.Choice(PROVIDERS), default=_INFER.provider, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default=_INFER.precision, show_default=True,
               help="auto: int8 (model.int8.onnx beside the model) when it measures faster than fp32 on this "
                    "machine, remembered per model and CPU in ~/.cache/sedeploy/precision.json.")
+@click.option("--backend", default=_INFER.backend, show_default=True, metavar="file|auto|FORMAT",
+              help="file: run the --model file as given (its runner by suffix). auto: among the files of the "
+                   "export set (--model EXPORT_DIR, or a file beside its export.json) that were verified at export "
+                   "and whose runtime is installed, the fastest here at --batch-size (measured once, cached in "
+                   "~/.cache/sedeploy/backend.json; int8 files only if --precision allows). FORMAT (onnx, ort, "
+                   "openvino, tflite, ncnn, ...): that format's file of the set.")
 @click.option("--topk", type=int, default=_INFER.topk, show_default=True)
 @click.option("--heatmaps", "heatmaps", default=None, help="Write attention heatmaps into this directory.")
 @click.option("--channels", type=int, default=_INFER.channels, show_default=True,
@@ -420,7 +427,7 @@ _INFER = InferOptions()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image (JSON lines, flushed per line).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
-def infer(images: List[str], model: Optional[str], provider: str, precision: str, topk: int,
+def infer(images: List[str], model: Optional[str], provider: str, precision: str, backend: str, topk: int,
           heatmaps: Optional[str], channels: int, batch_size: int, threads: Optional[int], workers: Optional[int],
           fast_decode: bool, graph_opt: str, background: str, as_json: bool, progress: Optional[bool]) -> int:
     """Classify images with an exported ONNX model (onnxruntime only, no torch); optional heatmaps.
@@ -436,12 +443,15 @@ def infer(images: List[str], model: Optional[str], provider: str, precision: str
       sedeploy infer photos/ --json --fast-decode | head     # JSON lines, stops cleanly
       sedeploy infer 'shots/*.jpg' --provider cuda --json > predictions.jsonl
       sedeploy infer photos/ --precision int8                # force model.int8.onnx
+      sedeploy infer photos/ --model runs/fm --backend auto    # the fastest verified file of the set here
+      sedeploy infer frog.png --model runs/fm --backend ort --json
     """
     import time
     from .cli_output import InferOutput, Progress, header, stdout_closed, summary
     from .runtime.infer import start_infer
     start = time.perf_counter()
-    run = start_infer(InferOptions(model=model, provider=provider, precision=precision, topk=topk, heatmaps=heatmaps,
+    run = start_infer(InferOptions(model=model, provider=provider, precision=precision, backend=backend, topk=topk,
+                                   heatmaps=heatmaps,
                                    channels=channels, batch_size=batch_size, threads=threads, workers=workers,
                                    fast_decode=fast_decode, graph_opt=graph_opt, background=background), images)
     header(run.predictor, as_json)
@@ -614,12 +624,16 @@ from .core.tritonconfig import BATCHING  # noqa: E402 - numpy only; the defaults
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="fp32 serves each file as given; auto/int8 serve model.int8.onnx beside it when it measures "
                    "faster here (auto) or always (int8), as `infer --precision` chooses.")
+@click.option("--backend", default="file", show_default=True, metavar="file|auto|FORMAT",
+              help="file: serve each --model file as given. auto: the fastest verified file of each model's "
+                   "export set here (--model EXPORT_DIR or a file beside its export.json), measured at --max-batch "
+                   "as `infer --backend auto` does; FORMAT: that format's file of the set.")
 @click.option("--threads", type=int, default=None,
               help="onnxruntime intra-op threads [default: all cores but one, left to the HTTP event loop].")
 @click.option("--max-body-mb", type=float, default=64.0, show_default=True, help="Largest request body (413 above).")
 @click.option("--access-log", is_flag=True, help="Log every request.")
 def serve(models: List[str], model_repository: Optional[str], host: str, port: int, max_batch: int,
-          max_delay_ms: float, max_queue: int, batching: bool, provider: str, precision: str,
+          max_delay_ms: float, max_queue: int, batching: bool, provider: str, precision: str, backend: str,
           threads: Optional[int], max_body_mb: float, access_log: bool) -> int:
     """Serve exported models over HTTP: the Open Inference Protocol (KServe v2, as Triton speaks it;
     `tritonclient` works unchanged), an image endpoint and a page at /. No torch.
@@ -633,13 +647,15 @@ def serve(models: List[str], model_repository: Optional[str], host: str, port: i
       sedeploy serve --model runs/fm/model.onnx                  # http://127.0.0.1:8000/
       sedeploy serve --model fm=runs/fm/model.onnx --model fm8=runs/fm/model.int8.onnx --port 9000
       sedeploy triton-repo runs/fm/model.onnx --out models && sedeploy serve --model-repository models
+      sedeploy serve --model fm=runs/fm --backend auto          # the fastest verified file of the set here
       curl -F image=@shirt.png 'http://127.0.0.1:8000/v2/models/fm/classify?topk=3'
     """
     from .runtime.options import ModelOptions
-    specs = _serve_specs(models, model_repository, max_batch, max_delay_ms, max_queue, batching)
+    specs = _serve_specs(models, model_repository, max_batch, max_delay_ms, max_queue, batching, backend != "file")
     _check_serve_options(port, max_body_mb)
     # the models' own options, checked by the same code as infer's, before the server starts
-    loading = ModelOptions(provider=provider, threads=threads, precision=None if precision == "fp32" else precision)
+    loading = ModelOptions(provider=provider, threads=threads, precision=None if precision == "fp32" else precision,
+                           precision_batch=max_batch, backend=backend)
     loading.validate()
     try:
         from .serve.model import ServedModel
@@ -647,13 +663,13 @@ def serve(models: List[str], model_repository: Optional[str], host: str, port: i
     except ImportError as e:
         raise UserError(f"`sedeploy serve` needs the serve extra ({e.name} is missing): "
                         f"pip install 'sedeploy[serve]'") from None
-    served = [ServedModel(s, loading.provider, loading.threads, loading.precision) for s in specs]
+    served = [ServedModel(s, loading.provider, loading.threads, loading.precision, loading.backend) for s in specs]
     return run_server(served, host, port, int(max_body_mb * (1 << 20)), lambda m: click.echo(m, err=True),
                       access_log)
 
 
 def _serve_specs(models: List[str], repository: Optional[str], max_batch: int, max_delay_ms: float,
-                 max_queue: int, batching: bool) -> list:
+                 max_queue: int, batching: bool, sets: bool = False) -> list:
     from .serve.repository import model_specs, read_repository
     from .runtime.model import find_model
     for name, v, lo in (("--max-batch", max_batch, 1), ("--max-queue", max_queue, 1), ("--max-delay-ms", max_delay_ms, 0)):
@@ -669,7 +685,7 @@ def _serve_specs(models: List[str], repository: Optional[str], max_batch: int, m
             s.max_batch, s.max_delay_us, s.max_queue, s.batching = max_batch, int(max_delay_ms * 1000), max_queue, batching
         return specs
     return model_specs(list(models) or [str(find_model(None))], max_batch, int(max_delay_ms * 1000), max_queue,
-                       batching)
+                       batching, sets)
 
 
 def _check_serve_options(port: int, max_body_mb: float) -> None:

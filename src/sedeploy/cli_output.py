@@ -67,8 +67,13 @@ class Progress:
 
 def header(predictor: Predictor, as_json: bool) -> None:
     """Which model, provider and precision (with the reason) run: stderr."""
-    choice = predictor.choice
+    choice, backend = predictor.choice, predictor.backend
     prec = f"precision {choice.precision}: {choice.reason}" if choice else ""
+    if backend is not None:
+        prec = f"backend {backend.kind} ({backend.precision}): {backend.reason}" + "".join(
+            f"; not a candidate: {k} ({why})" for k, why in backend.skipped.items())
+        if as_json and backend.timings_ms and not backend.cached:
+            click.echo(prec, err=True)
     if not as_json:
         click.echo(f"model {predictor.path} ({predictor.info.meta.get('model_name', '?')}), provider "
                    f"{predictor.provider}" + (f"; {prec}" if prec else ""), err=True)

@@ -51,6 +51,8 @@ class InferRun:
         rec["provider"] = self.predictor.provider
         if self.predictor.choice is not None:
             rec["precision"] = self.predictor.choice.precision
+        if self.predictor.backend is not None:
+            rec["backend"] = self.predictor.backend.kind
         if self.outdir is not None:
             rec["heatmaps"] = self.predictor.write_heatmaps(r, self.outdir, self._stem(r.image), self.options.channels)
         return rec

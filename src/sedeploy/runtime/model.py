@@ -8,7 +8,7 @@ message on every runtime. The contract itself (names, keys) is sedeploy.core.con
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -31,6 +31,7 @@ class ModelInfo:
     se_outputs: List[str]          # SE weight outputs, model order
     feature_map: Optional[str]     # feature map output name, if any
     fixed_batch: Optional[int]     # None for a dynamic batch axis
+    output_shapes: Dict[str, List[Any]] = field(default_factory=dict)   # as the runtime reports them (batch first)
 
 
 def check_model_file(path: Path) -> None:
@@ -77,7 +78,8 @@ def describe(props: Dict[str, str], inputs: Sequence[Tensor], outputs: Sequence[
                      std=list(meta["std"]), input_size=[c, h, w], input_name=input_name, output_names=graph_outputs,
                      se_outputs=[n for n in meta.get("se_outputs", []) if n in graph_outputs],
                      feature_map=meta.get("feature_map") if meta.get("feature_map") in graph_outputs else None,
-                     fixed_batch=b if isinstance(b, int) else None)
+                     fixed_batch=b if isinstance(b, int) else None,
+                     output_shapes={name: list(shape) for name, shape in outputs})
 
 
 MODEL_SEARCH = ("runs", "demo", "exports")

@@ -23,6 +23,13 @@ from .runners import runner_class
 from .runners.ort import GRAPH_LEVELS, PROVIDERS
 
 
+def check_backend(backend: str) -> None:
+    """--backend: file, auto, or a format name (checked against the set when it is read)."""
+    if not backend or not backend.replace("-", "").replace("_", "").isalnum():
+        raise UserError(f"--backend {backend!r}: choose file, auto, or a format of the export set (onnx, ort, "
+                        f"tflite, ...)")
+
+
 def check_choice(what: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise UserError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
@@ -52,9 +59,11 @@ class ModelOptions:
     precision: Optional[str] = None    # None: the file as given; auto / fp32 / int8: runtime.precision
     precision_batch: int = 32          # the batch size `auto` times both precisions on
     runner: str = "onnxruntime"        # runtime.runners name
+    backend: str = "file"              # file: the model file as given; auto / a format: runtime.backend's choice
 
     def validate(self) -> "ModelOptions":
         runner_class(self.runner)      # a known name whose runtime is installed (else the install hint)
+        check_backend(self.backend)
         check_choice("provider", self.provider, PROVIDERS)
         check_choice("graph optimization level", self.graph_opt, tuple(GRAPH_LEVELS))
         check_choice("background", self.background, tuple(BACKGROUNDS))
@@ -82,10 +91,12 @@ class InferOptions:
     fast_decode: bool = False
     graph_opt: str = "all"
     background: str = "black"
+    backend: str = "file"
 
     def model_options(self) -> ModelOptions:
         return ModelOptions(self.model, self.provider, self.threads, self.graph_opt, self.background,
-                            self.fast_decode, self.workers, self.precision, precision_batch=self.batch_size)
+                            self.fast_decode, self.workers, self.precision, precision_batch=self.batch_size,
+                            backend=self.backend)
 
     def validate(self) -> "InferOptions":
         """Every check that needs no model: before anything is loaded."""

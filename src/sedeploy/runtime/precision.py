@@ -85,13 +85,11 @@ def measure_pair(fp32: Path, int8: Path, threads: Optional[int], batch: int, bud
     """p50 ms of one batch for each file, interleaved rounds within ~budget_s, on random normal inputs."""
     import numpy as np
     from ..core.timing import interleaved
-    from .runners.ort import create_session
-    sessions = {k: create_session(p, "cpu", threads)[0] for k, p in (("fp32", fp32), ("int8", int8))}
-    inp = sessions["fp32"].get_inputs()[0]
-    if isinstance(inp.shape[0], int):                  # a fixed-batch export runs its own batch
-        batch = inp.shape[0]
-    x = np.random.default_rng(0).standard_normal((batch, *inp.shape[1:])).astype(np.float32)
-    fns = {k: (lambda s=s: s.run(None, {inp.name: x})) for k, s in sessions.items()}
+    runners = {k: _load(p, threads) for k, p in (("fp32", fp32), ("int8", int8))}
+    info = runners["fp32"].info
+    batch = info.fixed_batch or batch                  # a fixed-batch export runs its own batch
+    x = np.random.default_rng(0).standard_normal((batch, *info.input_size)).astype(np.float32)
+    fns = {k: (lambda r=r: r.run(x)) for k, r in runners.items()}
     start = time.perf_counter()
     for fn in fns.values():                            # first runs: allocation, thread start-up
         fn()
@@ -113,8 +111,9 @@ def choose_precision(model: Path, precision: str = "auto", provider: str = "cpu"
     """fp32, int8, or the faster of the two here (auto); UserError when int8 is asked for and absent."""
     check_precision(precision)
     model = Path(model)
-    if model.name.endswith((".int8.onnx", ".fp16.onnx", ".int8.ort")):
-        return PrecisionChoice(model.name.split(".")[-2], model, f"{model.name} was given explicitly")
+    for variant in ("int8", "fp16"):              # model.int8.onnx, model.int8.tflite, model.fp16.onnx
+        if f".{variant}." in model.name:
+            return PrecisionChoice(variant, model, f"{model.name} was given explicitly")
     int8 = int8_sibling(model)
     if precision == "fp32":
         return PrecisionChoice("fp32", model, "--precision fp32")
@@ -133,8 +132,20 @@ def choose_precision(model: Path, precision: str = "auto", provider: str = "cpu"
     return _auto(model, int8, threads, batch, cache or cache_path(), measure, min_gain)
 
 
+def _load(path: Path, threads: Optional[int]):
+    """A model file on the runner its suffix names (model.onnx, model.int8.tflite), on the CPU."""
+    from .runners import load_runner, supported_suffixes
+    return load_runner(supported_suffixes().get(path.suffix.lower(), "onnxruntime"), path, provider="cpu",
+                       threads=threads)
+
+
 def checkpoint_of(path: Path) -> Optional[str]:
     """The checkpoint_sha256 an exported file records in its metadata (None when it records none)."""
+    if path.suffix.lower() not in (".onnx", ".ort"):
+        try:
+            return _load(path, 1).info.meta.get("checkpoint_sha256")
+        except Exception:  # noqa: BLE001 - unreadable: loading it for real reports the problem
+            return None
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # only the metadata is read

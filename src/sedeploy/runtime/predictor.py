@@ -28,6 +28,7 @@ from . import render
 from .model import ModelInfo, find_model
 from .options import ModelOptions, check_run
 from .pipeline import available_cores, ordered_batches
+from .backend import BackendChoice, choose_backend
 from .precision import PrecisionChoice, choose_precision
 from .preprocess import ImageLike, Preprocessor
 from .runners import Runner, load_runner, supported_suffixes
@@ -78,12 +79,17 @@ class Predictor:
     def __init__(self, model: Optional[Union[str, os.PathLike]] = None, provider: str = "auto",
                  threads: Optional[int] = None, graph_opt: str = "all", background: str = "black",
                  fast_decode: bool = False, workers: Optional[int] = None, precision: Optional[str] = None,
-                 precision_batch: int = 32, runner: str = "onnxruntime") -> None:
+                 precision_batch: int = 32, runner: str = "onnxruntime", backend: str = "file") -> None:
         ModelOptions(None if model is None else str(model), provider, threads, graph_opt, background, fast_decode,
-                     workers, precision, precision_batch, runner).validate()
+                     workers, precision, precision_batch, runner, backend).validate()
         self.path = find_model(None if model is None else str(model))
         self.choice: Optional[PrecisionChoice] = None
-        if precision is not None:
+        self.backend: Optional[BackendChoice] = None
+        if backend != "file":           # a file of the export set, measured (auto) or named (runtime.backend)
+            self.backend = choose_backend(self.path, backend, precision, provider, threads, precision_batch)
+            self.path, runner = self.backend.path, self.backend.runner
+            self.choice = PrecisionChoice(self.backend.precision, self.path, self.backend.reason)
+        elif precision is not None:
             self.choice = choose_precision(self.path, precision, provider, threads, precision_batch)
             self.path = self.choice.path
         self.workers = available_cores() if workers is None else workers

@@ -55,6 +55,7 @@ class ServedModel:
     provider: str = "auto"
     threads: Optional[int] = None
     precision: Optional[str] = None  # None: the file as given; "auto" / "int8": runtime.precision's choice
+    backend: str = "file"            # file: the file as given; auto / a format: runtime.backend's choice of the set
     state: State = State.LOADING
     reason: str = ""
     predictor: Any = None            # runtime.predictor.Predictor once loaded
@@ -79,15 +80,22 @@ class ServedModel:
     def options(self) -> ModelOptions:
         """How this model loads: the options `infer` checks and loads by (runtime.options)."""
         return ModelOptions(str(self.spec.path), self.provider, self.threads or default_threads(),
-                            precision=self.precision)
+                            precision=self.precision, precision_batch=max(1, self.spec.max_batch), backend=self.backend)
 
     def load(self) -> None:
         from ..runtime.predictor import Predictor
         p = Predictor.from_options(self.options())
-        sess = p.session
-        self.inputs = [tc.TensorSpec(a.name, tc.ORT_TYPES.get(a.type, "BYTES"), _dims(a.shape)) for a in sess.get_inputs()]
-        self.outputs = [tc.TensorSpec(a.name, tc.ORT_TYPES.get(a.type, "BYTES"), _dims(a.shape))
-                        for a in sess.get_outputs()]
+        sess = getattr(p.runner, "session", None)
+        if sess is not None:             # onnxruntime: the graph's own tensor types
+            self.inputs = [tc.TensorSpec(a.name, tc.ORT_TYPES.get(a.type, "BYTES"), _dims(a.shape))
+                           for a in sess.get_inputs()]
+            self.outputs = [tc.TensorSpec(a.name, tc.ORT_TYPES.get(a.type, "BYTES"), _dims(a.shape))
+                            for a in sess.get_outputs()]
+        else:                            # another runtime (--backend): the contract's float32 tensors, named as
+            info, b = p.info, p.info.fixed_batch or -1          # in the ONNX graph whatever the runtime calls them
+            self.inputs = [tc.TensorSpec(contract.INPUT_NAME, "FP32", [b, *info.input_size])]
+            self.outputs = [tc.TensorSpec(n, "FP32", [b, *_dims(info.output_shapes[n])[1:]])
+                            for n in info.output_names]
         self.config = self.spec.config or tc.model_config(
             self.name, self.inputs, self.outputs, self.spec.max_batch, self.spec.max_delay_us, self.spec.max_queue,
             labels_for=contract.LOGITS if contract.LOGITS in p.info.output_names else None,
@@ -116,7 +124,7 @@ class ServedModel:
         Predictor.run, which also pads a fixed-batch model's short batch (an image on the image endpoint)."""
         if len(self.inputs) == 1:
             return self.predictor.run(inputs[self.inputs[0].name])
-        outs = self.predictor.session.run(None, inputs)
+        outs = self.predictor.session.run(None, inputs)      # several inputs: a foreign ONNX graph
         return dict(zip((o.name for o in self.outputs), outs))
 
     # -- protocol views

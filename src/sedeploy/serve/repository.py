@@ -58,13 +58,14 @@ def read_repository(repo: Path) -> List[ModelSpec]:
 
 
 def model_specs(models: Sequence[str], max_batch: int, max_delay_us: int, max_queue: int,
-                batching: bool) -> List[ModelSpec]:
-    """--model PATH or NAME=PATH (repeatable) -> specs; the name defaults to the file name without .onnx."""
+                batching: bool, sets: bool = False) -> List[ModelSpec]:
+    """--model PATH or NAME=PATH (repeatable) -> specs; the name defaults to the file name without .onnx.
+    sets: PATH may also be an export folder (serve --backend picks a file of it)."""
     specs: List[ModelSpec] = []
     for item in models:
         name, sep, path = item.partition("=")
         p = Path(path if sep else item)
-        if not p.is_file():
+        if not (p.is_file() or (sets and p.is_dir())):
             raise UserError(f"model {p} does not exist; export one with `sedeploy export --ckpt best.pt`")
         if not sep:
             name = tc.default_name(p)

@@ -84,8 +84,10 @@ def serve(models: List[ServedModel], host: str, port: int, max_body: int, say: C
                           for m in models)
         say(f"ready: {url}  models: {names}")
         for m in models:
-            choice = getattr(m.predictor, "choice", None)
-            if choice is not None:
+            choice, backend = getattr(m.predictor, "choice", None), getattr(m.predictor, "backend", None)
+            if backend is not None:
+                say(f"  {m.name}: backend {backend.kind} ({backend.precision}; {backend.reason}), file {backend.path}")
+            elif choice is not None:
                 say(f"  {m.name}: {choice.precision} ({choice.reason})")
         say(f"  page {url}/   protocol {url}/v2/models/<name>/infer   Ctrl-C or SIGTERM drains and stops")
 
