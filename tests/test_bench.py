@@ -133,6 +133,19 @@ def test_int8_notes_say_when_int8_loses():
     assert s["1"]["best_pytorch_backend"] is None and s["1"]["int8_vs_fp32"] == 0.8
 
 
+def test_headline_names_the_fastest_file_that_agrees():
+    from sedeploy.bench import Row
+    from sedeploy.bench.report import headline, summary_lines
+    rows = [Row("ort-cpu", 64, "ok", images_per_s=1000.0, top1_agreement=100.0),
+            Row("ort-cpu-int8", 64, "ok", images_per_s=3000.0, top1_agreement=90.0),     # disagrees: never fastest
+            Row("ncnn", 64, "ok", images_per_s=1500.0, top1_agreement=100.0),
+            Row("torch-compile", 64, "ok", images_per_s=5000.0),                         # PyTorch: not a file
+            Row("pytorch", 64, "ok", images_per_s=500.0)]
+    s = headline([r.__dict__ for r in rows])["64"]
+    assert (s["fastest_artifact"], s["fastest_vs_ort_fp32"], s["fastest_vs_best_pytorch"]) == ("ncnn", 1.5, 0.3)
+    assert summary_lines({"64": s})[0].startswith("batch 64: fastest file: ncnn (1,500 img/s, 0.30x the best")
+
+
 @pytest.mark.slow
 def test_bench_torch_compile_row(fm_full, fmnist_dir):
     d, _ = fm_full

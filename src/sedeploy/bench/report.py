@@ -10,7 +10,10 @@ import json
 from typing import Dict, List, Optional
 
 from ..core.io import atomic_write_text
-from .backends import PYTORCH_CPU
+from .backends import ARTIFACT_ROWS, PYTORCH_CPU
+
+# The rows that run a deployable file of the set (not PyTorch, not the GPU): the headline names the fastest
+ARTIFACTS = ("ort-cpu", "ort-format", "ort-cpu-int8", "ort-format-int8") + tuple(ARTIFACT_ROWS)
 
 INT8_NOISE = 1.10     # int8/fp32 below this is "about the same" on a shared machine, not a gain
 
@@ -33,7 +36,8 @@ def int8_note(ratio: float) -> str:
 
 def annotate(rows: list) -> None:
     """Fill the int8 rows' note with their speed against their fp32 file at the same batch size."""
-    fp32_of = {"ort-cpu-int8": "ort-cpu", "ort-format-int8": "ort-format"}
+    fp32_of = {"ort-cpu-int8": "ort-cpu", "ort-format-int8": "ort-format",
+               **{n: n[:-len("-int8")] for n, (_, q) in ARTIFACT_ROWS.items() if q}}
     for r in rows:
         if r.backend in fp32_of and r.status == "ok":
             fp32 = _ips(rows, fp32_of[r.backend], r.batch)
@@ -52,12 +56,28 @@ def headline(rows: List[dict]) -> Dict[str, dict]:
         best = max(torch_rows, key=torch_rows.get) if torch_rows else None
         int8 = _ips(rows, "ort-cpu-int8", b)
         ortf = _ips(rows, "ort-format", b)
-        out[str(b)] = {"ort_fp32": ort, "best_pytorch_backend": best,
+        arts = {n: _ips(rows, n, b) for n in ARTIFACTS}
+        arts = {n: v for n, v in arts.items() if v and _agrees(rows, n, b)}
+        fastest = max(arts, key=arts.get) if arts else None
+        out[str(b)] = {"fastest_artifact": fastest, "fastest_artifact_ips": arts.get(fastest),
+                       "fastest_vs_best_pytorch": arts[fastest] / torch_rows[best] if fastest and best else None,
+                       "fastest_vs_ort_fp32": arts[fastest] / ort if fastest and ort else None,
+                       "ort_fp32": ort, "best_pytorch_backend": best,
                        "best_pytorch": torch_rows.get(best) if best else None,
                        "ort_vs_best_pytorch": ort / torch_rows[best] if ort and best else None,
                        "int8_vs_fp32": int8 / ort if int8 and ort else None,
                        "ort_format_vs_onnx": ortf / ort if ortf and ort else None}
     return out
+
+
+def _agrees(rows, backend: str, batch: int, min_agreement: float = 98.0) -> bool:
+    """A row whose top-1 agreement with eager PyTorch was measured and is at least min_agreement % (the
+    int8 gate's default), or was not measured (no checkpoint): a file that disagrees is never 'fastest'."""
+    for r in rows:
+        r = r if isinstance(r, dict) else r.__dict__
+        if r["backend"] == backend and r["batch"] == batch:
+            return r.get("top1_agreement") is None or r["top1_agreement"] >= min_agreement
+    return False
 
 
 def _fmt(v, spec: str, empty: str = "-") -> str:
@@ -95,6 +115,11 @@ def summary_lines(summary: Dict[str, dict]) -> List[str]:
     lines = []
     for b, s in summary.items():
         parts = []
+        if s.get("fastest_artifact"):
+            vs = [f"{s[k]:.2f}x {what}" for k, what in (("fastest_vs_best_pytorch", "the best PyTorch row"),
+                                                         ("fastest_vs_ort_fp32", "onnxruntime fp32")) if s.get(k)]
+            parts.append(f"fastest file: {s['fastest_artifact']} ({s['fastest_artifact_ips']:,.0f} img/s"
+                         + (f", {', '.join(vs)}" if vs else "") + ")")
         if s["ort_vs_best_pytorch"]:
             parts.append(f"onnxruntime fp32 {s['ort_vs_best_pytorch']:.2f}x the best PyTorch row "
                          f"({s['best_pytorch_backend']})")
