@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Tuple, Type
@@ -74,6 +75,7 @@ RUNNERS: Dict[str, Implementation] = {
     "onnxruntime": Implementation("ort:OrtRunner", "onnxruntime", "pip install 'sedeploy[runtime]' (onnxruntime)",
                                   (".onnx", ".ort")),
     "ncnn": Implementation("ncnn:NcnnRunner", "ncnn", "pip install 'sedeploy[ncnn]'", (".param",)),
+    "openvino": Implementation("openvino:OpenvinoRunner", "openvino", "pip install 'sedeploy[openvino]'", (".xml",)),
 }
 
 
@@ -86,9 +88,13 @@ def runner_class(name: str) -> Type[Runner]:
     """The runner class for a name; UserError for an unknown name or a runtime that is not installed."""
     check_runner(name)
     impl = RUNNERS[name]
+    # Found, not imported: each runner imports its runtime itself, its own way (openvino must be
+    # imported with its telemetry off, runners.openvino.import_openvino), and lookups stay cheap.
     try:
-        importlib.import_module(impl.requires)
-    except ImportError:
+        found = importlib.util.find_spec(impl.requires) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
         raise UserError(f"the {name} runner needs the {impl.requires} package, which is not installed: "
                         f"{impl.hint}") from None
     module, cls = impl.target.split(":")
