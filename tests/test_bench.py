@@ -57,8 +57,8 @@ def test_bench_rows_json_csv(run_cli, fm_full, fmnist_dir, tmp_path):
     ov = by[("openvino", 1)]
     if importlib.util.find_spec("openvino") is None:
         assert ov["status"] == "skipped: openvino is not installed (pip install 'sedeploy[openvino]')"
-    else:
-        assert ov["status"] == "ok" and ov["max_abs_diff"] < 1e-3, ov
+    else:                             # the row runs the set's OpenVINO IR (tests/test_formats_openvino.py), not the .onnx
+        assert ov["status"] == "skipped: no model.openvino.xml (run sedeploy export --formats openvino)", ov
     import onnxruntime as ort
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert by[("ort-cuda", 1)]["status"].startswith("skipped: ") and "onnxruntime-gpu" in by[("ort-cuda", 1)]["status"]

@@ -178,3 +178,15 @@ def test_telemetry_is_off(ov_set, tmp_path, mode):
         assert "op_count" in sent and (tmp_path / "intel" / "openvino_ga_cid").exists()
     if mode == "sedeploy":
         assert not (tmp_path / "intel").exists()
+
+
+def test_bench_row_runs_the_ir(ov_set, fmnist_dir, run_cli):
+    r = run_cli("bench", "--model", ov_set, "--backends", "ort-cpu,openvino", "--batch-sizes", "1,3", "--warmup", "1",
+                "--min-time", "0", "--repeats", "1", "--data-dir", fmnist_dir, "--limit", "40", "--json")
+    assert r.code == 0, r.err
+    by = {(x["backend"], x["batch"]): x for x in json.loads(r.out)["rows"]}
+    assert by[("openvino", 3)]["status"] == "ok" and by[("openvino", 1)]["file"] == "model.openvino.xml"
+    files = ("model.openvino.xml", "model.openvino.bin")
+    assert by[("openvino", 1)]["size_mb"] == round(sum((ov_set / f).stat().st_size for f in files) / 1e6, 3)
+    assert by[("openvino", 3)]["max_abs_diff"] <= ATOL
+    assert by[("openvino", 1)]["accuracy"] == by[("ort-cpu", 1)]["accuracy"]

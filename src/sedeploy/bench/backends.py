@@ -3,9 +3,10 @@
 What a user would run instead of onnxruntime on a CPU, on the same exported model: PyTorch eager
 (NCHW and channels-last), torch.compile (inductor), TorchScript, the ORT-format file of the set
 (`ort-format`: model.ort on onnxruntime, timed exactly as `ort-cpu` times model.onnx;
-`ort-format-int8`: model.int8.ort), OpenVINO
-(when installed), and on CUDA PyTorch and onnxruntime fp32/fp16 with IO binding. A backend that cannot run here raises
-Skip with the reason; torch and openvino are imported only when their rows are asked for.
+`ort-format-int8`: model.int8.ort), a row per file of every other format of the set on its own runner
+(OpenVINO IR, NCNN, LiteRT, ExecuTorch: ARTIFACT_ROWS, loaded as `infer --model FILE` loads it), and on
+CUDA PyTorch and onnxruntime fp32/fp16 with IO binding. A backend that cannot run here raises Skip with
+the reason; torch and the other runtimes are imported only when their rows are asked for.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 from ..export.formats import FORMATS, Format, int8_file
 
 PYTORCH_CPU = ("pytorch", "pytorch-cl", "torch-compile", "torchscript")   # the PyTorch rows to compare against
-ORT_CPU = ("ort-cpu", "ort-format", "ort-cpu-int8", "ort-format-int8", "openvino")
+ORT_CPU = ("ort-cpu", "ort-format", "ort-cpu-int8", "ort-format-int8")
 CUDA = ("pytorch-cuda", "ort-cuda", "ort-cuda-fp16")
 # A row per artifact of every registered format that a runner of runtime.runners runs (ncnn, ...), read
 # from the set by the file name the format writes: "<format>" for <stem><suffix>, "<format>-int8" for
@@ -31,7 +32,7 @@ for _f in FORMATS.values():
         if _f.int8 == "native":
             ARTIFACT_ROWS[f"{_f.name}-int8"] = (_f, True)
 BACKENDS = PYTORCH_CPU + ORT_CPU + tuple(ARTIFACT_ROWS) + CUDA
-FP32_CPU = PYTORCH_CPU + ("ort-cpu", "ort-format", "openvino") + tuple(n for n, (_, q) in ARTIFACT_ROWS.items()
+FP32_CPU = PYTORCH_CPU + ("ort-cpu", "ort-format") + tuple(n for n, (_, q) in ARTIFACT_ROWS.items()
                                                                       if not q)   # rows with a share of the fp32 peak
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -148,26 +149,6 @@ def _pytorch(name: str, model: Path, ckpt: Optional[Path], threads: Optional[int
     return torch_runner(m, device, threads, channels_last=name == "pytorch-cl"), ckpt
 
 
-# ---------------------------------------------------------------- OpenVINO
-def openvino_runner(path: Path, threads: Optional[int]) -> Runner:
-    """OpenVINO on the CPU, latency hint, fp32 inference (its default on bf16/AMX CPUs would be bf16)."""
-    try:
-        import openvino as ov
-    except ImportError:
-        raise Skip("openvino is not installed (pip install 'sedeploy[openvino]')") from None
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    compiled = ov.Core().compile_model(str(path), "CPU", config)
-    request = compiled.create_infer_request()
-    logits = compiled.output("logits")
-
-    def run(x: np.ndarray) -> np.ndarray:
-        request.infer({0: x})
-        return request.get_tensor(logits).data.copy()
-    return run
-
-
 # ---------------------------------------------------------------- files
 def artifact_runner(row: str, model: Path, threads: Optional[int]) -> Tuple[Runner, Path, List[Path]]:
     """The row's artifact of the set beside the model on its format's runner (runtime.runners), as
@@ -248,8 +229,6 @@ def _make_backend(name: str, model: Path, ckpt: Optional[Path], threads: Optiona
                   ) -> Tuple[Runner, Optional[Path]]:
     if name in PYTORCH_CPU or name == "pytorch-cuda":
         return _pytorch(name, model, ckpt, threads, probe)
-    if name == "openvino":
-        return openvino_runner(model, threads), model
     files = {"ort-cpu": model.name, "ort-format": model.stem + ".ort", "ort-cpu-int8": model.stem + ".int8.onnx",
              "ort-format-int8": model.stem + ".int8.ort", "ort-cuda": model.name,
              "ort-cuda-fp16": model.stem + ".fp16.onnx"}

@@ -66,7 +66,7 @@ FORMATS: Dict[str, Format] = {
     "ncnn": Format("ncnn", "ncnn", ".ncnn.param", ("pnnx",), "ncnn", "ncnn", "ncnn", int8="", needs=("onnx",),
                    side_files=(".ncnn.bin", ".ncnn.json"), what="NCNN .param/.bin (pnnx, fp32) + sidecar JSON"),
     "openvino": Format("openvino", "openvino", ".openvino.xml", ("openvino",), "openvino", "openvino", "openvino",
-                       int8=False, needs=("onnx",), side_files=(".openvino.bin",),
+                       int8="", needs=("onnx",), side_files=(".openvino.bin",),
                        what="OpenVINO IR .xml/.bin (fp32 weights, metadata in rt_info)"),
 }
 DEFAULT = ("onnx", "torchscript")    # what `sedeploy export` writes without --formats
