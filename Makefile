@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # The torch/torchvision pair that imports together on these machines (see README).
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install dataset browser demo test test-fast test-gpu lint clean
+.PHONY: install dataset browser arm64 demo test test-fast test-gpu lint clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,15 @@ browser:
 	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }; fi
+
+# qemu user-mode emulation and mmdebstrap, for the test that runs the runtime on linux/arm64 against x86
+# (tests/test_arm64.py; without them it is skipped, saying so). The test unpacks Debian's arm64 python3.11
+# from the mirror in the host's apt sources and the aarch64 wheels into ~/.cache/sedeploy-arm64 once.
+arm64:
+	@if command -v qemu-aarch64-static >/dev/null && command -v mmdebstrap >/dev/null; then echo "qemu-aarch64-static and mmdebstrap present"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq qemu-user-static mmdebstrap >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq qemu-user-static mmdebstrap; }; fi
 
 # The main job end to end on real data (Fashion-MNIST, CPU, a few minutes):
 # train -> export (+ int8, fp16; parity table) -> infer with heatmaps on real test images -> bench.
