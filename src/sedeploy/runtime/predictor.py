@@ -30,7 +30,7 @@ from .options import ModelOptions, check_run
 from .pipeline import available_cores, ordered_batches
 from .precision import PrecisionChoice, choose_precision
 from .preprocess import ImageLike, Preprocessor
-from .runners import Runner, load_runner, supported_suffixes
+from .runners import Runner, check_runnable, load_runner, supported_suffixes
 
 
 @dataclass
@@ -82,6 +82,7 @@ class Predictor:
         ModelOptions(None if model is None else str(model), provider, threads, graph_opt, background, fast_decode,
                      workers, precision, precision_batch, runner).validate()
         self.path = find_model(None if model is None else str(model))
+        check_runnable(self.path)            # a Core ML package: one line before precision looks beside it
         self.choice: Optional[PrecisionChoice] = None
         if precision is not None:
             self.choice = choose_precision(self.path, precision, provider, threads, precision_batch)

@@ -54,7 +54,7 @@ class Format:
 
 
 # The registered (implemented) formats, in build order. Issue 15 plans more, each a module and a row:
-PLANNED = ("openvino", "tflite", "executorch", "coreml", "web")
+PLANNED = ("openvino", "tflite", "executorch", "web")
 FORMATS: Dict[str, Format] = {
     "onnx": Format("onnx", "onnx", ".onnx", ("torch", "onnx", "onnxsim"), "full", "onnxruntime", "onnxruntime",
                    int8="onnx", what="ONNX, simplified by onnxsim (onnxruntime)"),
@@ -65,6 +65,10 @@ FORMATS: Dict[str, Format] = {
                   what="ONNX Runtime format for mobile and minimal builds"),
     "ncnn": Format("ncnn", "ncnn", ".ncnn.param", ("pnnx",), "ncnn", "ncnn", "ncnn", int8="", needs=("onnx",),
                    side_files=(".ncnn.bin", ".ncnn.json"), what="NCNN .param/.bin (pnnx, fp32) + sidecar JSON"),
+    # a package folder; Core ML predicts only on macOS (no runner: `infer` says so)
+    "coreml": Format("coreml", "coreml", ".mlpackage", ("torch", "coremltools"), "coreml", "coreml", "coremltools",
+                     int8="", platforms=("Darwin",),
+                     what="Core ML ML Program package (coremltools, fp32): validated on Linux, verified only on macOS"),
 }
 DEFAULT = ("onnx", "torchscript")    # what `sedeploy export` writes without --formats
 
