@@ -52,7 +52,8 @@ def test_every_registered_format_is_a_plugin_of_the_same_shape(name):
 def test_parse_formats_all_unknown_and_missing_converter(monkeypatch):
     from sedeploy.core.errors import UserError
     real = fm.installed
-    monkeypatch.setattr(fm, "installed", lambda p: p not in ("pnnx", "openvino") and real(p))   # edge converters off
+    core = {p for n in ALL for p in fm.FORMATS[n].converter}                # the edge families' converters off
+    monkeypatch.setattr(fm, "installed", lambda p: p in core and real(p))
     assert fm.parse_formats(["all"]) == ALL
     assert fm.parse_formats(["ort", " ONNX "]) == ("onnx", "ort")           # registry order, names normalized
     assert fm.build_order(("ort",)) == ("onnx", "ort")                       # ort is derived from onnx
@@ -60,7 +61,7 @@ def test_parse_formats_all_unknown_and_missing_converter(monkeypatch):
         fm.parse_formats(["onnx", "bogus"])
     with pytest.raises(UserError, match=r"tflite: planned"):
         fm.parse_formats(["tflite"])
-    monkeypatch.setattr(fm, "installed", lambda p: p not in ("flatbuffers", "pnnx", "openvino") and real(p))
+    monkeypatch.setattr(fm, "installed", lambda p: p in core - {"flatbuffers"} and real(p))
     assert fm.parse_formats(["all"]) == ("onnx", "torchscript")              # all = converters installed
     with pytest.raises(UserError, match=r"format ort needs flatbuffers, which is not installed: "
                                         r"pip install 'sedeploy\[full\]'"):
@@ -75,7 +76,8 @@ def test_formats_command_json_and_table(run_cli, monkeypatch):
     assert list(rows) == list(fm.FORMATS) and data["planned"] == list(fm.PLANNED)
     for name, f in fm.FORMATS.items():
         assert rows[name] == {**rows[name], "file": f"model{f.suffix}", "runtime": f.runtime, "int8": bool(f.int8),
-                              "converter_installed": True, "runtime_installed": True, "runs_here": True}
+                              "converter_installed": True, "runtime_installed": True,
+                              "runs_here": f.platforms is None or platform.system() in f.platforms}
     assert rows["onnx"]["int8"] and rows["ort"]["int8"] and not rows["torchscript"]["int8"]
     real = fm.installed                                                      # a runtime that is absent
     monkeypatch.setattr(fm, "installed", lambda p: p != "onnxruntime" and real(p))
@@ -168,8 +170,8 @@ def test_export_cli_formats_errors(trained_fm, run_cli, tmp_path):
     ck = trained_fm / "best.pt"
     assert_one_line_error(run_cli("export", "--ckpt", ck, "--out", tmp_path, "--formats", "onnx,bogus"),
                           "unknown format bogus", "choose from: onnx, torchscript, ort, ", ", all")
-    assert_one_line_error(run_cli("export", "--ckpt", ck, "--out", tmp_path, "--formats", "ort,coreml"),
-                          "coreml: planned")
+    assert_one_line_error(run_cli("export", "--ckpt", ck, "--out", tmp_path, "--formats", f"ort,{fm.PLANNED[0]}"),
+                          f"{fm.PLANNED[0]}: planned")
     assert not list(tmp_path.iterdir())
 
 

@@ -123,6 +123,78 @@ def test_without_hard_links_the_old_files_are_moved_aside(tmp_path, monkeypatch)
     assert snapshot(d) == old_state(d)
 
 
+# ---------------------------------------------------------------- a folder in the set (model.mlpackage)
+OLD_PKG = {"Manifest.json": b"old manifest", "Data/weights/weight.bin": b"old weights"}
+NEW_PKG = {"Manifest.json": b"new manifest", "Data/weights/weight.bin": b"new weights", "Data/extra": b"new"}
+
+
+def files_under(folder: Path) -> Dict[str, bytes]:
+    """Every file under the folder by relative path (hidden staging/backup folders left out)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and not p.relative_to(folder).parts[0].startswith(".")}
+
+
+def write_tree(folder: Path, files: Dict[str, bytes]) -> None:
+    for rel, b in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b)
+
+
+def prepare_pkg(folder: Path, new_pkg: bool = True) -> Dict[str, Path]:
+    """The old set with a model.mlpackage folder, the new one (with or without its own) staged."""
+    write_tree(folder, {"model.onnx": b"old onnx", "export.json": b"old manifest",
+                        **{f"model.mlpackage/{k}": v for k, v in OLD_PKG.items()}})
+    stage = commit.stage_dir(folder)
+    write_tree(stage, {"model.onnx": b"new onnx", "export.json": b"new manifest",
+                       **({f"model.mlpackage/{k}": v for k, v in NEW_PKG.items()} if new_pkg else {})})
+    return {p.name: p for p in stage.iterdir()}
+
+
+@pytest.mark.parametrize("exc", [OSError(errno.EIO, "injected"), KeyboardInterrupt()], ids=["oserror", "ctrl-c"])
+def test_a_folder_artifact_is_committed_whole_or_not_at_all(tmp_path, monkeypatch, exc):
+    stale = ["model.onnx", "model.mlpackage", "export.json"]
+    calls = fail_at(monkeypatch, -1, RuntimeError())
+    commit.commit_files(tmp_path / "count", prepare_pkg(tmp_path / "count"), "export.json", stale=stale)
+    monkeypatch.undo()
+    assert ("_move", "model.mlpackage", "model.mlpackage") in calls           # moved aside, never linked
+    assert not any(f == "_link" and n == "model.mlpackage" for f, n, _ in calls)
+    for k in range(len(calls)):
+        d = tmp_path / f"k{k}"
+        staged = prepare_pkg(d)
+        old = files_under(d)
+        fail_at(monkeypatch, k, exc)
+        if calls[k][0] == "_link" and isinstance(exc, OSError):   # no hard link: moved aside, the commit goes on
+            commit.commit_files(d, staged, "export.json", stale=stale)
+            monkeypatch.undo()
+            continue
+        with pytest.raises(type(exc)):
+            commit.commit_files(d, staged, "export.json", stale=stale)
+        monkeypatch.undo()
+        assert files_under(d) == old, f"failure at step {k} ({calls[k]})"
+        assert not list(d.glob(commit.BACKUP_PREFIX + "*"))
+    d = tmp_path / "ok"
+    commit.commit_files(d, prepare_pkg(d), "export.json", stale=stale)
+    assert files_under(d) == {"model.onnx": b"new onnx", "export.json": b"new manifest",
+                       **{f"model.mlpackage/{k}": v for k, v in NEW_PKG.items()}}   # no old file left inside
+    d = tmp_path / "gone"                                                       # a new set without the folder
+    commit.commit_files(d, prepare_pkg(d, new_pkg=False), "export.json", stale=stale)
+    assert files_under(d) == {"model.onnx": b"new onnx", "export.json": b"new manifest"}
+
+
+def test_a_folder_hashes_by_its_files_names_and_contents(tmp_path):
+    from sedeploy.core.io import file_sha256, path_bytes, path_sha256
+    write_tree(tmp_path / "a.mlpackage", NEW_PKG)
+    write_tree(tmp_path / "b.mlpackage", NEW_PKG)
+    (tmp_path / "b.mlpackage" / "empty").mkdir()                                # empty folders do not count
+    h = path_sha256(tmp_path / "a.mlpackage")
+    assert h == path_sha256(tmp_path / "b.mlpackage") and path_bytes(tmp_path / "a.mlpackage") == 26
+    (tmp_path / "b.mlpackage" / "Data" / "extra").write_bytes(b"neW")
+    assert path_sha256(tmp_path / "b.mlpackage") != h                           # a content changes it
+    write_tree(tmp_path / "c.mlpackage", {**{k: v for k, v in NEW_PKG.items() if k != "Data/extra"}, "Data/extrb": b"new"})
+    assert path_sha256(tmp_path / "c.mlpackage") != h                           # so does a name
+    assert path_sha256(tmp_path / "c.mlpackage" / "Manifest.json") == file_sha256(tmp_path / "c.mlpackage" / "Manifest.json")
+
+
 CRASH = """
 import os, sys
 from pathlib import Path

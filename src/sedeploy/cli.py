@@ -373,8 +373,8 @@ def _print_formats(as_json: bool) -> None:
 def formats(as_json: bool) -> None:
     """List the export formats: converter installed?, runtime installed?, runs here?, int8?
 
-    One row per implemented format (onnx, torchscript, ort); planned: openvino, tflite, executorch,
-    ncnn, coreml, web. `sedeploy export --formats all` writes every format whose converter is installed.
+    One row per implemented format (onnx, torchscript, ort, ncnn, coreml); planned: openvino, tflite,
+    executorch, web. `sedeploy export --formats all` writes every format whose converter is installed.
 
     \b
     Examples:

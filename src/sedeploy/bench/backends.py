@@ -18,16 +18,18 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..export.formats import FORMATS, Format, int8_file
+from ..runtime.runners import RUNNERS
 
 PYTORCH_CPU = ("pytorch", "pytorch-cl", "torch-compile", "torchscript")   # the PyTorch rows to compare against
 ORT_CPU = ("ort-cpu", "ort-format", "ort-cpu-int8", "ort-format-int8")
 CUDA = ("pytorch-cuda", "ort-cuda", "ort-cuda-fp16")
 # A row per artifact of every registered format that a runner of runtime.runners runs (ncnn, ...), read
 # from the set by the file name the format writes: "<format>" for <stem><suffix>, "<format>-int8" for
-# its native int8 file. Formats run by onnxruntime or torch have the rows above.
+# its native int8 file. Formats run by onnxruntime or torch have the rows above; a format no runner
+# here runs (coreml: Core ML predicts only on macOS) has none.
 ARTIFACT_ROWS: Dict[str, Tuple[Format, bool]] = {}
 for _f in FORMATS.values():
-    if _f.runtime not in ("onnxruntime", "torch") and _f.name not in ORT_CPU:
+    if _f.runtime in RUNNERS and _f.runtime != "onnxruntime" and _f.name not in ORT_CPU:
         ARTIFACT_ROWS[_f.name] = (_f, False)
         if _f.int8 == "native":
             ARTIFACT_ROWS[f"{_f.name}-int8"] = (_f, True)
@@ -153,14 +155,12 @@ def _pytorch(name: str, model: Path, ckpt: Optional[Path], threads: Optional[int
 def artifact_runner(row: str, model: Path, threads: Optional[int]) -> Tuple[Runner, Path, List[Path]]:
     """The row's artifact of the set beside the model on its format's runner (runtime.runners), as
     `sedeploy infer --model` loads it; -> (logits runner, the artifact, every file of it (its size))."""
-    from ..runtime.runners import RUNNERS, load_runner
+    from ..runtime.runners import load_runner
     fmt, int8 = ARTIFACT_ROWS[row]
     path = sibling(model, int8_file(fmt, model.stem) if int8 else model.stem + fmt.suffix)
     if not path.exists():
         raise Skip(f"no {path.name} (run sedeploy export --formats {fmt.name}{' --int8' if int8 else ''})")
-    impl = RUNNERS.get(fmt.runtime)
-    if impl is None:
-        raise Skip(f"no runner for {fmt.runtime} in this version")
+    impl = RUNNERS[fmt.runtime]                  # ARTIFACT_ROWS holds only formats with a runner
     if not installed(impl.requires):
         raise Skip(f"{impl.requires} is not installed ({impl.hint})")
     r = load_runner(fmt.runtime, path, threads=threads)
@@ -182,9 +182,12 @@ def sibling(model: Path, name: str) -> Path:
 def resolve_set(model: Optional[str]) -> Optional[str]:
     """--model as given, or for an export folder or its export.json the set's fp32 model (the file of
     format onnx, else ort): every other row then finds its artifact of the set beside it."""
+    from ..core.errors import UserError
+    from ..runtime.runners import check_runnable
+    if model:
+        check_runnable(Path(model))                  # a Core ML package is a folder, but no export set
     if not model or not (Path(model).is_dir() or model.endswith(".json")):
         return model
-    from ..core.errors import UserError
     manifest = Path(model) / "export.json" if Path(model).is_dir() else Path(model)
     try:
         files = json.loads(manifest.read_text())["files"]

@@ -12,6 +12,10 @@ directory, then `commit_files` moves it in, in an order a reader can rely on:
     4. the new manifest is renamed in last: from that instant it names the complete new set, each
        file with its sha256, and no manifest ever names a mix of old and new files
 
+An entry of the set may be a folder (a Core ML model.mlpackage): it is staged and synced file by
+file, renamed in as one entry (so it is never half there), moved aside rather than hard-linked in
+step 2 (a folder has no hard link: it is absent between steps 2 and 3), and removed as a whole.
+
 Any exception before the commit point (Ctrl-C included) puts every old file back, the manifest last,
 and removes the new ones, then re-raises. SIGINT and SIGTERM arriving during the renames are held
 until the commit (or its rollback) is complete and the backup removed, then delivered: a Ctrl-C there
@@ -147,6 +151,10 @@ def stage_dir(folder: Path) -> Path:
 
 
 def _fsync(path: Path) -> None:
+    """Sync a file, or a staged folder with every file and folder under it, the folder last."""
+    if path.is_dir() and not path.is_symlink():
+        for p in path.iterdir():
+            _fsync(p)
     fd = os.open(str(path), os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -199,7 +207,10 @@ def _journal(backup: Path, names: List[str], manifest: str, manifest_sha256: str
 
 def _keep(path: Path, backup: Path) -> None:
     """Keep the old file under `backup`: a hard link, so `path` never disappears; a move where the
-    filesystem has no hard links."""
+    filesystem has no hard links, and for a folder (it has none)."""
+    if path.is_dir() and not path.is_symlink():
+        _move(path, backup)
+        return
     try:
         _link(path, backup)
     except OSError:
@@ -211,11 +222,21 @@ def _undo(folder: Path, backup: Path, installed: Iterable[str], manifest: str) -
     kill in between still reads as unfinished to `recover`); the backup goes."""
     for n in installed:
         if not (backup / n).exists():
-            (folder / n).unlink(missing_ok=True)
+            _remove(folder / n)
     olds = sorted((p for p in backup.iterdir() if p.name != JOURNAL), key=lambda p: p.name == manifest)
     for p in olds:
+        if (folder / p.name).is_dir() and not (folder / p.name).is_symlink():
+            _remove(folder / p.name)              # a new folder in place: a rename cannot replace it
         _move(p, folder / p.name)
     release_dir(backup)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, or a folder with everything under it; nothing if absent."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def recover(folder: Path, log: Callable[[str], None] = print) -> None:

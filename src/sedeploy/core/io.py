@@ -1,5 +1,5 @@
 """File writing and hashing shared by every side: atomic, umask-respecting writes, writable-folder
-checks, sha256 of files. No torch.
+checks, sha256 and size of files and of folder artifacts (a Core ML .mlpackage). No torch.
 
 Outputs are written atomically (temporary file in the same directory, fsync, rename), so a crash
 never leaves a half-written file or a damaged previous version.
@@ -11,7 +11,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, List, Optional, Tuple, Union
 
 from .errors import UserError
 
@@ -91,3 +91,36 @@ def file_sha256(path: PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def path_sha256(path: PathLike) -> str:
+    """Hex sha256 of an artifact: a file's own (file_sha256); for a folder (model.mlpackage), the sha256
+    of one line per file under it, in sorted order of the relative POSIX path: `<path>\\0<file sha256>\\n`.
+    Names and contents count, file times and empty folders do not, so a copy hashes the same."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for rel, f in _tree_files(path):
+        h.update(f"{rel}\0{file_sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
+def path_bytes(path: PathLike) -> int:
+    """Size of an artifact: a file's, or the sum of the files under a folder."""
+    path = Path(path)
+    return sum(f.stat().st_size for _, f in _tree_files(path)) if path.is_dir() else path.stat().st_size
+
+
+def _tree_files(folder: Path) -> List[Tuple[str, Path]]:
+    """(relative POSIX path, path) of every file under `folder`, sorted by the relative path."""
+    return sorted((f.relative_to(folder).as_posix(), f) for f in folder.rglob("*") if f.is_file())
+
+
+def share_tree(folder: PathLike) -> None:
+    """Give a folder written by a library, and everything under it, the modes open() and mkdir() would
+    (0666 / 0777 & ~umask): coremltools writes parts of a package 0600 / 0700 (temporary files moved in)."""
+    mask = current_umask()
+    for p in [Path(folder), *Path(folder).rglob("*")]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)

@@ -24,7 +24,7 @@ from .. import __version__
 from ..core import contract
 from ..core.errors import UserError
 from ..core.commit import commit_files, recover, release_dir, stage_dir
-from ..core.io import atomic_write_text, ensure_writable_dir, file_sha256
+from ..core.io import atomic_write_text, ensure_writable_dir, file_sha256, path_bytes, path_sha256
 from ..core.parity import ATOL, RTOL, format_table
 from ..core.versions import versions
 from ..checkpoint import build_model, load_checkpoint
@@ -243,7 +243,7 @@ def stage(job: Job, built: Dict[str, List[Path]], variants: Dict[str, List[Path]
 
 def write_manifest(job: Job, staged: Staged, rows: List, batch_desc: str) -> dict:
     """export.json into job.tmp: each file by its final name, with its size and sha256 (a reader checks
-    a set against it), what was verified (a row per artifact and output), how each format was
+    a set against it; a folder artifact, model.mlpackage: core.io.path_sha256 over its files), what was verified (a row per artifact and output), how each format was
     converted, the int8 gate, the overhead measured, timings and options."""
     opts, nodes = job.opts, job.nodes
     manifest = {
@@ -251,7 +251,7 @@ def write_manifest(job: Job, staged: Staged, rows: List, batch_desc: str) -> dic
         "model_name": job.ckpt["model_name"], "output_names": job.names,
         "opset": opts.opset if "onnx" in build_order(opts.formats) else None, "batch": opts.batch or "dynamic",
         "simplified": bool(opts.simplify and "onnx" in build_order(opts.formats)),
-        "files": [{"format": kind, "path": name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
+        "files": [{"format": kind, "path": name, "bytes": path_bytes(p), "sha256": path_sha256(p)}
                   for name, (kind, p) in staged.items()],
         "formats": {name: job.facts.get(name, {}) for name in opts.formats},
         "nodes": nodes, "verification": {"batch": batch_desc, "atol": ATOL, "rtol": RTOL,

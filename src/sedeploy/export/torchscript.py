@@ -9,12 +9,16 @@ import torch
 from torch import nn
 
 
-def export_torchscript(module: nn.Module, example: torch.Tensor, path: Path, metadata: Dict[str, str]) -> Path:
-    """Trace `module` on `example` and save to `path` with metadata as `_extra_files`."""
+def trace(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """`module` traced on `example` (what model.ts holds, and what coremltools converts)."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # jit's deprecation notices; tracing is checked by verify
-        traced = torch.jit.trace(module.eval(), example, check_trace=False)
-    traced.save(str(path), _extra_files=dict(metadata))
+        return torch.jit.trace(module.eval(), example, check_trace=False)
+
+
+def export_torchscript(module: nn.Module, example: torch.Tensor, path: Path, metadata: Dict[str, str]) -> Path:
+    """Trace `module` on `example` and save to `path` with metadata as `_extra_files`."""
+    trace(module, example).save(str(path), _extra_files=dict(metadata))
     return path
 
 

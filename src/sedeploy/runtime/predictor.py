@@ -31,7 +31,7 @@ from .pipeline import available_cores, ordered_batches
 from .backend import BackendChoice, choose_backend
 from .precision import PrecisionChoice, choose_precision
 from .preprocess import ImageLike, Preprocessor
-from .runners import Runner, load_runner, supported_suffixes
+from .runners import Runner, check_runnable, load_runner, supported_suffixes
 
 
 @dataclass
@@ -83,6 +83,7 @@ class Predictor:
         ModelOptions(None if model is None else str(model), provider, threads, graph_opt, background, fast_decode,
                      workers, precision, precision_batch, runner, backend).validate()
         self.path = find_model(None if model is None else str(model))
+        check_runnable(self.path)            # a Core ML package: one line before precision looks beside it
         self.choice: Optional[PrecisionChoice] = None
         self.backend: Optional[BackendChoice] = None
         if backend != "file":           # a file of the export set, measured (auto) or named (runtime.backend)

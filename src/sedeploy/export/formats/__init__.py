@@ -54,7 +54,7 @@ class Format:
 
 
 # The registered (implemented) formats, in build order. Issue 15 plans more, each a module and a row:
-PLANNED = ("tflite", "executorch", "coreml", "web")
+PLANNED = ("tflite", "executorch", "web")
 FORMATS: Dict[str, Format] = {
     "onnx": Format("onnx", "onnx", ".onnx", ("torch", "onnx", "onnxsim"), "full", "onnxruntime", "onnxruntime",
                    int8="onnx", what="ONNX, simplified by onnxsim (onnxruntime)"),
@@ -68,6 +68,10 @@ FORMATS: Dict[str, Format] = {
     "openvino": Format("openvino", "openvino", ".openvino.xml", ("openvino",), "openvino", "openvino", "openvino",
                        int8="", needs=("onnx",), side_files=(".openvino.bin",),
                        what="OpenVINO IR .xml/.bin (fp32 weights, metadata in rt_info)"),
+    # a package folder; Core ML predicts only on macOS (no runner: `infer` says so)
+    "coreml": Format("coreml", "coreml", ".mlpackage", ("torch", "coremltools"), "coreml", "coreml", "coremltools",
+                     int8="", platforms=("Darwin",),
+                     what="Core ML ML Program package (coremltools, fp32): validated on Linux, verified only on macOS"),
 }
 DEFAULT = ("onnx", "torchscript")    # what `sedeploy export` writes without --formats
 

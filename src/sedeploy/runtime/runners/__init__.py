@@ -79,6 +79,21 @@ RUNNERS: Dict[str, Implementation] = {
 }
 
 
+# Artifacts sedeploy exports that no runner here loads: suffix -> why, and what to run instead.
+# A Core ML package runs only in Core ML (macOS, iOS): export validates it there and records it unverified.
+NO_RUNNER: Dict[str, str] = {
+    ".mlpackage": "a Core ML package: Core ML runs it on macOS and iOS only, and sedeploy has no Core ML runner; "
+                  "run the export's model.onnx here (--model model.onnx)",
+}
+
+
+def check_runnable(path: Path) -> None:
+    """UserError for a model file that no runner loads (a Core ML package), before anything reads it."""
+    why = NO_RUNNER.get(Path(path).suffix.lower())
+    if why:
+        raise UserError(f"{path} is {why}")
+
+
 def check_runner(name: str) -> None:
     if name not in RUNNERS:
         raise UserError(f"unknown runner {name!r}; choose one of: {', '.join(RUNNERS)}")
@@ -121,6 +136,7 @@ def load_runner(name: str, path: Path, **options: Any) -> Runner:
     """Load the artifact at `path` with the named runtime; options are the runner's own
     (onnxruntime: provider, threads, graph_opt, spin)."""
     cls = runner_class(name)
+    check_runnable(Path(path))
     check_model_file(Path(path))
     check_suffix(name, Path(path))
     return cls(Path(path), **options)
