@@ -54,7 +54,7 @@ class Format:
 
 
 # The registered (implemented) formats, in build order. Issue 15 plans more, each a module and a row:
-PLANNED = ("openvino", "tflite", "executorch", "coreml", "web")
+PLANNED = ("openvino", "tflite", "coreml", "web")
 FORMATS: Dict[str, Format] = {
     "onnx": Format("onnx", "onnx", ".onnx", ("torch", "onnx", "onnxsim"), "full", "onnxruntime", "onnxruntime",
                    int8="onnx", what="ONNX, simplified by onnxsim (onnxruntime)"),
@@ -65,6 +65,9 @@ FORMATS: Dict[str, Format] = {
                   what="ONNX Runtime format for mobile and minimal builds"),
     "ncnn": Format("ncnn", "ncnn", ".ncnn.param", ("pnnx",), "ncnn", "ncnn", "ncnn", int8="", needs=("onnx",),
                    side_files=(".ncnn.bin", ".ncnn.json"), what="NCNN .param/.bin (pnnx, fp32) + sidecar JSON"),
+    "executorch": Format("executorch", "executorch", ".pte", ("torch", "executorch"), "executorch", "executorch",
+                         "executorch", int8="native", side_files=(".int8.pte",),
+                         what="ExecuTorch .pte, XNNPACK, metadata inside; its Python runtime brings torch"),
 }
 DEFAULT = ("onnx", "torchscript")    # what `sedeploy export` writes without --formats
 

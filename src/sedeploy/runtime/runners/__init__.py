@@ -74,6 +74,9 @@ RUNNERS: Dict[str, Implementation] = {
     "onnxruntime": Implementation("ort:OrtRunner", "onnxruntime", "pip install 'sedeploy[runtime]' (onnxruntime)",
                                   (".onnx", ".ort")),
     "ncnn": Implementation("ncnn:NcnnRunner", "ncnn", "pip install 'sedeploy[ncnn]'", (".param",)),
+    # executorch.runtime imports torch (its Python runtime links libtorch): the one runner that does
+    "executorch": Implementation("executorch:ExecutorchRunner", "executorch.runtime",
+                                 "pip install 'sedeploy[executorch]' (brings torch)", (".pte",)),
 }
 
 
