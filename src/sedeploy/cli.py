@@ -359,11 +359,11 @@ def _print_formats(as_json: bool) -> None:
         return _dump_json({"formats": rows, "planned": list(PLANNED)})
     yes = lambda v: "yes" if v else "no"
     click.echo(f"{'format':<12} {'file':<11} {'converter':<10} {'runtime (installed)':<20} {'runs here':<10} "
-               f"{'int8':<5} converter from")
+               f"{'int8':<5} {'converter from':<22} what")
     for r in rows:
         runtime = f"{r['runtime']} ({yes(r['runtime_installed'])})"
         click.echo(f"{r['format']:<12} {r['file']:<11} {yes(r['converter_installed']):<10} {runtime:<20} "
-                   f"{yes(r['runs_here']):<10} {yes(r['int8']):<5} sedeploy[{r['extra']}]")
+                   f"{yes(r['runs_here']):<10} {yes(r['int8']):<5} {'sedeploy[' + r['extra'] + ']':<22} {r['what']}")
     click.echo(f"planned (not implemented yet): {', '.join(PLANNED)}")
 
 

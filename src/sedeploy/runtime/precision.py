@@ -113,7 +113,7 @@ def choose_precision(model: Path, precision: str = "auto", provider: str = "cpu"
     """fp32, int8, or the faster of the two here (auto); UserError when int8 is asked for and absent."""
     check_precision(precision)
     model = Path(model)
-    if model.name.endswith((".int8.onnx", ".fp16.onnx", ".int8.ort")):
+    if model.name.endswith((".int8.onnx", ".fp16.onnx", ".int8.ort", ".int8.pte")):
         return PrecisionChoice(model.name.split(".")[-2], model, f"{model.name} was given explicitly")
     int8 = int8_sibling(model)
     if precision == "fp32":
@@ -130,6 +130,9 @@ def choose_precision(model: Path, precision: str = "auto", provider: str = "cpu"
         return PrecisionChoice("int8", int8, "--precision int8")
     if _wants_cuda(provider):
         return PrecisionChoice("fp32", model, "int8 is a CPU path; fp32 on CUDA")
+    if model.suffix.lower() not in (".onnx", ".ort"):     # auto times the pair on onnxruntime
+        raise UserError(f"--precision auto times model files of onnxruntime (.onnx, .ort), not {model.suffix}; "
+                        f"pass --precision fp32 or int8")
     return _auto(model, int8, threads, batch, cache or cache_path(), measure, min_gain)
 
 

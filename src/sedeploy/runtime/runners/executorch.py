@@ -17,9 +17,8 @@ lower-precision default to force off.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -37,20 +36,14 @@ FIX = "export it again with `sedeploy export --formats executorch`"
 
 @contextlib.contextmanager
 def native_log(lines: List[str]) -> Iterator[None]:
-    """ExecuTorch's C++ runtime logs to file descriptor 2 (cpuinfo probing on every first load, the reason
-    a program fails to load): captured into `lines` so that a user sees one sedeploy line, not its log."""
-    import sys
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as f:
-        os.dup2(f.fileno(), 2)
-        try:
+    """ExecuTorch's runtime logs through Python's sys.stderr (cpuinfo probing on the first load of a method,
+    the reason a program fails to load): captured into `lines`, so that a user sees one sedeploy line."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
             yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            f.seek(0)
-            lines.extend(ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip())
+    finally:
+        lines.extend(ln for ln in buf.getvalue().splitlines() if ln.strip())
 
 
 def _last(lines: List[str]) -> str:
