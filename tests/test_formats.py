@@ -52,7 +52,7 @@ def test_every_registered_format_is_a_plugin_of_the_same_shape(name):
 def test_parse_formats_all_unknown_and_missing_converter(monkeypatch):
     from sedeploy.core.errors import UserError
     real = fm.installed
-    monkeypatch.setattr(fm, "installed", lambda p: p != "pnnx" and real(p))   # the edge families' converters off
+    monkeypatch.setattr(fm, "installed", lambda p: p not in ("pnnx", "executorch") and real(p))  # edge converters off
     assert fm.parse_formats(["all"]) == ALL
     assert fm.parse_formats(["ort", " ONNX "]) == ("onnx", "ort")           # registry order, names normalized
     assert fm.build_order(("ort",)) == ("onnx", "ort")                       # ort is derived from onnx
@@ -60,7 +60,7 @@ def test_parse_formats_all_unknown_and_missing_converter(monkeypatch):
         fm.parse_formats(["onnx", "bogus"])
     with pytest.raises(UserError, match=r"tflite: planned"):
         fm.parse_formats(["tflite"])
-    monkeypatch.setattr(fm, "installed", lambda p: p not in ("flatbuffers", "pnnx") and real(p))
+    monkeypatch.setattr(fm, "installed", lambda p: p not in ("flatbuffers", "pnnx", "executorch") and real(p))
     assert fm.parse_formats(["all"]) == ("onnx", "torchscript")              # all = converters installed
     with pytest.raises(UserError, match=r"format ort needs flatbuffers, which is not installed: "
                                         r"pip install 'sedeploy\[full\]'"):
