@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	@echo "installing into $(VENV): torch pair first (~70 s, ~5.5 GB), then sedeploy[full,serve,dev]"
 	$(PY) -m pip install -qq --upgrade pip
 	$(PY) -m pip install -qq $(TORCH_PIN)
-	$(PY) -m pip install -qq -e '.[full,serve,dev,ncnn,openvino]'
+	$(PY) -m pip install -qq -e '.[full,serve,dev,ncnn,openvino,coreml,executorch]'
 	$(PY) -m pip install -qq --no-deps pnnx    # ncnn's converter: a binary; its torch requirement is unused
 	touch $@
 

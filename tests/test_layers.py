@@ -119,8 +119,34 @@ def test_the_check_of_dynamic_imports_bites(tmp_path):
 
 
 def test_runners_need_no_forbidden_package():
-    """The runner registry imports each runtime by name at run time: none may be torch or onnx (ExecuTorch,
-    whose runtime links libtorch, will be the one stated exception, named here when it is added)."""
+    """The runner registry imports each runtime by name at run time: none may be torch or onnx."""
     from sedeploy.runtime.runners import RUNNERS
     forbidden = _forbidden()
     assert not [n for n, impl in RUNNERS.items() if impl.requires.split(".")[0] in forbidden]
+
+
+# ExecuTorch's Python runtime links libtorch and takes torch tensors: its runner imports torch, the one
+# stated exception (README, `sedeploy formats`). The device-side contract ignores exactly that import and
+# nothing else; any other torch import on the device side still breaks it (the planted cases above).
+TORCH_EXCEPTION = "sedeploy.runtime.runners.executorch -> torch"
+
+
+def test_the_only_torch_exception_is_the_executorch_runner():
+    cfg = configparser.ConfigParser()
+    cfg.read(SETUP)
+    ignored = {s: cfg[s].get("ignore_imports", "").split("\n") for s in cfg.sections()
+               if s.startswith("importlinter:contract:")}
+    assert {s: [ln.strip() for ln in v if ln.strip()] for s, v in ignored.items() if any(x.strip() for x in v)} \
+        == {"importlinter:contract:device-side": [TORCH_EXCEPTION]}
+    from sedeploy.runtime.runners import RUNNERS
+    assert RUNNERS["executorch"].target.startswith("executorch:") and "torch" in RUNNERS["executorch"].hint
+
+
+def test_the_exception_covers_only_that_module(package_copy):
+    """The same `import torch` planted in the ncnn runner breaks the device-side contract."""
+    old = _plant(package_copy, "runtime/runners/ncnn.py", "import torch", in_function=True)
+    try:
+        proc = lint_imports(package_copy, package_copy / "setup.cfg")
+    finally:
+        (package_copy / "sedeploy" / "runtime/runners/ncnn.py").write_text(old)
+    assert proc.returncode != 0 and DEVICE in " ".join(proc.stdout.split()), proc.stdout[-2000:]

@@ -360,11 +360,11 @@ def _print_formats(as_json: bool) -> None:
     yes = lambda v: "yes" if v else "no"
     fw = max(len(r["file"]) for r in rows)          # model.openvino.xml is wider than model.onnx
     click.echo(f"{'format':<12} {'file':<{fw}} {'converter':<10} {'runtime (installed)':<20} {'runs here':<10} "
-               f"{'int8':<5} converter from")
+               f"{'int8':<5} {'converter from':<22} what")
     for r in rows:
         runtime = f"{r['runtime']} ({yes(r['runtime_installed'])})"
         click.echo(f"{r['format']:<12} {r['file']:<{fw}} {yes(r['converter_installed']):<10} {runtime:<20} "
-                   f"{yes(r['runs_here']):<10} {yes(r['int8']):<5} sedeploy[{r['extra']}]")
+                   f"{yes(r['runs_here']):<10} {yes(r['int8']):<5} {'sedeploy[' + r['extra'] + ']':<22} {r['what']}")
     click.echo(f"planned (not implemented yet): {', '.join(PLANNED)}")
 
 

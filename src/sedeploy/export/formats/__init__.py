@@ -54,7 +54,7 @@ class Format:
 
 
 # The registered (implemented) formats, in build order. Issue 15 plans more, each a module and a row:
-PLANNED = ("tflite", "executorch", "web")
+PLANNED = ("tflite", "web")
 FORMATS: Dict[str, Format] = {
     "onnx": Format("onnx", "onnx", ".onnx", ("torch", "onnx", "onnxsim"), "full", "onnxruntime", "onnxruntime",
                    int8="onnx", what="ONNX, simplified by onnxsim (onnxruntime)"),
@@ -72,6 +72,9 @@ FORMATS: Dict[str, Format] = {
     "coreml": Format("coreml", "coreml", ".mlpackage", ("torch", "coremltools"), "coreml", "coreml", "coremltools",
                      int8="", platforms=("Darwin",),
                      what="Core ML ML Program package (coremltools, fp32): validated on Linux, verified only on macOS"),
+    "executorch": Format("executorch", "executorch", ".pte", ("torch", "executorch"), "executorch", "executorch",
+                         "executorch", int8="native", side_files=(".int8.pte",),
+                         what="ExecuTorch .pte, XNNPACK, metadata inside; its Python runtime brings torch"),
 }
 DEFAULT = ("onnx", "torchscript")    # what `sedeploy export` writes without --formats
 

@@ -76,6 +76,9 @@ RUNNERS: Dict[str, Implementation] = {
                                   (".onnx", ".ort")),
     "ncnn": Implementation("ncnn:NcnnRunner", "ncnn", "pip install 'sedeploy[ncnn]'", (".param",)),
     "openvino": Implementation("openvino:OpenvinoRunner", "openvino", "pip install 'sedeploy[openvino]'", (".xml",)),
+    # executorch.runtime imports torch (its Python runtime links libtorch): the one runner that does
+    "executorch": Implementation("executorch:ExecutorchRunner", "executorch.runtime",
+                                 "pip install 'sedeploy[executorch]' (brings torch)", (".pte",)),
 }
 
 
