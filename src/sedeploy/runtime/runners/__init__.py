@@ -74,6 +74,7 @@ RUNNERS: Dict[str, Implementation] = {
     "onnxruntime": Implementation("ort:OrtRunner", "onnxruntime", "pip install 'sedeploy[runtime]' (onnxruntime)",
                                   (".onnx", ".ort")),
     "ncnn": Implementation("ncnn:NcnnRunner", "ncnn", "pip install 'sedeploy[ncnn]'", (".param",)),
+    "litert": Implementation("litert:LiteRtRunner", "ai_edge_litert", "pip install 'sedeploy[litert]'", (".tflite",)),
 }
 
 
