@@ -307,7 +307,8 @@ def test_rgb_48_model_through_every_format(tmp_path):
     import onnxruntime as ort
     from sedeploy.runtime.predictor import Predictor
     write_rgb48_checkpoint(tmp_path / "best.pt")
-    export_checkpoint(str(tmp_path / "best.pt"), str(tmp_path), ExportOptions(formats=("all",)), log=lambda s: None)
+    export_checkpoint(str(tmp_path / "best.pt"), str(tmp_path), ExportOptions(formats=("all",), tflite_batch_sizes=(2,)),
+                      log=lambda s: None)        # tflite: one small signature (litert-torch takes ~10 s per signature)
     man = manifest(tmp_path)
     assert man["options"]["formats"] == [n for n, f in fm.FORMATS.items() if fm.converter_installed(f)]  # all = every installed converter
     assert {r["backend"] for r in man["verification"]["rows"]} >= set(LABEL.values())
