@@ -165,9 +165,10 @@ def test_batch_sizes_option(trained_fm, run_cli, tmp_path):
 @pytest.mark.slow
 def test_int8_through_the_gate_run_and_bench(trained_fm, fmnist_dir, run_cli, tmp_path):
     man = export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path),
-                            ExportOptions(formats=("tflite",), tflite_batch_sizes=SIZES, int8=True, calib=64,
+                            ExportOptions(formats=("onnx", "tflite"), tflite_batch_sizes=SIZES, int8=True, calib=64,
                                           int8_eval=200, data_dir=str(fmnist_dir)), log=lambda s: None)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "model.int8.tflite", "model.tflite"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "model.int8.onnx", "model.int8.tflite",
+                                                         "model.onnx", "model.tflite"]
     gate = man["formats"]["tflite"]["int8_gate"]
     assert gate["agreement"] >= 98 and gate["drop"] <= 1 and gate["se_max_abs"] <= 0.1
     r = load_runner("litert", tmp_path / "model.int8.tflite")
@@ -178,7 +179,7 @@ def test_int8_through_the_gate_run_and_bench(trained_fm, fmnist_dir, run_cli, tm
     a, b = load_runner("litert", tmp_path / "model.tflite").run(x), r.run(x)
     assert list(b) == NAMES and all(b[k].dtype == np.float32 and b[k].shape == a[k].shape for k in NAMES)
     assert max(float(np.abs(a[k] - b[k]).max()) for k in ("se1", "se2", "se3")) < 0.1
-    res = run_cli("bench", "--model", tmp_path / "model.tflite", "--backends", "tflite,tflite-int8", "--batch-sizes",
+    res = run_cli("bench", "--model", tmp_path, "--backends", "ort-cpu,tflite,tflite-int8", "--batch-sizes",
                   "1", "--warmup", "1", "--min-time", "0", "--repeats", "1", "--data-dir", fmnist_dir, "--limit", "40",
                   "--json")
     assert res.code == 0, res.err
