@@ -52,15 +52,17 @@ def test_every_registered_format_is_a_plugin_of_the_same_shape(name):
 def test_parse_formats_all_unknown_and_missing_converter(monkeypatch):
     from sedeploy.core.errors import UserError
     real = fm.installed
-    monkeypatch.setattr(fm, "installed", lambda p: p != "pnnx" and real(p))   # the edge families' converters off
+    edge = ("pnnx", "litert_torch")                                          # the edge families' converters off
+    monkeypatch.setattr(fm, "installed", lambda p: p not in edge and real(p))
     assert fm.parse_formats(["all"]) == ALL
     assert fm.parse_formats(["ort", " ONNX "]) == ("onnx", "ort")           # registry order, names normalized
     assert fm.build_order(("ort",)) == ("onnx", "ort")                       # ort is derived from onnx
     with pytest.raises(UserError, match="unknown format bogus; choose from: onnx, torchscript, ort, "):
         fm.parse_formats(["onnx", "bogus"])
-    with pytest.raises(UserError, match=r"tflite: planned"):
-        fm.parse_formats(["tflite"])
-    monkeypatch.setattr(fm, "installed", lambda p: p not in ("flatbuffers", "pnnx") and real(p))
+    for name in fm.PLANNED[:1]:
+        with pytest.raises(UserError, match=f"{name}: planned"):
+            fm.parse_formats([name])
+    monkeypatch.setattr(fm, "installed", lambda p: p not in ("flatbuffers", *edge) and real(p))
     assert fm.parse_formats(["all"]) == ("onnx", "torchscript")              # all = converters installed
     with pytest.raises(UserError, match=r"format ort needs flatbuffers, which is not installed: "
                                         r"pip install 'sedeploy\[full\]'"):
@@ -230,9 +232,9 @@ def test_serve_loads_the_ort_file(fm_set):
 
 def test_unknown_extension_and_damaged_ort(fm_set, run_cli, tmp_path):
     Image.new("L", (28, 28), 128).save(tmp_path / "a.png")
-    (tmp_path / "model.tflite").write_bytes((fm_set / "model.onnx").read_bytes())
-    assert_one_line_error(run_cli("infer", tmp_path / "a.png", "--model", tmp_path / "model.tflite"),
-                          "does not load .tflite files", ".onnx, .ort")
+    (tmp_path / "model.h5").write_bytes((fm_set / "model.onnx").read_bytes())   # Keras: no runner loads it
+    assert_one_line_error(run_cli("infer", tmp_path / "a.png", "--model", tmp_path / "model.h5"),
+                          "does not load .h5 files", ".onnx, .ort")
     (tmp_path / "bad.ort").write_bytes(b"\x00garbage" * 40)
     assert_one_line_error(run_cli("infer", tmp_path / "a.png", "--model", tmp_path / "bad.ort"),
                           "not a valid ORT-format model")
