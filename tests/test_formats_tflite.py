@@ -163,7 +163,7 @@ def test_batch_sizes_option(trained_fm, run_cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_int8_through_the_gate_run_and_bench(trained_fm, fmnist_dir, run_cli, tmp_path):
+def test_int8_through_the_gate_run_and_bench(trained_fm, fmnist_dir, run_cli, tmp_path, monkeypatch):
     man = export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path),
                             ExportOptions(formats=("onnx", "tflite"), tflite_batch_sizes=SIZES, int8=True, calib=64,
                                           int8_eval=200, data_dir=str(fmnist_dir)), log=lambda s: None)
@@ -179,6 +179,15 @@ def test_int8_through_the_gate_run_and_bench(trained_fm, fmnist_dir, run_cli, tm
     a, b = load_runner("litert", tmp_path / "model.tflite").run(x), r.run(x)
     assert list(b) == NAMES and all(b[k].dtype == np.float32 and b[k].shape == a[k].shape for k in NAMES)
     assert max(float(np.abs(a[k] - b[k]).max()) for k in ("se1", "se2", "se3")) < 0.1
+    Image.new("L", (28, 28), 128).save(tmp_path / "a.png")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))    # --precision auto caches its timing here
+    for precision in ("auto", "int8", "fp32"):     # auto times the .tflite pair on LiteRT, not onnxruntime
+        res = run_cli("infer", tmp_path / "a.png", "--model", tmp_path / "model.tflite", "--precision", precision,
+                      "--json")
+        assert res.code == 0, res.err
+        rec = json.loads(res.out)
+        assert rec["provider"] == "litert-cpu" and rec["precision"] in (("fp32", "int8") if precision == "auto"
+                                                                        else (precision,))
     res = run_cli("bench", "--model", tmp_path, "--backends", "ort-cpu,tflite,tflite-int8", "--batch-sizes",
                   "1", "--warmup", "1", "--min-time", "0", "--repeats", "1", "--data-dir", fmnist_dir, "--limit", "40",
                   "--json")

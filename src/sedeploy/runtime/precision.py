@@ -44,6 +44,9 @@ class PrecisionChoice:
         return d
 
 
+ONNXRUNTIME_SUFFIXES = (".onnx", ".ort")   # measured on onnxruntime sessions; other suffixes through their runner
+
+
 def int8_sibling(model: Path) -> Path:
     """model.onnx -> model.int8.onnx (what `sedeploy export --int8` writes beside it); model.ort ->
     model.int8.ort, so that a file format given is never swapped for another."""
@@ -86,6 +89,8 @@ def measure_pair(fp32: Path, int8: Path, threads: Optional[int], batch: int, bud
     import numpy as np
     from ..core.timing import interleaved
     from .runners.ort import create_session
+    if fp32.suffix not in ONNXRUNTIME_SUFFIXES:         # another runtime's pair (model.tflite + model.int8.tflite)
+        return _measure_runner_pair(fp32, int8, threads, batch, budget_s)
     sessions = {k: create_session(p, "cpu", threads)[0] for k, p in (("fp32", fp32), ("int8", int8))}
     inp = sessions["fp32"].get_inputs()[0]
     if isinstance(inp.shape[0], int):                  # a fixed-batch export runs its own batch
@@ -102,6 +107,29 @@ def measure_pair(fp32: Path, int8: Path, threads: Optional[int], batch: int, bud
     return {f"{k}_ms": v["p50_ms"] for k, v in t.items()}
 
 
+def _runner(path: Path, threads: Optional[int] = None):
+    """The file on the runner its suffix names (runtime.runners), as `infer --model` loads it."""
+    from .runners import load_runner, supported_suffixes
+    return load_runner(supported_suffixes()[path.suffix.lower()], path, provider="cpu", threads=threads)
+
+
+def _measure_runner_pair(fp32: Path, int8: Path, threads: Optional[int], batch: int, budget_s: float
+                         ) -> Dict[str, float]:
+    """measure_pair for a format another runner runs: the same interleaved rounds through Runner.run."""
+    import numpy as np
+    from ..core.timing import interleaved
+    runners = {"fp32": _runner(fp32, threads), "int8": _runner(int8, threads)}
+    x = np.random.default_rng(0).standard_normal((batch, *runners["fp32"].info.input_size)).astype(np.float32)
+    fns = {k: (lambda r=r: r.run(x)) for k, r in runners.items()}
+    start = time.perf_counter()
+    for fn in fns.values():
+        fn()
+        fn()
+    per_pair = max((time.perf_counter() - start) / 2, 1e-4)
+    t = interleaved(fns, warmup=0, rounds=int(min(10, max(3, budget_s / (3 * per_pair)))), per_round=3)
+    return {f"{k}_ms": v["p50_ms"] for k, v in t.items()}
+
+
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -113,7 +141,7 @@ def choose_precision(model: Path, precision: str = "auto", provider: str = "cpu"
     """fp32, int8, or the faster of the two here (auto); UserError when int8 is asked for and absent."""
     check_precision(precision)
     model = Path(model)
-    if model.name.endswith((".int8.onnx", ".fp16.onnx", ".int8.ort")):
+    if model.name.endswith((".int8.onnx", ".fp16.onnx", ".int8.ort", ".int8.tflite")):
         return PrecisionChoice(model.name.split(".")[-2], model, f"{model.name} was given explicitly")
     int8 = int8_sibling(model)
     if precision == "fp32":
@@ -135,6 +163,11 @@ def choose_precision(model: Path, precision: str = "auto", provider: str = "cpu"
 
 def checkpoint_of(path: Path) -> Optional[str]:
     """The checkpoint_sha256 an exported file records in its metadata (None when it records none)."""
+    if path.suffix not in ONNXRUNTIME_SUFFIXES:
+        try:
+            return _runner(path).info.meta.get("checkpoint_sha256")
+        except Exception:  # noqa: BLE001 - unreadable: loading it for real reports the problem
+            return None
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # only the metadata is read
