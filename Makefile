@@ -19,6 +19,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -qq $(TORCH_PIN)
 	$(PY) -m pip install -qq -e '.[full,serve,dev,ncnn,openvino,coreml,executorch]'
 	$(PY) -m pip install -qq --no-deps pnnx    # ncnn's converter: a binary; its torch requirement is unused
+	$(PY) -m pip install -qq $(TORCH_PIN) -e '.[tflite]'   # LiteRT: apart, its xdsl pins typing-extensions<4.13
+	$(PY) -m pip install -qq 'typing_extensions>=4.15'   # selenium's floor back (litert-torch converts with 4.16)
 	touch $@
 
 # Fashion-MNIST from Debian's package (real data, offline).

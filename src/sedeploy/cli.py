@@ -297,6 +297,10 @@ def _parse_batch(value: str) -> Optional[int]:
               help="List the formats (as `sedeploy formats`) and exit.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (11..20).")
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
+@click.option("--batch-sizes", default="1,64", show_default=True,
+              help="Only for formats without a dynamic batch (tflite): one signature per size, in one file; "
+                   "the runner picks the smallest that holds a batch. Ignored by the other formats; with "
+                   "--batch N, just N.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim simplification.")
 @click.option("--logits-only", is_flag=True, help="Export logits only, without SE weights and feature map.")
 @click.option("--force", is_flag=True, help="Replace an existing export (its whole set, all together).")
@@ -316,7 +320,7 @@ def _parse_batch(value: str) -> Optional[int]:
               help="Without labelled test images, gate int8 on agreement with fp32 alone (else refused).")
 @click.option("--data-dir", default=None, help="Dataset root for int8 calibration and verification images.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, no_simplify: bool,
+def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, batch_sizes: str, no_simplify: bool,
            logits_only: bool, force: bool, overhead: bool, int8: bool, calib: int, half: bool,
            int8_eval: int, int8_min_agreement: float, int8_max_drop: float, int8_se_atol: float,
            int8_allow_unlabelled: bool, data_dir: Optional[str], as_json: bool) -> None:
@@ -334,6 +338,7 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
       sedeploy export --ckpt best.pt --int8 --half --force     # + model.int8.onnx, model.fp16.onnx
       sedeploy export --ckpt best.pt --int8 --int8-min-agreement 99 --int8-max-drop 0.5
       sedeploy export --ckpt best.pt --formats onnx,ort --force   # + model.ort (ONNX Runtime format)
+      sedeploy export --ckpt best.pt --formats onnx,tflite --batch-sizes 1,64 --force   # + model.tflite (LiteRT)
 
     \b
     --int8 is gated: the int8 model is scored against fp32 on --int8-eval labelled test images and
@@ -341,7 +346,8 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
     """
     from .export.exporter import ExportOptions, export_checkpoint
     opts = ExportOptions(formats=tuple(f.strip() for f in formats.split(",") if f.strip()), opset=opset,
-                         batch=_parse_batch(batch), simplify=not no_simplify, force=force, extras=not logits_only,
+                         batch=_parse_batch(batch), tflite_batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
+                         simplify=not no_simplify, force=force, extras=not logits_only,
                          int8=int8, calib=calib, half=half, data_dir=data_dir, int8_eval=int8_eval,
                          int8_min_agreement=int8_min_agreement, int8_max_drop=int8_max_drop,
                          int8_se_atol=int8_se_atol, int8_allow_unlabelled=int8_allow_unlabelled,

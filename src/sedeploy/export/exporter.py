@@ -42,6 +42,7 @@ class ExportOptions:
     formats: Tuple[str, ...] = DEFAULT  # which artifacts to write (export.formats names; "all")
     opset: int = 17                     # ONNX opset
     batch: Optional[int] = None         # None: dynamic batch axis; else a fixed batch size
+    tflite_batch_sizes: Tuple[int, ...] = (1, 64)   # tflite (no dynamic batch): one signature per size; --batch N: N
     simplify: bool = True               # run onnxsim (failure fails the export)
     force: bool = False                 # overwrite existing outputs
     extras: bool = True                 # SE weights + feature map outputs (False: logits only)
@@ -66,6 +67,8 @@ def validate_options(opts: ExportOptions) -> ExportOptions:
         raise UserError(f"--opset {opts.opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET}")
     if opts.batch is not None and opts.batch <= 0:
         raise UserError(f"--batch must be 'dynamic' or a positive integer, got {opts.batch}")
+    if not opts.tflite_batch_sizes or any(not isinstance(b, int) or b <= 0 for b in opts.tflite_batch_sizes):
+        raise UserError(f"--batch-sizes must be positive integers, e.g. 1,64; got {list(opts.tflite_batch_sizes)}")
     if opts.half and "onnx" not in opts.formats:
         raise UserError("--half derives from the ONNX export; include onnx in --formats")
     if opts.int8:
@@ -197,8 +200,9 @@ def build_artifacts(job: Job, wrapper: torch.nn.Module, x: np.ndarray
     opts = job.opts
     meta = lambda opset: contract.encode_metadata(build_metadata(job.ckpt, job.model, job.names, job.sha, opset))
     ctx = job.ctx = BuildContext(wrapper, torch.from_numpy(x[:opts.batch] if opts.batch else x[:2]), job.tmp,
-                                 opts.stem, job.names, meta, opts.opset, opts.batch, opts.simplify, facts=job.facts,
-                                 timings=job.timings, nodes=job.nodes)
+                                 opts.stem, job.names, meta, opts.opset, opts.batch, opts.simplify,
+                                 batch_sizes=tuple(opts.tflite_batch_sizes), facts=job.facts, timings=job.timings,
+                                 nodes=job.nodes)
     candidates: Dict[str, Dict[str, np.ndarray]] = {}
     for name in build_order(opts.formats):
         plugin = format_module(name)

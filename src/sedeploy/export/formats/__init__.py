@@ -54,7 +54,7 @@ class Format:
 
 
 # The registered (implemented) formats, in build order. Issue 15 plans more, each a module and a row:
-PLANNED = ("tflite", "web")
+PLANNED = ("web",)
 FORMATS: Dict[str, Format] = {
     "onnx": Format("onnx", "onnx", ".onnx", ("torch", "onnx", "onnxsim"), "full", "onnxruntime", "onnxruntime",
                    int8="onnx", what="ONNX, simplified by onnxsim (onnxruntime)"),
@@ -75,6 +75,9 @@ FORMATS: Dict[str, Format] = {
     "executorch": Format("executorch", "executorch", ".pte", ("torch", "executorch"), "executorch", "executorch",
                          "executorch", int8="native", side_files=(".int8.pte",),
                          what="ExecuTorch .pte, XNNPACK, metadata inside; its Python runtime brings torch"),
+    "tflite": Format("tflite", "tflite", ".tflite", ("litert_torch",), "tflite", "litert", "ai_edge_litert",
+                     int8="native", side_files=(".int8.tflite",),
+                     what="LiteRT (TFLite), one signature per batch size (litert-torch; ai-edge-litert runs it)"),
 }
 DEFAULT = ("onnx", "torchscript")    # what `sedeploy export` writes without --formats
 
@@ -171,6 +174,7 @@ class BuildContext:
     opset: int = 17
     batch: Optional[int] = None       # None: dynamic batch axis
     simplify: bool = True
+    batch_sizes: Tuple[int, ...] = (1, 64)   # formats without a dynamic batch (tflite): one signature per size
     built: Dict[str, List[Path]] = field(default_factory=dict)    # format -> files it wrote
     facts: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # format -> facts for export.json
     timings: Dict[str, float] = field(default_factory=dict)   # finer steps (onnx_export, simplify); the

@@ -79,6 +79,7 @@ RUNNERS: Dict[str, Implementation] = {
     # executorch.runtime imports torch (its Python runtime links libtorch): the one runner that does
     "executorch": Implementation("executorch:ExecutorchRunner", "executorch.runtime",
                                  "pip install 'sedeploy[executorch]' (brings torch)", (".pte",)),
+    "litert": Implementation("litert:LiteRtRunner", "ai_edge_litert", "pip install 'sedeploy[litert]'", (".tflite",)),
 }
 
 
