@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # The torch/torchvision pair that imports together on these machines (see README).
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install dataset browser arm64 demo test test-fast test-gpu lint clean
+.PHONY: install dataset browser arm64 edge demo test test-fast test-gpu lint clean
 
 install: $(VENV)/.installed
 
@@ -56,13 +56,26 @@ demo: install dataset
 	$(SEDEPLOY) infer $(DEMO)/images --model $(DEMO)/run/model.onnx --topk 3 --heatmaps $(DEMO)/heatmaps
 	$(SEDEPLOY) bench --model $(DEMO)/run/model.onnx --batch-sizes 1,64 --min-time 0.5 \
 	  --save-json $(DEMO)/bench.json --save-csv $(DEMO)/bench.csv
+	$(MAKE) --no-print-directory edge
 	@echo
 	@echo "demo done. Look at:"
 	@echo "  $(DEMO)/run/curves.png, $(DEMO)/run/loss_iterations.png   training curves"
 	@echo "  $(DEMO)/run/model.onnx (+ .int8.onnx, .fp16.onnx, model.ts, model.ort, model.int8.ort, export.json)   exports"
 	@echo "  $(DEMO)/heatmaps/*_heatmap.png, *_channels.png, *_se.png   attention heatmaps"
 	@echo "  $(DEMO)/bench.json, $(DEMO)/bench.csv                      benchmark table"
+	@echo "  $(DEMO)/edge/ (every format: export.json has each one's parity per output), $(DEMO)/edge-bench.json"
 	@echo "serve it (Open Inference Protocol + page at http://127.0.0.1:8000/): $(SEDEPLOY) serve --model $(DEMO)/run/model.onnx"
+
+# The demo model in every format whose converter is installed (issue 15), each verified in its own runtime
+# on every output (Core ML: validated, "not verified: needs macOS"), int8 where the format has a real int8
+# path (gated); then the fastest verified file here (--backend auto) and a bench row per file.
+edge: install
+	$(SEDEPLOY) formats
+	$(SEDEPLOY) export --ckpt $(DEMO)/run/best.pt --formats all --int8 --out $(DEMO)/edge --force
+	$(SEDEPLOY) infer $(DEMO)/images --model $(DEMO)/edge --backend auto --batch-size 1 --topk 1
+	$(SEDEPLOY) bench --model $(DEMO)/edge --batch-sizes 1,64 --min-time 0.5 --limit 2000 \
+	  --save-json $(DEMO)/edge-bench.json
+	$(PY) scripts/edge_table.py $(DEMO)/edge $(DEMO)/edge-bench.json
 
 test: install
 	$(VENV)/bin/pytest -q

@@ -285,25 +285,33 @@ def test_every_command_runs_somewhere():
 
 # The Makefile's demo on tiny data: its own argv, then options that make it small (click keeps an option's
 # last value, so these override the demo's --epochs / --min-time and add the synthetic data folder).
-DEMO_TINY = {
-    "train": ["--data-dir", "{data}", "--epochs", "1", "--limit-train", "200", "--limit-test", "100", "--no-progress"],
-    "export": ["--data-dir", "{data}", "--calib", "32", "--int8-eval", "50",
-               "--int8-min-agreement", "0", "--int8-max-drop", "100"],   # a 1-epoch model: the gate is not the point
-    "samples": ["--data-dir", "{data}"],
-    "infer": [],
-    "bench": ["--data-dir", "{data}", "--backends", "pytorch,ort-cpu,ort-cpu-int8", "--warmup", "1",
-              "--min-time", "0.02", "--repeats", "1", "--limit", "64"],
-}
+EXPORT_TINY = ["--data-dir", "{data}", "--calib", "32", "--int8-eval", "50",
+               "--int8-min-agreement", "0", "--int8-max-drop", "100"]   # a 1-epoch model: the gate is not the point
+BENCH_TINY = ["--data-dir", "{data}", "--warmup", "1", "--min-time", "0.02", "--repeats", "1", "--limit", "64"]
+# `make demo` then `make edge`, in order: (command, what the tiny run appends). The edge export's `--formats all`
+# is narrowed to the fast formats (the last --formats wins): each format has its own end-to-end test.
+DEMO_TINY = [
+    ("train", ["--data-dir", "{data}", "--epochs", "1", "--limit-train", "200", "--limit-test", "100", "--no-progress"]),
+    ("export", EXPORT_TINY),
+    ("samples", ["--data-dir", "{data}"]),
+    ("infer", []),
+    ("bench", BENCH_TINY + ["--backends", "pytorch,ort-cpu,ort-cpu-int8"]),
+    ("formats", []),
+    ("export", EXPORT_TINY + ["--formats", "onnx,ort"]),
+    ("infer", []),
+    ("bench", BENCH_TINY + ["--backends", "ort-cpu,ort-format,ort-format-int8"]),
+]
 
 
-@pytest.mark.slow  # train + export (int8, fp16) + bench: ~20-40 s on 2 shared cores
+@pytest.mark.slow  # train + export (int8, fp16) + bench, twice: ~30-60 s on 2 shared cores
 def test_makefile_demo_runs_on_tiny_data(run_cli, fmnist_dir, tmp_path, monkeypatch):
     """`make demo`'s sedeploy commands, in order, as the Makefile writes them (DEMO=demo), on tiny data."""
     steps = [a for w, _, a in doc_commands() if w.startswith("Makefile") and a[0] != "serve"]  # serve: above
-    assert [a[0] for a in steps] == list(DEMO_TINY)
+    assert [a[0] for a in steps] == [c for c, _ in DEMO_TINY]
     monkeypatch.chdir(tmp_path)
-    for argv in steps:
-        extra = [x.format(data=fmnist_dir) for x in DEMO_TINY[argv[0]]]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))        # --backend auto measures afresh
+    for argv, (_, tiny) in zip(steps, DEMO_TINY):
+        extra = [x.format(data=fmnist_dir) for x in tiny]
         r = run_cli(*argv, *extra)
         assert r.code == 0, f"{' '.join(argv)}: {r.err[-2000:]}"
     run = tmp_path / "demo" / "run"
@@ -311,6 +319,8 @@ def test_makefile_demo_runs_on_tiny_data(run_cli, fmnist_dir, tmp_path, monkeypa
         assert (run / f).is_file(), f
     assert len(list((tmp_path / "demo" / "images").glob("*.png"))) == 6
     assert len(list((tmp_path / "demo" / "heatmaps").glob("*_heatmap.png"))) == 6
+    edge = json.loads((tmp_path / "demo" / "edge-bench.json").read_text())["rows"]
+    assert {x["backend"] for x in edge if x["status"] == "ok"} == {"ort-cpu", "ort-format", "ort-format-int8"}
     rows = json.loads((tmp_path / "demo" / "bench.json").read_text())["rows"]
     assert {(x["backend"], x["batch"]) for x in rows} == {(b, n) for b in ("pytorch", "ort-cpu", "ort-cpu-int8")
                                                            for n in (1, 64)}
