@@ -11,7 +11,7 @@ CPU (and of the batch size), not of the model, so `auto` measures, as `--precisi
     whose runtime is installed here; fp32 files, plus the gated int8 files unless --precision fp32
     (only those with --precision int8);
   * each candidate is loaded as `infer --model FILE` loads it and timed on the batch size it will
-    run, in interleaved rounds (core.timing.interleaved), p50 of one batch;
+    run, alone in short blocks that alternate over three rounds (`measure`), median of one batch;
   * the fastest fp32 file wins only if it beats onnxruntime fp32 (model.onnx) by MIN_GAIN_FP32,
     so that noise never trades the reference runtime for another; an int8 file wins only if it
     beats the chosen fp32 file by precision.MIN_GAIN (int8 costs some accuracy).
@@ -145,20 +145,34 @@ def _installed(package: str) -> bool:
 Measure = Callable[[List[Candidate], Optional[int], int], Dict[str, float]]
 
 
-def measure(cands: List[Candidate], threads: Optional[int], batch: int, budget_s: float = 1.0) -> Dict[str, float]:
-    """p50 ms of one batch per candidate: each loaded as infer loads it, interleaved rounds in ~budget_s."""
-    from ..core.timing import interleaved
-    runners = {c.kind: load_runner(c.runner, c.path, provider="cpu", threads=threads) for c in cands}
+def measure(cands: List[Candidate], threads: Optional[int], batch: int, budget_s: float = 2.0,
+            rounds: int = 3) -> Dict[str, float]:
+    """ms of one batch per candidate (median over rounds of each block's median), each loaded as infer
+    loads it (onnxruntime without spin-waiting, as infer runs it beside its decoding threads).
+
+    Blocks, not call-by-call interleaving: several runtimes keep their threads busy-waiting for a while
+    after a run (OpenMP in NCNN, onnxruntime's spinning pool), which would be charged to whichever
+    candidate runs next. Each block starts with two untimed runs and times the candidate alone for
+    budget_s / (rounds x candidates) (at least 3 runs); the rounds alternate the candidates, so a burst
+    of load on a shared machine shifts no single one."""
+    import statistics
+    runners = {c.kind: load_runner(c.runner, c.path, provider="cpu", threads=threads, spin=False) for c in cands}
     shape = next(iter(runners.values())).info.input_size
     x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
-    fns = {k: (lambda r=r: r.run(x)) for k, r in runners.items()}
-    start = time.perf_counter()
-    for fn in fns.values():                        # first runs: allocation, thread start-up
-        fn()
-        fn()
-    per_all = max((time.perf_counter() - start) / 2, 1e-4)
-    rounds = int(min(10, max(3, budget_s / (3 * per_all))))
-    return {k: v["p50_ms"] for k, v in interleaved(fns, warmup=0, rounds=rounds, per_round=3).items()}
+    per_block = budget_s / (rounds * len(runners))
+    blocks: Dict[str, List[float]] = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, r in runners.items():
+            r.run(x)
+            r.run(x)
+            times: List[float] = []
+            end = time.perf_counter() + per_block
+            while len(times) < 3 or time.perf_counter() < end:
+                t = time.perf_counter()
+                r.run(x)
+                times.append(time.perf_counter() - t)
+            blocks[k].append(statistics.median(times))
+    return {k: 1e3 * statistics.median(v) for k, v in blocks.items()}
 
 
 def cache_path() -> Path:
