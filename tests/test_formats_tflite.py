@@ -207,3 +207,17 @@ def test_rgb_48_model(tmp_path):
     a, b = (Predictor(tmp_path / f"model.{s}", provider="cpu", workers=0).predict([im])[0] for s in ("onnx", "tflite"))
     np.testing.assert_allclose(b.probs, a.probs, atol=1e-4, rtol=0)
     assert b.outputs["feature_map"].shape == (32, 12, 12) and b.top[0].label == a.top[0].label
+
+
+def test_infer_prints_no_litert_log_lines(tfl_set, tmp_path):
+    """LiteRT's native code prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on fd 2 at a
+    signature's first run; the runner filters that line (runners.native_stderr_filtered): the user reads
+    sedeploy's header and results only. A real process, since in-process capture does not see fd 2."""
+    import subprocess
+    import sys
+    Image.new("L", (28, 28), 100).save(tmp_path / "a.png")
+    r = subprocess.run([sys.executable, "-m", "sedeploy", "infer", str(tmp_path / "a.png"), "--model",
+                        str(tfl_set / "model.tflite"), "--precision", "fp32"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "XNNPACK" not in r.stderr and r.stderr.startswith("model ") and len(r.stderr.splitlines()) == 1, r.stderr

@@ -11,16 +11,40 @@ suffixes it loads; a model file with another suffix is a one-line error listing 
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib
+import os
+import sys
+import tempfile
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple, Type
+from typing import Any, Dict, Iterator, List, Sequence, Tuple, Type
 
 import numpy as np
 
 from ...core.errors import UserError
 from ..model import ModelInfo, check_model_file
+
+
+@contextlib.contextmanager
+def native_stderr_filtered(drop: Sequence[str]) -> Iterator[None]:
+    """Lines a runtime's native code writes to file descriptor 2 while the block runs, replayed on
+    sys.stderr without those containing one of `drop` (LiteRT's "INFO: Created TensorFlow Lite
+    XNNPACK delegate" on every load): what a user reads stays sedeploy's lines and real warnings."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode("utf-8", "replace").splitlines():
+                if line.strip() and not any(d in line for d in drop):
+                    print(line, file=sys.stderr)
 
 
 class Runner(abc.ABC):

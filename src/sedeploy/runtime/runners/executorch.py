@@ -27,7 +27,7 @@ import numpy as np
 
 from ...core.errors import UserError
 from ..model import ModelInfo, check_model_file, describe
-from . import Runner
+from . import Runner, native_stderr_filtered
 
 METHOD = "sedeploy"            # the constant method the exporter writes (export.formats.executorch.METHOD)
 DESCRIPTION_VERSION = 1
@@ -76,10 +76,18 @@ class ExecutorchRunner(Runner):
         check_model_file(self.path)
         if provider == "cuda":
             raise UserError("--provider cuda: the executorch runner runs on the CPU (XNNPACK); pass --provider cpu")
-        from executorch.runtime import Runtime     # imports torch (see the module docstring)
+        import logging
+        pytree = logging.getLogger("torch.utils._pytree")   # torchao registers an Enum at import: a warning
+        level = pytree.level                                 # about torch.compile, nothing about this model
+        pytree.setLevel(logging.ERROR)
+        try:
+            from executorch.runtime import Runtime     # imports torch (see the module docstring)
+        finally:
+            pytree.setLevel(level)
         if threads:
             from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-            _unsafe_reset_threadpool(int(threads))
+            with native_stderr_filtered(("Resetting threadpool to", "[cpuinfo_utils.cpp")):   # its debug lines
+                _unsafe_reset_threadpool(int(threads))
         self.provider = "executorch-xnnpack"
         self.lock = threading.Lock()                # a method runs in its own planned buffers: one call at a time
         log: List[str] = []

@@ -27,7 +27,7 @@ import numpy as np
 
 from ...core.errors import UserError
 from ..model import ModelInfo, check_model_file, describe
-from . import Runner
+from . import Runner, native_stderr_filtered
 
 RECORD_NAME = "sedeploy"          # the flatbuffer metadata entry export writes (export.formats.tflite)
 RECORD_VERSION = 1
@@ -132,6 +132,9 @@ class LiteRtRunner(Runner):
         self.info: ModelInfo = describe(self.record["metadata"], [(sig["input"], ["batch", c, h, w])],
                                         [(o["name"], ["batch", *shapes[o["name"]]]) for o in sig["outputs"]],
                                         self.path)          # the record lists the outputs in contract order
+        with native_stderr_filtered(("Created TensorFlow Lite XNNPACK delegate",)):
+            for size in self.sigs:                          # XNNPACK is applied on a signature's first run
+                self._run_signature(size, np.zeros((size, c, h, w), np.float32))
 
     @property
     def batch_sizes(self) -> List[int]:
