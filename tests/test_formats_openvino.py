@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import assert_one_line_error
+from support.formats import assert_infer_equals_onnx, bench_rows
 from sedeploy.core import contract
 from sedeploy.core.hardware import cpu_flags
 from sedeploy.core.parity import ATOL
@@ -102,22 +103,7 @@ def test_the_bf16_default_would_come_back_without_the_hint(ov_set):
 
 
 def test_infer_openvino_equals_onnx_with_heatmaps(ov_set, run_cli, tmp_path):
-    rng = np.random.default_rng(2)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (30, 26), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-    recs = {}
-    for s in ("onnx", "openvino.xml"):
-        r = run_cli("infer", tmp_path, "--model", ov_set / f"model.{s}", "--heatmaps", tmp_path / s, "--json",
-                    "--topk", "3")
-        assert r.code == 0, r.err
-        recs[s] = [json.loads(line) for line in r.out.splitlines()]
-    assert len(recs["onnx"]) == 3
-    for a, b in zip(recs["onnx"], recs["openvino.xml"]):
-        assert b["provider"] == "openvino-cpu"
-        assert [t["index"] for t in a["top"]] == [t["index"] for t in b["top"]]
-        assert all(abs(x["prob"] - y["prob"]) <= 1e-4 for x, y in zip(a["top"], b["top"]))
-        assert a["heatmaps"]["top_channels"] == b["heatmaps"]["top_channels"]
-        assert Image.open(b["heatmaps"]["files"]["heatmap"]).format == "PNG"
+    assert_infer_equals_onnx(run_cli, ov_set, "openvino.xml", "openvino-cpu", tmp_path)
 
 
 def test_xml_without_bin_truncated_xml_and_foreign_ir(ov_set, run_cli, tmp_path):
@@ -196,10 +182,7 @@ def test_telemetry_is_off(ov_set, tmp_path, mode):
 
 
 def test_bench_row_runs_the_ir(ov_set, fmnist_dir, run_cli):
-    r = run_cli("bench", "--model", ov_set, "--backends", "ort-cpu,openvino", "--batch-sizes", "1,3", "--warmup", "1",
-                "--min-time", "0", "--repeats", "1", "--data-dir", fmnist_dir, "--limit", "40", "--json")
-    assert r.code == 0, r.err
-    by = {(x["backend"], x["batch"]): x for x in json.loads(r.out)["rows"]}
+    by = bench_rows(run_cli, ov_set, "ort-cpu,openvino", fmnist_dir)
     assert by[("openvino", 3)]["status"] == "ok" and by[("openvino", 1)]["file"] == "model.openvino.xml"
     files = ("model.openvino.xml", "model.openvino.bin")
     assert by[("openvino", 1)]["size_mb"] == round(sum((ov_set / f).stat().st_size for f in files) / 1e6, 3)

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import assert_one_line_error
+from support.formats import assert_infer_equals_onnx, bench_rows
 from sedeploy.core import contract
 from sedeploy.core.parity import ATOL
 from sedeploy.export.exporter import ExportOptions, export_checkpoint
@@ -104,29 +105,11 @@ def test_xnnpack_computes_in_fp32(tfl_set):
 
 
 def test_infer_tflite_equals_onnx_with_heatmaps(tfl_set, run_cli, tmp_path):
-    rng = np.random.default_rng(2)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (30, 26), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-    recs = {}
-    for s in ("onnx", "tflite"):
-        r = run_cli("infer", tmp_path, "--model", tfl_set / f"model.{s}", "--heatmaps", tmp_path / s, "--json",
-                    "--topk", "3")
-        assert r.code == 0, r.err
-        recs[s] = [json.loads(line) for line in r.out.splitlines()]
-    assert len(recs["onnx"]) == 3
-    for a, b in zip(recs["onnx"], recs["tflite"]):
-        assert b["provider"] == "litert-cpu"
-        assert [t["index"] for t in a["top"]] == [t["index"] for t in b["top"]]
-        assert all(abs(x["prob"] - y["prob"]) <= 1e-4 for x, y in zip(a["top"], b["top"]))
-        assert a["heatmaps"]["top_channels"] == b["heatmaps"]["top_channels"]
-        assert Image.open(b["heatmaps"]["files"]["heatmap"]).format == "PNG"
+    assert_infer_equals_onnx(run_cli, tfl_set, "tflite", "litert-cpu", tmp_path)
 
 
 def test_bench_row(tfl_set, fmnist_dir, run_cli):
-    r = run_cli("bench", "--model", tfl_set, "--backends", "ort-cpu,tflite", "--batch-sizes", "1,3", "--warmup", "1",
-                "--min-time", "0", "--repeats", "1", "--data-dir", fmnist_dir, "--limit", "40", "--json")
-    assert r.code == 0, r.err
-    by = {(x["backend"], x["batch"]): x for x in json.loads(r.out)["rows"]}
+    by = bench_rows(run_cli, tfl_set, "ort-cpu,tflite", fmnist_dir)
     assert by[("tflite", 3)]["status"] == "ok" and by[("tflite", 1)]["file"] == "model.tflite"
     assert by[("tflite", 1)]["size_mb"] == round((tfl_set / "model.tflite").stat().st_size / 1e6, 3)
     assert by[("tflite", 3)]["max_abs_diff"] <= ATOL and by[("tflite", 1)]["accuracy"] == by[("ort-cpu", 1)]["accuracy"]
