@@ -168,3 +168,31 @@ def test_mirror_lines_come_from_the_hosts_apt_sources(tmp_path):
 
 def test_cpuinfo_is_written_for_qemu_before_8_2():
     assert arm64.needs_cpuinfo("7.2.22") and not arm64.needs_cpuinfo("8.2.0") and not arm64.needs_cpuinfo("10.0")
+
+
+@pytest.fixture(scope="module")
+def tflite_model(trained_fm, fmnist_dir, tmp_path_factory) -> Path:
+    pytest.importorskip("litert_torch", reason="the LiteRT converter is not installed: pip install 'sedeploy[tflite]'")
+    from sedeploy.export.exporter import ExportOptions, export_checkpoint
+    d = tmp_path_factory.mktemp("arm64_tflite")
+    export_checkpoint(str(trained_fm / "best.pt"), str(d), ExportOptions(formats=("tflite",), tflite_batch_sizes=(4,),
+                                                                         data_dir=str(fmnist_dir)), log=lambda s: None)
+    return d / "model.tflite"
+
+
+@pytest.mark.slow
+def test_litert_infer_equals_x86(arm, tflite_model, images):
+    """The .tflite on ai-edge-litert's aarch64 wheel (XNNPACK's NEON kernels, emulated) against its x86 run."""
+    probe = arm64.run_emulated(arm.root, [arm.site], ["-c", "import ai_edge_litert.interpreter"], arm.home)
+    if probe.returncode != 0:
+        pytest.skip(f"no LiteRT runtime in the aarch64 sysroot (no aarch64 wheel?): {probe.stderr[-200:]}")
+    args = ["-m", "sedeploy", "infer", *images, "--model", str(tflite_model), "--precision", "fp32",
+            "--provider", "cpu", "--topk", "3", "--json"]
+    native, emulated = both(arm, args)
+    x86 = [json.loads(line) for line in native.stdout.splitlines() if line.startswith('{"image"')]
+    a64 = [json.loads(line) for line in emulated.stdout.splitlines() if line.startswith('{"image"')]
+    assert len(x86) == len(images) == len(a64) and all(r["provider"] == "litert-cpu" for r in a64)
+    for n, e in zip(x86, a64):
+        assert [t["index"] for t in e["top"]] == [t["index"] for t in n["top"]], (n, e)
+        diff = max(abs(t["prob"] - u["prob"]) for t, u in zip(n["top"], e["top"]))
+        assert diff <= FP32_PROB_ATOL, f"{n['image']}: top-3 probabilities differ by {diff:.3g}"
