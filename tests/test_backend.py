@@ -101,8 +101,10 @@ def test_named_backend_and_errors(bset, tmp_path):
     assert c.path.name == "model.ort" and c.runner == "onnxruntime"
     c = choose_backend(bset / "export.json", "ort", precision="int8")
     assert c.path.name == "model.int8.ort"
-    with pytest.raises(UserError, match="has no tflite file that can run here.*choose from: auto, file, onnx, ort"):
+    with pytest.raises(UserError, match="has no tflite file; choose from: auto, file, onnx, ort$"):
         choose_backend(bset, "tflite", precision="fp32")
+    with pytest.raises(UserError, match="has no fp16 file|no runner of sedeploy"):
+        choose_backend(bset, "fp16", precision="fp32")
     lone = tmp_path / "lone"
     lone.mkdir()
     shutil.copy(bset / "model.onnx", lone)
@@ -159,3 +161,44 @@ def test_serve_runs_the_chosen_file_on_its_own_runtime(trained_fm, fmnist_dir, t
     assert sorted(out["nc"]) == sorted(out["ref"])
     for k in out["ref"]:
         np.testing.assert_allclose(out["nc"][k], out["ref"][k], atol=ATOL, rtol=0)
+
+
+def test_none_precision_means_fp32_never_a_silent_int8(bset, tmp_path):
+    """Predictor(backend="auto") and serve --precision fp32 pass precision None: the file as given, fp32."""
+    c, m = choose(bset, tmp_path, {**BASE, "int8": 0.01, "ort-int8": 0.01}, precision=None)
+    assert c.precision == "fp32" and m.calls == [["onnx", "ort"]]
+
+
+def test_every_file_of_a_kind_is_checked_and_a_file_that_fails_to_load_is_skipped(bset, tmp_path):
+    d = copy_set(bset, tmp_path / "s")
+    (d / "model.required_operators.config").write_text("changed")          # a side file of the ort kind
+    c, _ = choose(d, tmp_path / "a", BASE)
+    assert "model.required_operators.config differs" in c.skipped["ort"]
+    d2 = copy_set(bset, tmp_path / "s2")
+
+    def half_broken(cands, threads, batch):
+        return {c.kind: ("could not be loaded: boom" if c.kind == "ort" else 1.0) for c in cands}
+    c = choose_backend(d2, "auto", provider="cpu", cache=tmp_path / "b.json", measure_fn=half_broken)
+    assert c.kind != "ort" and c.skipped["ort"] == "could not be loaded: boom"
+    assert not (tmp_path / "b.json").exists()                  # a choice without one candidate is not kept
+
+
+def test_a_damaged_cache_entry_is_measured_again(bset, tmp_path):
+    cache = tmp_path / "c.json"
+    choose_backend(bset, "auto", provider="cpu", cache=cache, measure_fn=fake(BASE))
+    doc = json.loads(cache.read_text())
+    for entry in doc.values():
+        entry["ms"]["onnx"] = None
+    cache.write_text(json.dumps(doc))
+    again = fake(BASE)
+    c = choose_backend(bset, "auto", provider="cpu", cache=cache, measure_fn=again)
+    assert again.calls and not c.cached
+
+
+def test_an_ort_file_converted_for_another_machine_is_skipped(bset, tmp_path):
+    d = copy_set(bset, tmp_path / "s")
+    doc = json.loads((d / "export.json").read_text())
+    doc["formats"]["ort"]["machine"] = "aarch64" if doc["formats"]["ort"]["machine"] != "aarch64" else "x86_64"
+    (d / "export.json").write_text(json.dumps(doc))
+    c, _ = choose(d, tmp_path, BASE)
+    assert "converted for" in c.skipped["ort"] and "converted for" in c.skipped["ort-int8"]

@@ -128,3 +128,11 @@ def test_a_format_that_neither_runs_nor_says_why_fails(register, trained_fm, fmn
         export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path / "o"),
                           ExportOptions(formats=("onnx", "fakeu"), data_dir=str(fmnist_dir)), log=lambda s: None)
     assert not (tmp_path / "o").exists()
+
+
+def test_half_alone_writes_the_fp16_file(trained_fm, fmnist_dir, tmp_path):
+    """--half without --int8 (the fp32 ONNX file is found whether or not int8 ran)."""
+    man = export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path), ExportOptions(formats=("onnx",), half=True,
+                                                                                      data_dir=str(fmnist_dir)),
+                            log=lambda s: None)
+    assert {f["path"] for f in man["files"]} == {"model.onnx", "model.fp16.onnx"} and man["int8_gate"] is None

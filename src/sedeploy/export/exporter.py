@@ -304,11 +304,11 @@ def _variants(job: Job, built: Dict[str, List[Path]], reference: Dict[str, np.nd
     from .quantize import calibration_images, convert_fp16, quantize_int8
     opts, ckpt, tmp = job.opts, job.ckpt, job.tmp
     out: Dict[str, List[Path]] = {}
+    fp32 = built["onnx"][0] if "onnx" in opts.formats else None     # --half needs onnx (validate_options)
     if opts.int8:
         meta = {"dataset": ckpt["dataset"], "data": ckpt.get("data"), "mean": ckpt["mean"], "std": ckpt["std"]}
         calib = calibration_images(meta, opts.calib, opts.data_dir)
-        if "onnx" in opts.formats:
-            fp32 = built["onnx"][0]
+        if fp32 is not None:
             t = time.perf_counter()
             q = quantize_int8(fp32, tmp / f"{opts.stem}.int8.onnx", calib)
             job.timings["int8"] = time.perf_counter() - t

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,40 +95,59 @@ def read_set(model: Path) -> dict:
 
 def _verified(doc: dict, fmt: str) -> bool:
     """Whether the export verified this format in its own runtime. Sets written before export.json
-    recorded `verified` hold only formats that were always verified (onnx, ort)."""
+    recorded `verified` came from exports that verified every format they wrote."""
     facts = (doc.get("formats") or {}).get(fmt) or {}
-    if "verified" in facts:
-        return facts["verified"] is True
-    return fmt in ("onnx", "ort")
+    return facts.get("verified", True) is True
+
+
+def _base(kind: str) -> str:
+    """export.json file kind -> its format: int8 -> onnx, tflite-int8 -> tflite."""
+    return "onnx" if kind in ("int8", "fp16") else kind[:-len("-int8")] if kind.endswith("-int8") else kind
+
+
+def _built_for_another_machine(doc: dict, kind: str) -> Optional[str]:
+    """The ORT format's Fixed-style file bakes in the layout of the machine it was converted on."""
+    facts = (doc.get("formats") or {}).get(_base(kind)) or {}
+    built, here = facts.get("machine"), platform.machine()
+    if _base(kind) == "ort" and built and built != here:
+        return f"converted for {built} ({facts.get('target_platform')}); this machine is {here}"
+    return None
 
 
 def candidates(model: Path, precision: str) -> Tuple[List[Candidate], Dict[str, str]]:
-    """-> (the set's runnable, verified, unmodified files of the precisions asked for, {kind: why not})."""
+    """-> (the set's runnable, verified, unmodified files of the precisions asked for, {kind: why not}).
+    Every file export.json lists for a kind (the .bin beside an .xml, a sidecar) must be there unchanged."""
     doc = read_set(model)
     root = manifest_of(model).parent
     by_suffix = supported_suffixes()
+    groups: Dict[str, List[dict]] = {}
+    for f in doc["files"]:
+        if isinstance(f, dict) and isinstance(f.get("path"), str) and "/" not in f["path"] and \
+                f["path"] not in ("", ".", ".."):
+            groups.setdefault(str(f.get("format", "")), []).append(f)
     out: List[Candidate] = []
     skipped: Dict[str, str] = {}
-    for f in doc["files"]:
-        if not isinstance(f, dict) or not isinstance(f.get("path"), str) or "/" in f["path"]:
+    for kind, files in groups.items():
+        main = next((f for f in files if (root / f["path"]).suffix.lower() in by_suffix), None)
+        if kind == "fp16" or main is None:
+            continue                              # fp16 (a GPU variant), torchscript, Core ML: no runner here
+        path = root / main["path"]
+        runner = by_suffix[path.suffix.lower()]
+        prec = "int8" if kind == "int8" or kind.endswith("-int8") else "fp32"
+        if (prec == "fp32" and precision == "int8") or (prec == "int8" and precision == "fp32"):
             continue
-        kind, path = str(f.get("format", "")), root / f["path"]
-        int8 = kind == "int8" or kind.endswith("-int8")
-        base = "onnx" if kind == "int8" else kind[:-len("-int8")] if int8 else kind
-        prec = "int8" if int8 else "fp32"
-        runner = by_suffix.get(path.suffix.lower())
-        if kind == "fp16" or runner is None:
-            continue                              # fp16 (a GPU variant), torchscript, side files: not candidates
-        if path.name != f["path"] or (prec == "fp32" and precision == "int8") or \
-                (prec == "int8" and precision == "fp32"):
-            continue
-        if not _verified(doc, base):
-            skipped[kind] = "not verified at export (" + str(((doc.get("formats") or {}).get(base) or {})
+        missing = [f["path"] for f in files if not (root / f["path"]).is_file()]
+        changed = [f["path"] for f in files if f["path"] not in missing
+                   and f.get("sha256") != file_sha256(root / f["path"])]
+        if not _verified(doc, _base(kind)):
+            skipped[kind] = "not verified at export (" + str(((doc.get("formats") or {}).get(_base(kind)) or {})
                                                               .get("not_verified", "no record")) + ")"
-        elif not path.is_file():
-            skipped[kind] = f"{path.name} is missing"
-        elif f.get("sha256") != file_sha256(path):
-            skipped[kind] = f"{path.name} differs from what export.json recorded (sha256)"
+        elif missing:
+            skipped[kind] = f"{missing[0]} is missing"
+        elif changed:
+            skipped[kind] = f"{changed[0]} differs from what export.json recorded (sha256)"
+        elif _built_for_another_machine(doc, kind):
+            skipped[kind] = _built_for_another_machine(doc, kind)
         elif not _installed(RUNNERS[runner].requires):
             skipped[kind] = f"{RUNNERS[runner].requires} is not installed ({RUNNERS[runner].hint})"
         else:
@@ -142,7 +163,7 @@ def _installed(package: str) -> bool:
         return False
 
 
-Measure = Callable[[List[Candidate], Optional[int], int], Dict[str, float]]
+Measure = Callable[[List[Candidate], Optional[int], int], Dict[str, object]]   # kind -> ms, or why it failed
 
 
 def measure(cands: List[Candidate], threads: Optional[int], batch: int, budget_s: float = 2.0,
@@ -156,7 +177,14 @@ def measure(cands: List[Candidate], threads: Optional[int], batch: int, budget_s
     budget_s / (rounds x candidates) (at least 3 runs); the rounds alternate the candidates, so a burst
     of load on a shared machine shifts no single one."""
     import statistics
-    runners = {c.kind: load_runner(c.runner, c.path, provider="cpu", threads=threads, spin=False) for c in cands}
+    runners, failed = {}, {}
+    for c in cands:                 # a file that does not load is no candidate; the others still compete
+        try:
+            runners[c.kind] = load_runner(c.runner, c.path, provider="cpu", threads=threads, spin=False)
+        except Exception as e:  # noqa: BLE001 - the runtime's own error, reported as the reason
+            failed[c.kind] = "could not be loaded: " + (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    if not runners:
+        return failed
     shape = next(iter(runners.values())).info.input_size
     x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
     per_block = budget_s / (rounds * len(runners))
@@ -172,7 +200,7 @@ def measure(cands: List[Candidate], threads: Optional[int], batch: int, budget_s
                 r.run(x)
                 times.append(time.perf_counter() - t)
             blocks[k].append(statistics.median(times))
-    return {k: 1e3 * statistics.median(v) for k, v in blocks.items()}
+    return {**failed, **{k: 1e3 * statistics.median(v) for k, v in blocks.items()}}
 
 
 def cache_path() -> Path:
@@ -182,7 +210,8 @@ def cache_path() -> Path:
 def cache_key(model: Path, cands: List[Candidate], threads: Optional[int], batch: int) -> str:
     from ..core.versions import versions
     flags = hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:16]
-    pkgs = sorted({RUNNERS[c.runner].requires for c in cands})
+    pkgs = {RUNNERS[c.runner].requires.split(".")[0] for c in cands}     # distributions, not modules
+    pkgs = sorted(pkgs | ({"torch"} if "executorch" in pkgs else set()))   # ExecuTorch runs on torch
     return "|".join([file_sha256(manifest_of(model))[:16], ",".join(sorted(c.kind for c in cands)), cpu_name(),
                      f"flags {flags}", json.dumps(versions(*pkgs), sort_keys=True),
                      f"threads {threads or os.cpu_count()}", f"batch {batch}"])
@@ -222,28 +251,34 @@ def choose_backend(model: Path, backend: str = "auto", precision: Optional[str] 
                    measure_fn: Measure = None) -> BackendChoice:
     """`auto` or a format name -> the file of the set at `model` to load, its runner and why."""
     model = Path(model)
-    precision = precision or "auto"
+    precision = precision or "fp32"            # None: the file as given, i.e. fp32 (never a silent int8)
     cands, skipped = candidates(model, precision)
+    root = manifest_of(model).parent
+    runnable = sorted({_base(c.kind) for c in cands})
+    choices = f"choose from: auto, file{''.join(', ' + k for k in runnable)}"
     if backend != "auto":
-        want = [c for c in cands if c.kind in (backend, f"{backend}-int8") or (backend == "onnx" and c.kind == "int8")]
-        want = [c for c in want if c.precision == ("int8" if precision == "int8" else "fp32")]
+        want = [c for c in cands if _base(c.kind) == backend]
         if not want:
-            why = skipped.get(backend if precision != "int8" else ("int8" if backend == "onnx" else f"{backend}-int8"))
-            kinds = sorted({"onnx" if c.kind == "int8" else c.kind.replace("-int8", "") for c in cands})
-            raise UserError(f"--backend {backend}: the set at {manifest_of(model).parent} has no "
-                            f"{'int8 ' if precision == 'int8' else ''}{backend} file that can run here"
-                            + (f" ({why})" if why else "") + f"; choose from: auto, file, {', '.join(kinds)}, "
-                            f"or export it with `sedeploy export --formats {backend}`"
-                            f"{' --int8' if precision == 'int8' else ''}")
+            in_set = {_base(str(f.get("format", ""))) for f in read_set(model)["files"] if isinstance(f, dict)}
+            q = "int8" if precision == "int8" else ""
+            if backend not in in_set:
+                raise UserError(f"--backend {backend}: the set at {root} has no {backend} file; {choices}")
+            kind = ("int8" if backend == "onnx" else f"{backend}-int8") if q else backend
+            why = skipped.get(kind) or (f"it has no {q} {backend} file: `sedeploy export --formats {backend} --int8`"
+                                        if q and kind not in {str(f.get('format')) for f in read_set(model)["files"]
+                                                              if isinstance(f, dict)}
+                                        else "no runner of sedeploy runs its files on this machine")
+            raise UserError(f"--backend {backend}: the set's {backend} file cannot run here ({why}); {choices}")
         c = want[0]
         return BackendChoice(c.path, c.runner, c.precision, c.kind, f"--backend {backend}", skipped=skipped)
     if not cands:
-        raise UserError(f"--backend auto: no verified file of the set at {manifest_of(model).parent} can run here ("
+        raise UserError(f"--backend auto: no verified file of the set at {root} can run here ("
                         + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + "); re-export the set or pass --model FILE")
     if provider == "cuda" or (provider == "auto" and _cuda()):
         onnx = next((c for c in cands if c.kind == "onnx"), None)
         if onnx is None:
-            raise UserError("--backend auto on CUDA runs model.onnx, which the set lacks; export --formats onnx")
+            raise UserError("--backend auto on CUDA runs the set's fp32 model.onnx: export --formats onnx and run "
+                            "without --precision int8, or pass --provider cpu")
         return BackendChoice(onnx.path, onnx.runner, "fp32", "onnx", "CUDA: onnxruntime fp32", skipped=skipped)
     if len(cands) == 1:
         c = cands[0]
@@ -252,16 +287,30 @@ def choose_backend(model: Path, backend: str = "auto", precision: Optional[str] 
     cache = cache or cache_path()
     key = cache_key(model, cands, threads, batch)
     entry = _load_cache(cache).get(key)
-    cached = isinstance(entry, dict) and isinstance(entry.get("ms"), dict) and set(entry["ms"]) == {c.kind for c in cands}
+    cached = _valid_entry(entry, {c.kind for c in cands})
     if not cached:
-        ms = (measure_fn or measure)(cands, threads, batch)
-        entry = {"ms": {k: float(v) for k, v in ms.items()}, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-                 "isa": isa_summary()}
-        _save_cache(cache, key, entry)
-    winner, why = pick(cands, entry["ms"])
+        got = (measure_fn or measure)(cands, threads, batch)
+        skipped.update({k: v for k, v in got.items() if isinstance(v, str)})       # failed to load
+        ms = {k: float(v) for k, v in got.items() if not isinstance(v, str)}
+        if not ms:
+            raise UserError(f"--backend auto: no file of the set at {root} could be loaded ("
+                            + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
+        entry = {"ms": ms, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "isa": isa_summary()}
+        if len(ms) == len(cands):
+            _save_cache(cache, key, entry)     # a choice made without a file that failed to load is not kept
+    live = [c for c in cands if c.kind in entry["ms"]]
+    winner, why = pick(live, entry["ms"])
     how = f"cached {entry.get('measured_at', '')} in {cache}" if cached else "measured now"
     return BackendChoice(winner.path, winner.runner, winner.precision, winner.kind,
                          f"{why} (batch {batch}, {cpu_name()}; {how})", dict(entry["ms"]), cached, skipped)
+
+
+def _valid_entry(entry: object, kinds: set) -> bool:
+    """A cache entry holding a positive, finite time for exactly these candidates (else measure again)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("ms"), dict) or set(entry["ms"]) != kinds:
+        return False
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+               for v in entry["ms"].values())
 
 
 def _cuda() -> bool:

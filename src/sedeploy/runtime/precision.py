@@ -56,10 +56,14 @@ def cache_path() -> Path:
 
 
 def cache_key(fp32: Path, int8: Path, threads: Optional[int], batch: int) -> str:
-    import onnxruntime as ort
+    from ..core.versions import versions
+    from .runners import RUNNERS, supported_suffixes
     flags = hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:16]
+    runtime = RUNNERS[supported_suffixes().get(fp32.suffix.lower(), "onnxruntime")].requires.split(".")[0]
+    pkgs = [runtime] + (["torch"] if runtime == "executorch" else [])       # the runtime that timed the pair
+    ver = ", ".join(f"{k} {v}" for k, v in versions(*pkgs).items() if k in pkgs)
     return "|".join([file_sha256(fp32)[:16], file_sha256(int8)[:16], cpu_name(), f"flags {flags}",
-                     f"onnxruntime {ort.__version__}", f"threads {threads or os.cpu_count()}", f"batch {batch}"])
+                     ver, f"threads {threads or os.cpu_count()}", f"batch {batch}"])
 
 
 def _load_cache(path: Path) -> dict:
@@ -143,7 +147,7 @@ def checkpoint_of(path: Path) -> Optional[str]:
     """The checkpoint_sha256 an exported file records in its metadata (None when it records none)."""
     if path.suffix.lower() not in (".onnx", ".ort"):
         try:
-            return _load(path, 1).info.meta.get("checkpoint_sha256")
+            return _load(path, None).info.meta.get("checkpoint_sha256")   # None: no process-wide pool reset
         except Exception:  # noqa: BLE001 - unreadable: loading it for real reports the problem
             return None
     import onnxruntime as ort
