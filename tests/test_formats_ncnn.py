@@ -85,6 +85,7 @@ def test_infer_ncnn_equals_onnx_with_heatmaps(nc_set, run_cli, tmp_path):
 def test_bench_row(nc_set, fmnist_dir, run_cli):
     by = bench_rows(run_cli, nc_set, "ort-cpu,ncnn", fmnist_dir)
     assert by[("ncnn", 3)]["status"] == "ok" and by[("ncnn", 1)]["file"] == "model.ncnn.param"
+    assert by[("ncnn", 1)]["verified"] is True and by[("ort-cpu", 1)]["verified"] is True   # export.json checked
     files = ("model.ncnn.param", "model.ncnn.bin", "model.ncnn.json")            # its size: the whole artifact
     assert by[("ncnn", 1)]["size_mb"] == round(sum((nc_set / f).stat().st_size for f in files) / 1e6, 3)
     assert by[("ncnn", 3)]["max_abs_diff"] <= ATOL and by[("ncnn", 1)]["accuracy"] == by[("ort-cpu", 1)]["accuracy"]

@@ -67,6 +67,8 @@ class Row:
     peak_pct: Optional[float] = None                 # of the nominal fp32 peak (clock from cpuinfo)
     sgemm_pct: Optional[float] = None                # of the SGEMM rate measured in this run
     note: str = ""                                   # e.g. "int8 not faster than fp32 here (0.92x)"
+    verified: Optional[bool] = None                  # the file was verified at export and is unchanged (None:
+                                                     # no export.json beside it, or a PyTorch row)
 
 
 @dataclass
@@ -258,6 +260,24 @@ def table_rows(m: _Model, cfg: BenchConfig, ready: list, samples: dict, errors: 
     return rows
 
 
+def mark_verified(m: _Model, rows: List[Row]) -> None:
+    """With the set's export.json beside the model, each file row says whether its file is one `--backend
+    auto` could run (verified at export, every file unchanged); the headline ranks only those."""
+    from ..runtime.backend import candidates, manifest_of
+    if not manifest_of(m.path).is_file():
+        return
+    try:
+        cands, skipped = candidates(m.path, "auto")
+    except UserError:
+        return
+    ok = {c.path.name for c in cands}
+    for r in rows:
+        if r.file and r.backend not in PYTORCH_CPU and not r.backend.startswith("pytorch"):
+            r.verified = r.file in ok
+            if not r.verified and r.status == "ok":
+                r.note = (r.note + "; " if r.note else "") + "not a verified, unchanged file of the set"
+
+
 def make_header(m: _Model, cfg: BenchConfig, data: _Data, peaks: Dict[str, dict]) -> dict:
     import sys
     from ..core.hardware import cpu_name, gpu_name, isa_summary, ort_device
@@ -288,6 +308,7 @@ def run_bench(cfg: BenchConfig, log: Log = print) -> dict:
     samples, errors, sgemm = time_rounds(ready, cfg, m, data, log)
     peaks = {"nominal": cpu_peak_flops(m.threads), "sgemm": sgemm}
     rows += table_rows(m, cfg, ready, samples, errors, peaks)
+    mark_verified(m, rows)
     order = {n: i for i, n in enumerate(cfg.backends)}
     rows.sort(key=lambda r: (order[r.backend], cfg.batch_sizes.index(r.batch)))
     annotate(rows)

@@ -76,6 +76,8 @@ def _agrees(rows, backend: str, batch: int, min_agreement: float = 98.0) -> bool
     for r in rows:
         r = r if isinstance(r, dict) else r.__dict__
         if r["backend"] == backend and r["batch"] == batch:
+            if r.get("verified") is False:           # not verified at export, or changed since
+                return False
             return r.get("top1_agreement") is None or r["top1_agreement"] >= min_agreement
     return False
 
