@@ -16,6 +16,7 @@ import importlib
 import os
 import sys
 import tempfile
+import threading
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,12 @@ from ..model import ModelInfo, check_model_file
 def native_stderr_filtered(drop: Sequence[str]) -> Iterator[None]:
     """Lines a runtime's native code writes to file descriptor 2 while the block runs, replayed on
     sys.stderr without those containing one of `drop` (LiteRT's "INFO: Created TensorFlow Lite
-    XNNPACK delegate" on every load): what a user reads stays sedeploy's lines and real warnings."""
+    XNNPACK delegate" on every load): what a user reads stays sedeploy's lines and real warnings.
+    File descriptor 2 belongs to the whole process, so this is done only on the main thread (infer):
+    a model loaded on another thread (serve's loader) leaves the server's log lines alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as tmp:
