@@ -125,25 +125,22 @@ def test_runners_need_no_forbidden_package():
     assert not [n for n, impl in RUNNERS.items() if impl.requires.split(".")[0] in forbidden]
 
 
-# ExecuTorch's Python runtime links libtorch and takes torch tensors: its runner imports torch, the one
-# stated exception (README, `sedeploy formats`). The device-side contract ignores exactly that import and
-# nothing else; any other torch import on the device side still breaks it (the planted cases above).
-TORCH_EXCEPTION = "sedeploy.runtime.runners.executorch -> torch"
-
-
-def test_the_only_torch_exception_is_the_executorch_runner():
+# ExecuTorch's Python runtime links libtorch and takes torch tensors: its runner lives in sedeploy.torch_runners,
+# above the runtime and forbidden to the device side, which keeps its contract without any exception.
+def test_no_exception_to_the_contracts_and_the_torch_runner_lives_outside_the_device_side():
     cfg = configparser.ConfigParser()
     cfg.read(SETUP)
-    ignored = {s: cfg[s].get("ignore_imports", "").split("\n") for s in cfg.sections()
-               if s.startswith("importlinter:contract:")}
-    assert {s: [ln.strip() for ln in v if ln.strip()] for s, v in ignored.items() if any(x.strip() for x in v)} \
-        == {"importlinter:contract:device-side": [TORCH_EXCEPTION]}
+    assert not [s for s in cfg.sections() if s.startswith("importlinter:contract:")
+                and cfg[s].get("ignore_imports", "").strip()]
+    assert "sedeploy.torch_runners" in cfg["importlinter:contract:device-side"]["forbidden_modules"].split()
     from sedeploy.runtime.runners import RUNNERS
-    assert RUNNERS["executorch"].target.startswith("executorch:") and "torch" in RUNNERS["executorch"].hint
+    assert RUNNERS["executorch"].target.startswith("sedeploy.torch_runners.") and "torch" in RUNNERS["executorch"].hint
+    assert not (ROOT / "src" / "sedeploy" / "runtime" / "runners" / "executorch.py").exists()
 
 
-def test_the_exception_covers_only_that_module(package_copy):
-    """The same `import torch` planted in the ncnn runner breaks the device-side contract."""
+def test_a_torch_import_in_a_device_side_runner_breaks_the_contract(package_copy):
+    """`import torch` planted (inside a function, as the ExecuTorch runner has it) in the ncnn runner breaks
+    the device-side contract: no runner under runtime/ may bring torch."""
     old = _plant(package_copy, "runtime/runners/ncnn.py", "import torch", in_function=True)
     try:
         proc = lint_imports(package_copy, package_copy / "setup.cfg")

@@ -1,6 +1,6 @@
 """The `executorch` format: <stem>.pte for PyTorch's on-device runtime ExecuTorch, lowered to XNNPACK,
 and its native int8 variant <stem>.int8.pte (XNNPACK's PT2E quantizer), both run by
-runtime.runners.executorch.
+torch_runners.executorch.
 
 Follows ExecuTorch's own export flow (docs "Exporting to ExecuTorch", XNNPACK backend tutorial):
 torch.export -> to_edge_transform_and_lower(partitioner=[XnnpackPartitioner()]) -> to_executorch().
@@ -28,7 +28,7 @@ from . import BuildContext, int8_file
 
 MAX_BATCH = 256           # dynamic export: batches of 1..MAX_BATCH run in one call; the runner splits larger
 EXAMPLE_BATCH = 16        # the smallest example batch for which XNNPACK plans memory for MAX_BATCH rows
-METHOD = "sedeploy"       # the constant method that returns the description (runtime.runners.executorch)
+METHOD = "sedeploy"       # the constant method that returns the description (torch_runners.executorch)
 DESCRIPTION_VERSION = 1
 
 

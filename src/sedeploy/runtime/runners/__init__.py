@@ -106,8 +106,9 @@ RUNNERS: Dict[str, Implementation] = {
                                   (".onnx", ".ort")),
     "ncnn": Implementation("ncnn:NcnnRunner", "ncnn", "pip install 'sedeploy[ncnn]'", (".param",)),
     "openvino": Implementation("openvino:OpenvinoRunner", "openvino", "pip install 'sedeploy[openvino]'", (".xml",)),
-    # executorch.runtime imports torch (its Python runtime links libtorch): the one runner that does
-    "executorch": Implementation("executorch:ExecutorchRunner", "executorch.runtime",
+    # executorch.runtime imports torch (its Python runtime links libtorch): its runner lives outside the
+    # device-side runtime, in sedeploy.torch_runners, named by its full module path
+    "executorch": Implementation("sedeploy.torch_runners.executorch:ExecutorchRunner", "executorch.runtime",
                                  "pip install 'sedeploy[executorch]' (brings torch)", (".pte",)),
     "litert": Implementation("litert:LiteRtRunner", "ai_edge_litert", "pip install 'sedeploy[litert]'", (".tflite",)),
 }
@@ -147,7 +148,8 @@ def runner_class(name: str) -> Type[Runner]:
         raise UserError(f"the {name} runner needs the {impl.requires} package, which is not installed: "
                         f"{impl.hint}") from None
     module, cls = impl.target.split(":")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    full = module if module.startswith("sedeploy.") else f"{__name__}.{module}"   # torch_runners: full path
+    return getattr(importlib.import_module(full), cls)
 
 
 def supported_suffixes() -> Dict[str, str]:

@@ -1,8 +1,7 @@
 """The ExecuTorch runner: model.pte (and model.int8.pte) on executorch.runtime, XNNPACK on the CPU.
 
-The stated exception to "the runtime never imports torch" (setup.cfg's device-side contract ignores
-exactly `sedeploy.runtime.runners.executorch -> torch`): ExecuTorch's Python runtime is built on
-libtorch. executorch.runtime imports executorch.extension.pybindings.portable_lib, which imports
+Not part of the device-side runtime (sedeploy.runtime never imports torch; see torch_runners/__init__):
+ExecuTorch's Python runtime is built on libtorch. executorch.runtime imports executorch.extension.pybindings.portable_lib, which imports
 torch (and executorch.exir, the compiler) before loading its _C extension, linked against libtorch.so
 and libtorch_python.so; Method.execute takes and returns torch tensors only (a numpy array is
 refused). Measured with executorch 1.5.1 / torch 2.14.1: `import executorch.runtime` loads ~1,500
@@ -25,9 +24,9 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from ...core.errors import UserError
-from ..model import ModelInfo, check_model_file, describe
-from . import Runner, native_stderr_filtered
+from ..core.errors import UserError
+from ..runtime.model import ModelInfo, check_model_file, describe
+from ..runtime.runners import Runner, native_stderr_filtered
 
 METHOD = "sedeploy"            # the constant method the exporter writes (export.formats.executorch.METHOD)
 DESCRIPTION_VERSION = 1
