@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..core.versions import installed
 from ..export.formats import FORMATS, Format, int8_file
 from ..runtime.runners import RUNNERS
 
@@ -170,9 +171,6 @@ def artifact_runner(row: str, model: Path, threads: Optional[int]) -> Tuple[Runn
     return (lambda x: r.run(x)[logits]), path, files
 
 
-def installed(package: str) -> bool:
-    from ..export.formats import installed as _installed
-    return _installed(package)
 
 
 def sibling(model: Path, name: str) -> Path:

@@ -5,6 +5,7 @@ the runtime side) and reports the same spelling everywhere.
 """
 from __future__ import annotations
 
+import importlib.util
 import platform
 import sys
 from importlib import metadata
@@ -37,3 +38,12 @@ def _version(name: str) -> Optional[str]:
     if mod is None or not getattr(mod, "__version__", None):
         return None
     return str(mod.__version__)
+
+
+def installed(package: str) -> bool:
+    """Whether an import name is installed, found without importing it (torch takes seconds to import;
+    openvino must be imported with its telemetry off)."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False

@@ -38,6 +38,7 @@ import numpy as np
 from ..core.errors import UserError
 from ..core.hardware import cpu_flags, cpu_name, isa_summary
 from ..core.io import file_sha256
+from ..core.versions import installed
 from .precision import MIN_GAIN, _load_cache, _save_cache, cache_path as precision_cache
 from .runners import RUNNERS, load_runner, supported_suffixes
 
@@ -148,19 +149,11 @@ def candidates(model: Path, precision: str) -> Tuple[List[Candidate], Dict[str, 
             skipped[kind] = f"{changed[0]} differs from what export.json recorded (sha256)"
         elif _built_for_another_machine(doc, kind):
             skipped[kind] = _built_for_another_machine(doc, kind)
-        elif not _installed(RUNNERS[runner].requires):
+        elif not installed(RUNNERS[runner].requires):
             skipped[kind] = f"{RUNNERS[runner].requires} is not installed ({RUNNERS[runner].hint})"
         else:
             out.append(Candidate(kind, path, runner, prec))
     return out, skipped
-
-
-def _installed(package: str) -> bool:
-    import importlib.util
-    try:
-        return importlib.util.find_spec(package) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 Measure = Callable[[List[Candidate], Optional[int], int], Dict[str, object]]   # kind -> ms, or why it failed

@@ -35,6 +35,7 @@ from types import ModuleType
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ...core.errors import UserError
+from ...core.versions import installed
 
 
 @dataclass(frozen=True)
@@ -80,14 +81,6 @@ FORMATS: Dict[str, Format] = {
                      what="LiteRT (TFLite), one signature per batch size (litert-torch; ai-edge-litert runs it)"),
 }
 DEFAULT = ("onnx", "torchscript")    # what `sedeploy export` writes without --formats
-
-
-def installed(package: str) -> bool:
-    """Whether an import name is installed, without importing it (torch takes seconds to import)."""
-    try:
-        return importlib.util.find_spec(package) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def converter_installed(fmt: Format) -> bool:

@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, List, Sequence, Tuple, Type
 import numpy as np
 
 from ...core.errors import UserError
+from ...core.versions import installed
 from ..model import ModelInfo, check_model_file
 
 
@@ -140,11 +141,7 @@ def runner_class(name: str) -> Type[Runner]:
     impl = RUNNERS[name]
     # Found, not imported: each runner imports its runtime itself, its own way (openvino must be
     # imported with its telemetry off, runners.openvino.import_openvino), and lookups stay cheap.
-    try:
-        found = importlib.util.find_spec(impl.requires) is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
+    if not installed(impl.requires):
         raise UserError(f"the {name} runner needs the {impl.requires} package, which is not installed: "
                         f"{impl.hint}") from None
     module, cls = impl.target.split(":")
