@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import assert_one_line_error
+from support.formats import export_set
 from sedeploy.core import contract
 from sedeploy.core.errors import UserError
 from sedeploy.core.io import path_bytes, path_sha256
@@ -29,10 +30,7 @@ pytestmark = pytest.mark.skipif(platform.system() == "Darwin", reason="macOS ver
 
 @pytest.fixture(scope="module")
 def cm_set(trained_fm, fmnist_dir, tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("cm_set")
-    export_checkpoint(str(trained_fm / "best.pt"), str(d), ExportOptions(formats=("onnx", "coreml"),
-                                                                         data_dir=str(fmnist_dir)), log=lambda s: None)
-    return d
+    return export_set(trained_fm, fmnist_dir, tmp_path_factory.mktemp("cm_set"), "coreml")
 
 
 def spec_of(pkg: Path):

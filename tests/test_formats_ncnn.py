@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import assert_one_line_error
-from support.formats import assert_infer_equals_onnx, bench_rows
+from support.formats import assert_bench_row, assert_infer_equals_onnx, export_set
 from sedeploy.core import contract
 from sedeploy.core.parity import ATOL
 from sedeploy.export.exporter import ExportOptions, export_checkpoint
@@ -28,10 +28,7 @@ NAMES = ["logits", "se1", "se2", "se3", "feature_map"]
 
 @pytest.fixture(scope="module")
 def nc_set(trained_fm, fmnist_dir, tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("nc_set")
-    export_checkpoint(str(trained_fm / "best.pt"), str(d), ExportOptions(formats=("onnx", "ncnn"),
-                                                                         data_dir=str(fmnist_dir)), log=lambda s: None)
-    return d
+    return export_set(trained_fm, fmnist_dir, tmp_path_factory.mktemp("nc_set"), "ncnn")
 
 
 def test_set_sidecar_mapping_and_verification_rows(nc_set):
@@ -83,12 +80,7 @@ def test_infer_ncnn_equals_onnx_with_heatmaps(nc_set, run_cli, tmp_path):
 
 
 def test_bench_row(nc_set, fmnist_dir, run_cli):
-    by = bench_rows(run_cli, nc_set, "ort-cpu,ncnn", fmnist_dir)
-    assert by[("ncnn", 3)]["status"] == "ok" and by[("ncnn", 1)]["file"] == "model.ncnn.param"
-    assert by[("ncnn", 1)]["verified"] is True and by[("ort-cpu", 1)]["verified"] is True   # export.json checked
-    files = ("model.ncnn.param", "model.ncnn.bin", "model.ncnn.json")            # its size: the whole artifact
-    assert by[("ncnn", 1)]["size_mb"] == round(sum((nc_set / f).stat().st_size for f in files) / 1e6, 3)
-    assert by[("ncnn", 3)]["max_abs_diff"] <= ATOL and by[("ncnn", 1)]["accuracy"] == by[("ort-cpu", 1)]["accuracy"]
+    assert_bench_row(run_cli, nc_set, "ncnn", ("model.ncnn.param", "model.ncnn.bin", "model.ncnn.json"), fmnist_dir, ATOL)   # size: all the artifact's files
 
 
 def test_param_without_bin_and_foreign_sidecar(nc_set, run_cli, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import assert_one_line_error
-from support.formats import assert_infer_equals_onnx, bench_rows
+from support.formats import assert_bench_row, assert_infer_equals_onnx, export_set
 from sedeploy.core import contract
 from sedeploy.core.hardware import cpu_flags
 from sedeploy.core.parity import ATOL
@@ -33,10 +33,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 @pytest.fixture(scope="module")
 def ov_set(trained_fm, fmnist_dir, tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("ov_set")
-    export_checkpoint(str(trained_fm / "best.pt"), str(d), ExportOptions(formats=("onnx", "openvino"),
-                                                                         data_dir=str(fmnist_dir)), log=lambda s: None)
-    return d
+    return export_set(trained_fm, fmnist_dir, tmp_path_factory.mktemp("ov_set"), "openvino")
 
 
 def test_set_metadata_in_rt_info_and_verification_rows(ov_set):
@@ -182,9 +179,4 @@ def test_telemetry_is_off(ov_set, tmp_path, mode):
 
 
 def test_bench_row_runs_the_ir(ov_set, fmnist_dir, run_cli):
-    by = bench_rows(run_cli, ov_set, "ort-cpu,openvino", fmnist_dir)
-    assert by[("openvino", 3)]["status"] == "ok" and by[("openvino", 1)]["file"] == "model.openvino.xml"
-    files = ("model.openvino.xml", "model.openvino.bin")
-    assert by[("openvino", 1)]["size_mb"] == round(sum((ov_set / f).stat().st_size for f in files) / 1e6, 3)
-    assert by[("openvino", 3)]["max_abs_diff"] <= ATOL
-    assert by[("openvino", 1)]["accuracy"] == by[("ort-cpu", 1)]["accuracy"]
+    assert_bench_row(run_cli, ov_set, "openvino", ("model.openvino.xml", "model.openvino.bin"), fmnist_dir, ATOL)   # size: all the artifact's files

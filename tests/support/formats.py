@@ -1,13 +1,22 @@
-"""What every edge format's test checks the same way: `infer` on its file equals `infer` on model.onnx
-(top-k, probabilities, heatmap channels, PNGs), and its bench row runs on the set."""
+"""What every edge format's test does the same way: export the tiny model as onnx + the format, check that
+`infer` on its file equals `infer` on model.onnx (top-k, probabilities, heatmap channels, PNGs), and that its
+bench row runs on the set (status, file, size of all its files, agreement with onnxruntime)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
+
+
+def export_set(trained_fm: Path, fmnist_dir: Path, out: Path, fmt: str, **options) -> Path:
+    """The tiny trained model exported as model.onnx + FORMAT into OUT (calibration data: fmnist_dir)."""
+    from sedeploy.export.exporter import ExportOptions, export_checkpoint
+    export_checkpoint(str(trained_fm / "best.pt"), str(out),
+                      ExportOptions(formats=("onnx", fmt), data_dir=str(fmnist_dir), **options), log=lambda s: None)
+    return out
 
 
 def assert_infer_equals_onnx(run_cli, set_dir: Path, suffix: str, provider: str, tmp_path: Path) -> None:
@@ -36,3 +45,15 @@ def bench_rows(run_cli, set_dir: Path, backends: str, data_dir: Path) -> Dict[Tu
                 "--min-time", "0", "--repeats", "1", "--data-dir", data_dir, "--limit", "40", "--json")
     assert r.code == 0, r.err
     return {(x["backend"], x["batch"]): x for x in json.loads(r.out)["rows"]}
+
+
+def assert_bench_row(run_cli, set_dir: Path, fmt: str, files: Sequence[str], data_dir: Path, atol: float) -> dict:
+    """FORMAT's bench row on the set runs, names its first file, counts all FILES in its size, agrees with
+    onnxruntime's row (outputs within ATOL, same accuracy) and is marked verified from export.json."""
+    by = bench_rows(run_cli, set_dir, f"ort-cpu,{fmt}", data_dir)
+    row, ref = by[(fmt, 1)], by[("ort-cpu", 1)]
+    assert by[(fmt, 3)]["status"] == "ok" and row["file"] == files[0]
+    assert row["size_mb"] == round(sum((set_dir / f).stat().st_size for f in files) / 1e6, 3)
+    assert by[(fmt, 3)]["max_abs_diff"] <= atol and row["accuracy"] == ref["accuracy"]
+    assert row["verified"] is True and ref["verified"] is True
+    return by
