@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # The torch/torchvision pair that imports together on these machines (see README).
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install dataset browser arm64 edge demo test test-fast test-gpu lint clean
+.PHONY: install dataset browser arm64 edge demo test test-slow test-all test-gpu lint clean
 
 install: $(VENV)/.installed
 
@@ -77,7 +77,15 @@ edge: install
 	  --save-json $(DEMO)/edge-bench.json
 	$(PY) scripts/edge_table.py $(DEMO)/edge $(DEMO)/edge-bench.json
 
+# The suite without the tests marked slow (~4-5 min on 2 cores); test-slow: those (int8 of each format,
+# arm64 emulation, multi-process training, the demo's commands, real Triton, the browser bundle); CI runs both.
 test: install
+	$(VENV)/bin/pytest -q -m "not slow"
+
+test-slow: install
+	$(VENV)/bin/pytest -q -m slow
+
+test-all: install
 	$(VENV)/bin/pytest -q
 
 # the CUDA tests alone (skipped, with the reason, without a GPU). On a machine whose Python already has
@@ -85,10 +93,6 @@ test: install
 PYTEST ?= $(VENV)/bin/pytest
 test-gpu: $(if $(SKIP_INSTALL),,install)
 	$(PYTEST) -q -rs -m gpu
-
-# fast subset (no slow tests)
-test-fast: install
-	$(VENV)/bin/pytest -q -m "not slow"
 
 lint: install
 	$(PY) -m pip install -qq ruff

@@ -306,6 +306,7 @@ def write_rgb48_checkpoint(path: Path) -> None:
     save_checkpoint(ck, path)
 
 
+@pytest.mark.slow  # every format converter on a second model: ~30 s on 2 cores
 def test_rgb_48_model_through_every_format(tmp_path):
     import onnxruntime as ort
     from sedeploy.runtime.predictor import Predictor
