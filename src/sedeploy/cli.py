@@ -301,6 +301,11 @@ def _parse_batch(value: str) -> Optional[int]:
               help="Only for formats without a dynamic batch (tflite): one signature per size, in one file; "
                    "the runner picks the smallest that holds a batch. Ignored by the other formats; with "
                    "--batch N, just N.")
+@click.option("--web-runtime", default=None, metavar="PATH",
+              help="Only for --formats web: onnxruntime-web's npm tarball or dist/ folder (default: the cache in "
+                   "~/.cache/sedeploy, filled once by `npm pack onnxruntime-web@1.30.0`).")
+@click.option("--web-webgpu", is_flag=True,
+              help="Only for --formats web: also ship WebGPU's runtime files (the page then runs with ?ep=webgpu).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim simplification.")
 @click.option("--logits-only", is_flag=True, help="Export logits only, without SE weights and feature map.")
 @click.option("--force", is_flag=True, help="Replace an existing export (its whole set, all together).")
@@ -320,7 +325,8 @@ def _parse_batch(value: str) -> Optional[int]:
               help="Without labelled test images, gate int8 on agreement with fp32 alone (else refused).")
 @click.option("--data-dir", default=None, help="Dataset root for int8 calibration and verification images.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, batch_sizes: str, no_simplify: bool,
+def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, batch_sizes: str,
+           web_runtime: Optional[str], web_webgpu: bool, no_simplify: bool,
            logits_only: bool, force: bool, overhead: bool, int8: bool, calib: int, half: bool,
            int8_eval: int, int8_min_agreement: float, int8_max_drop: float, int8_se_atol: float,
            int8_allow_unlabelled: bool, data_dir: Optional[str], as_json: bool) -> None:
@@ -339,6 +345,7 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
       sedeploy export --ckpt best.pt --int8 --int8-min-agreement 99 --int8-max-drop 0.5
       sedeploy export --ckpt best.pt --formats onnx,ort --force   # + model.ort (ONNX Runtime format)
       sedeploy export --ckpt best.pt --formats onnx,tflite --batch-sizes 1,64 --force   # + model.tflite (LiteRT)
+      sedeploy export --ckpt best.pt --formats web --force   # + model.web/ (runs in the browser)
 
     \b
     --int8 is gated: the int8 model is scored against fp32 on --int8-eval labelled test images and
@@ -351,7 +358,7 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
                          int8=int8, calib=calib, half=half, data_dir=data_dir, int8_eval=int8_eval,
                          int8_min_agreement=int8_min_agreement, int8_max_drop=int8_max_drop,
                          int8_se_atol=int8_se_atol, int8_allow_unlabelled=int8_allow_unlabelled,
-                         overhead=overhead)
+                         overhead=overhead, web_runtime=web_runtime, web_webgpu=web_webgpu)
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     manifest = export_checkpoint(ckpt, out, opts, log=log)
     if as_json:

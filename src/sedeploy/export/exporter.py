@@ -44,6 +44,8 @@ class ExportOptions:
     batch: Optional[int] = None         # None: dynamic batch axis; else a fixed batch size
     tflite_batch_sizes: Tuple[int, ...] = (1, 64)   # tflite (no dynamic batch): one signature per size; --batch N: N
     simplify: bool = True               # run onnxsim (failure fails the export)
+    web_runtime: Optional[str] = None   # web: onnxruntime-web's npm tarball or dist/ folder (None: cache, else npm)
+    web_webgpu: bool = False            # web: also ship WebGPU's runtime files
     force: bool = False                 # overwrite existing outputs
     extras: bool = True                 # SE weights + feature map outputs (False: logits only)
     verify_n: int = 16                  # verification batch size (dynamic exports)
@@ -201,8 +203,8 @@ def build_artifacts(job: Job, wrapper: torch.nn.Module, x: np.ndarray
     meta = lambda opset: contract.encode_metadata(build_metadata(job.ckpt, job.model, job.names, job.sha, opset))
     ctx = job.ctx = BuildContext(wrapper, torch.from_numpy(x[:opts.batch] if opts.batch else x[:2]), job.tmp,
                                  opts.stem, job.names, meta, opts.opset, opts.batch, opts.simplify,
-                                 batch_sizes=tuple(opts.tflite_batch_sizes), facts=job.facts, timings=job.timings,
-                                 nodes=job.nodes)
+                                 batch_sizes=tuple(opts.tflite_batch_sizes), web_runtime=opts.web_runtime,
+                                 web_webgpu=opts.web_webgpu, facts=job.facts, timings=job.timings, nodes=job.nodes)
     candidates: Dict[str, Dict[str, np.ndarray]] = {}
     for name in build_order(opts.formats):
         plugin = format_module(name)

@@ -55,7 +55,7 @@ class Format:
 
 
 # The registered (implemented) formats, in build order. Issue 15 plans more, each a module and a row:
-PLANNED = ("web",)
+PLANNED: Tuple[str, ...] = ()
 FORMATS: Dict[str, Format] = {
     "onnx": Format("onnx", "onnx", ".onnx", ("torch", "onnx", "onnxsim"), "full", "onnxruntime", "onnxruntime",
                    int8="onnx", what="ONNX, simplified by onnxsim (onnxruntime)"),
@@ -79,6 +79,9 @@ FORMATS: Dict[str, Format] = {
     "tflite": Format("tflite", "tflite", ".tflite", ("litert_torch",), "tflite", "litert", "ai_edge_litert",
                      int8="native", side_files=(".int8.tflite",),
                      what="LiteRT (TFLite), one signature per batch size (litert-torch; ai-edge-litert runs it)"),
+    # a static folder; its runtime is the browser (onnxruntime-web, fetched by npm at export), verified in Chromium
+    "web": Format("web", "web", ".web", ("onnxruntime",), "runtime", "browser", "selenium", int8="",
+                  needs=("onnx",), what="static web page running the model in the browser (onnxruntime-web wasm)"),
 }
 DEFAULT = ("onnx", "torchscript")    # what `sedeploy export` writes without --formats
 
@@ -168,6 +171,8 @@ class BuildContext:
     batch: Optional[int] = None       # None: dynamic batch axis
     simplify: bool = True
     batch_sizes: Tuple[int, ...] = (1, 64)   # formats without a dynamic batch (tflite): one signature per size
+    web_runtime: Optional[str] = None  # web: onnxruntime-web's tarball or dist/ folder (None: cache, else npm)
+    web_webgpu: bool = False          # web: also ship WebGPU's runtime files
     built: Dict[str, List[Path]] = field(default_factory=dict)    # format -> files it wrote
     facts: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # format -> facts for export.json
     timings: Dict[str, float] = field(default_factory=dict)   # finer steps (onnx_export, simplify); the

@@ -120,6 +120,8 @@ RUNNERS: Dict[str, Implementation] = {
 NO_RUNNER: Dict[str, str] = {
     ".mlpackage": "a Core ML package: Core ML runs it on macOS and iOS only, and sedeploy has no Core ML runner; "
                   "run the export's model.onnx here (--model model.onnx)",
+    ".web": "a web bundle: it runs in a browser (host the folder with any static file server, e.g. "
+            "`python3 -m http.server -d model.web`, and open index.html); run model.onnx here (--model model.onnx)",
 }
 
 
