@@ -15,7 +15,6 @@ Serve hosts the same page and files (`sedeploy serve`: "run in this browser").
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -148,8 +147,16 @@ def model_json(info: Any, model_file: str) -> Dict[str, Any]:
             "classes": list(info.classes), "input_size": list(info.input_size), "mean": list(info.mean),
             "std": list(info.std), "input_name": info.input_name, "output_names": list(info.output_names),
             "se_outputs": list(info.se_outputs), "feature_map": info.feature_map, "background": [0, 0, 0],
-            "max_pixels": _max_pixels(), "fixed_batch": info.fixed_batch,
+            "max_pixels": _max_pixels(), "fixed_batch": info.fixed_batch, "resize": resize_rule(),
             "meta": {k: v for k, v in info.meta.items() if isinstance(v, (str, int, float, bool, list, dict))}}
+
+
+def resize_rule() -> Dict[str, Any]:
+    """How this machine's Pillow resizes (the page repeats it): BILINEAR, and from Pillow 13 on the vertical
+    pass first when the height shrinks by more than twice as many pixels as the width."""
+    import PIL
+    major = int(PIL.__version__.split(".")[0])
+    return {"filter": "bilinear", "pillow": PIL.__version__, "vertical_first_rule": major >= 13}
 
 
 def _max_pixels() -> int:
@@ -191,10 +198,3 @@ def sizes(folder: Path) -> Dict[str, int]:
                 rt += len(b)
     return {"bytes": total, "runtime_bytes": rt, "gzip_bytes": gz}
 
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -89,10 +89,19 @@ function pass8(src, bands, h, w, outLen, horizontal, filter) {
 }
 
 // Pillow's Image.resize((W, H), BILINEAR) of an 8-bit planar image (bands, h, w) -> (bands, H, W).
-export function resize8(src, bands, h, w, H, W) {
-  let a = src, cw = w;
-  if (W !== w) { a = pass8(a, bands, h, w, W, true, FILTERS.bilinear); cw = W; }
-  if (H !== h) a = pass8(a, bands, h, cw, H, false, FILTERS.bilinear);
+// The pass order matters (each pass rounds to 8 bits): Pillow < 13 always resamples horizontally first;
+// Pillow 13 first vertically when the height shrinks by more than twice as many pixels as the width
+// (Resample.c, ImagingResampleInner). `verticalFirstRule` says which Pillow the Python runtime has.
+export function resize8(src, bands, h, w, H, W, verticalFirstRule = true) {
+  const horizontalFirst = !(verticalFirstRule && h - H > 0 && h - H > (w - W) * 2);
+  let a = src;
+  if (horizontalFirst) {
+    if (W !== w) a = pass8(a, bands, h, w, W, true, FILTERS.bilinear);
+    if (H !== h) a = pass8(a, bands, h, W, H, false, FILTERS.bilinear);
+  } else {
+    if (H !== h) a = pass8(a, bands, h, w, H, false, FILTERS.bilinear);
+    if (W !== w) a = pass8(a, bands, H, w, W, true, FILTERS.bilinear);
+  }
   return a;
 }
 
@@ -201,6 +210,6 @@ export function bitmapPixels(source, maxPixels) {
 export function toTensor(pixels, spec) {
   const [C, H, W] = spec.input_size;
   const planar = toModelMode(pixels.data, pixels.width * pixels.height, C, spec.background || [0, 0, 0]);
-  const resized = resize8(planar, C, pixels.height, pixels.width, H, W);
+  const resized = resize8(planar, C, pixels.height, pixels.width, H, W, (spec.resize || {}).vertical_first_rule !== false);
   return { tensor: normalize(resized, C, spec.mean, spec.std), uint8: resized };
 }
