@@ -30,13 +30,15 @@ dataset:
 	  $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }; fi
 
-# Debian's chromium and its chromedriver, for the test of the `sedeploy serve` page in a real browser
-# (without them that test is skipped, saying so).
+# Debian's chromium and its chromedriver, for the tests of the `sedeploy serve` page and of the web bundle in a
+# real browser, and npm, which fetches onnxruntime-web for `export --formats web` (without them those tests are
+# skipped, saying so).
 browser:
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "chromium and chromedriver present"; \
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v npm >/dev/null; then \
+	  echo "chromium, chromedriver and npm present"; \
 	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
-	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }; fi
+	  $$SUDO apt-get install -y -qq chromium chromium-driver npm >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver npm; }; fi
 
 # qemu user-mode emulation and mmdebstrap, for the test that runs the runtime on linux/arm64 against x86
 # (tests/test_arm64.py; without them it is skipped, saying so). The test unpacks Debian's arm64 python3.11

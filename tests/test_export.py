@@ -187,8 +187,8 @@ def test_export_bad_input(run_cli, tmp_path, case):
         needles = ["cannot create output directory"]
     elif case == "bad_format":
         write_ckpt(ck)
-        args = ["--formats", "web"]                            # planned, not implemented yet
-        needles = ["unknown format web (web: planned", "onnx, torchscript"]
+        args = ["--formats", "webnn"]
+        needles = ["unknown format webnn", "onnx, torchscript"]
     elif case == "bad_opset":
         write_ckpt(ck)
         args = ["--opset", "5"]

@@ -169,7 +169,7 @@ def test_bad_input_gets_a_message_and_the_api_rejects(page, tmp_path):
     for name, data, words in (("notes.png", b"this is not an image", "not an image"),
                               ("bomb.png", _png_header(9000, 9000), "over the limit")):
         (tmp_path / name).write_bytes(data)
-        d.execute_script("document.body.dataset.state = 'ready'")
+        d.execute_script("document.body.dataset.state = 'ready'; document.getElementById('file').value = ''")
         d.find_element(By.ID, "file").send_keys(str(tmp_path / name))
         WebDriverWait(d, 30).until(lambda d: d.execute_script("return document.body.dataset.state") == "error")
         err = d.find_element(By.ID, "error")
@@ -236,3 +236,38 @@ def test_runtime_files_errors_are_one_line(tmp_path, monkeypatch, run_cli, web_s
     Image.new("L", (9, 9)).save(tmp_path / "x.png")
     r = run_cli("infer", tmp_path / "x.png", "--model", web_set / "model.web")
     assert_one_line_error(r, "runs in a browser")
+
+
+def test_serve_page_runs_on_the_server_or_in_the_browser_with_the_same_answer(page, web_set, tmp_path):
+    """`sedeploy serve`'s page, both modes, the same image: the same top-5 (probabilities within 1e-4),
+    a heatmap in each; the answers carry the cross-origin isolation headers, so the browser mode has threads."""
+    import urllib.request
+    from support.launch import ServerProcess
+    data = _images()["photo0-97x61.jpeg"]
+    (tmp_path / "photo.jpg").write_bytes(data)
+    d = page.driver
+
+    def top():
+        return [(li.get_attribute("data-label"), float(li.get_attribute("data-prob")))
+                for li in d.find_elements(By.CSS_SELECTOR, "#top li.cls")]
+    with ServerProcess(["--model", f"fm={web_set / 'model.onnx'}"]) as srv:
+        with urllib.request.urlopen(srv.url + "/") as r:
+            assert r.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+            assert r.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+        d.get(srv.url + "/")
+        WebDriverWait(d, 30).until(lambda d: d.find_element(By.ID, "status").text == "ready")
+        answers = {}
+        for mode in ("server", "browser"):
+            d.find_element(By.CSS_SELECTOR, f'input[name="mode"][value="{mode}"]').click()
+            d.execute_script("document.body.dataset.state = ''; document.getElementById('file').value = ''")
+            d.find_element(By.ID, "file").send_keys(str(tmp_path / "photo.jpg"))   # a change event each time
+            WebDriverWait(d, 60).until(lambda d: d.execute_script("return document.body.dataset.state") in ("done", "error"))
+            assert d.execute_script("return document.body.dataset.state") == "done", d.find_element(By.ID, "error").text
+            WebDriverWait(d, 10).until(lambda d: d.execute_script(
+                "const i = document.getElementById('heatmap'); return i.complete && i.naturalWidth > 0"))
+            answers[mode] = top()
+            meta = d.find_element(By.ID, "meta").text
+            assert ("in this browser" in meta) is (mode == "browser"), meta
+        assert "2 threads" in meta or d.execute_script("return navigator.hardwareConcurrency") < 2, meta
+        assert [a for a, _ in answers["server"]] == [b for b, _ in answers["browser"]]
+        assert max(abs(a - b) for (_, a), (_, b) in zip(answers["server"], answers["browser"])) < 1e-4

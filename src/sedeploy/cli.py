@@ -378,7 +378,8 @@ def _print_formats(as_json: bool) -> None:
         runtime = f"{r['runtime']} ({yes(r['runtime_installed'])})"
         click.echo(f"{r['format']:<12} {r['file']:<{fw}} {yes(r['converter_installed']):<10} {runtime:<20} "
                    f"{yes(r['runs_here']):<10} {yes(r['int8']):<5} {'sedeploy[' + r['extra'] + ']':<22} {r['what']}")
-    click.echo(f"planned (not implemented yet): {', '.join(PLANNED)}")
+    if PLANNED:
+        click.echo(f"planned (not implemented yet): {', '.join(PLANNED)}")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -646,9 +647,12 @@ from .core.tritonconfig import BATCHING  # noqa: E402 - numpy only; the defaults
               help="onnxruntime intra-op threads [default: all cores but one, left to the HTTP event loop].")
 @click.option("--max-body-mb", type=float, default=64.0, show_default=True, help="Largest request body (413 above).")
 @click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option("--web-runtime", default=None, metavar="PATH",
+              help="onnxruntime-web's npm tarball or dist/ folder for the page's \"run in this browser\" mode "
+                   "(default: the cache `sedeploy export --formats web` fills; the server never downloads).")
 def serve(models: List[str], model_repository: Optional[str], host: str, port: int, max_batch: int,
           max_delay_ms: float, max_queue: int, batching: bool, provider: str, precision: str, backend: str,
-          threads: Optional[int], max_body_mb: float, access_log: bool) -> int:
+          threads: Optional[int], max_body_mb: float, access_log: bool, web_runtime: Optional[str]) -> int:
     """Serve exported models over HTTP: the Open Inference Protocol (KServe v2, as Triton speaks it;
     `tritonclient` works unchanged), an image endpoint and a page at /. No torch.
 
@@ -679,7 +683,7 @@ def serve(models: List[str], model_repository: Optional[str], host: str, port: i
                         f"pip install 'sedeploy[serve]'") from None
     served = [ServedModel(s, loading.provider, loading.threads, loading.precision, loading.backend) for s in specs]
     return run_server(served, host, port, int(max_body_mb * (1 << 20)), lambda m: click.echo(m, err=True),
-                      access_log)
+                      access_log, web_runtime)
 
 
 def _serve_specs(models: List[str], repository: Optional[str], max_batch: int, max_delay_ms: float,

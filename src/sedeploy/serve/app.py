@@ -178,9 +178,10 @@ def lifespan(app: Starlette):
     return span(app)
 
 
-def create_app(models: List[ServedModel], max_body: int = 64 << 20) -> Starlette:
-    """The ASGI app serving `models` (loaded in the background once it starts), bodies limited to max_body."""
-    from . import images
+def create_app(models: List[ServedModel], max_body: int = 64 << 20, web_runtime: Optional[str] = None) -> Starlette:
+    """The ASGI app serving `models` (loaded in the background once it starts), bodies limited to max_body;
+    the page's browser mode with the onnxruntime-web files of web_runtime (None: the cache)."""
+    from . import images, web
     versioned = ["/v2/models/{model}", "/v2/models/{model}/versions/{version}"]
     # starlette tries routes in order: the hot one first
     routes = [Route(base + "/infer", infer, methods=["POST"]) for base in versioned]
@@ -188,7 +189,10 @@ def create_app(models: List[ServedModel], max_body: int = 64 << 20) -> Starlette
                Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_metadata),
                Route("/v2/repository/index", repository_index, methods=["POST", "GET"]),
                Route("/v2/models/{model}/classify", images.classify, methods=["POST"]),
-               Route("/heatmaps/{key}/{kind}.png", images.heatmap_png)]
+               Route("/heatmaps/{key}/{kind}.png", images.heatmap_png),
+               Route("/web/{name}", web.page_module), Route("/web/models/{model}/model.json", web.model_json),
+               Route("/web/models/{model}/ort/{name}", web.runtime_file),
+               Route("/web/models/{model}/{file}", web.model_file)]
     for base in versioned:
         routes += [Route(base, model_metadata), Route(base + "/ready", model_ready),
                    Route(base + "/config", model_config), Route(base + "/stats", model_stats)]
@@ -196,6 +200,7 @@ def create_app(models: List[ServedModel], max_body: int = 64 << 20) -> Starlette
                 Stopped: on_overload, BodyTooLarge: on_too_large,
                 ClientDisconnect: on_disconnect, Exception: on_internal}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan,
-                    middleware=[Middleware(BodyLimit, max_body=max_body)])
+                    middleware=[Middleware(web.CrossOriginIsolation), Middleware(BodyLimit, max_body=max_body)])
     app.state.serve = ServerState({m.name: m for m in models}, max_body, heatmaps=images.HeatmapCache())
+    app.state.serve.web_runtime, app.state.serve.web_runtime_why = web.find_runtime(web_runtime)
     return app

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import uvicorn
 
@@ -61,11 +61,11 @@ class _Server(uvicorn.Server):
 
 
 def serve(models: List[ServedModel], host: str, port: int, max_body: int, say: Callable[[str], None],
-          access_log: bool = False) -> int:
+          access_log: bool = False, web_runtime: Optional[str] = None) -> int:
     """Serve until SIGTERM / Ctrl-C; returns the exit status (0, or 2 when a model failed to load)."""
     sock = bind(host, port)
     bound = sock.getsockname()[1]
-    app = create_app(models, max_body)
+    app = create_app(models, max_body, web_runtime)
     st: ServerState = app.state.serve
     config = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="on",
                             timeout_graceful_shutdown=GRACE_S, timeout_keep_alive=30)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from starlette.requests import Request
@@ -26,6 +27,8 @@ class ServerState:
     on_ready: Optional[Callable[[], None]] = None
     heatmaps: object = None                                 # images.HeatmapCache
     tasks: List[asyncio.Task] = field(default_factory=list)
+    web_runtime: Optional[Path] = None                      # onnxruntime-web files for the page's browser mode
+    web_runtime_why: str = ""                               # why there are none
 
     def not_ready_reason(self) -> Optional[str]:
         if self.draining:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import platform
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -52,6 +53,8 @@ class Format:
     side_files: Tuple[str, ...] = ()  # suffixes of files written beside the artifact, part of the set
     platforms: Optional[Tuple[str, ...]] = None   # platform.system() values its runtime runs on; None: any
     what: str = ""                   # one line for `sedeploy formats`
+    tools: Tuple[str, ...] = ()      # programs on PATH `--formats all` requires (web: npm fetches onnxruntime-web;
+                                     # asked for by name, the plug-in says what is missing)
 
 
 # The registered (implemented) formats, in build order. Issue 15 plans more, each a module and a row:
@@ -80,14 +83,15 @@ FORMATS: Dict[str, Format] = {
                      int8="native", side_files=(".int8.tflite",),
                      what="LiteRT (TFLite), one signature per batch size (litert-torch; ai-edge-litert runs it)"),
     # a static folder; its runtime is the browser (onnxruntime-web, fetched by npm at export), verified in Chromium
-    "web": Format("web", "web", ".web", ("onnxruntime",), "runtime", "browser", "selenium", int8="",
-                  needs=("onnx",), what="static web page running the model in the browser (onnxruntime-web wasm)"),
+    "web": Format("web", "web", ".web", (), "runtime", "browser", "selenium", int8="",
+                  needs=("onnx",), tools=("npm",),
+                  what="static web page running the model in the browser (onnxruntime-web wasm, fetched by npm)"),
 }
 DEFAULT = ("onnx", "torchscript")    # what `sedeploy export` writes without --formats
 
 
 def converter_installed(fmt: Format) -> bool:
-    return all(installed(p) for p in fmt.converter)
+    return all(installed(p) for p in fmt.converter) and all(shutil.which(t) for t in fmt.tools)
 
 
 def runtime_installed(fmt: Format) -> bool:
@@ -117,7 +121,7 @@ def parse_formats(names: Sequence[str]) -> Tuple[str, ...]:
                         f"choose from: {', '.join(FORMATS)}, all")
     for n in names:
         fmt = FORMATS[n]
-        missing = [p for p in fmt.converter if not installed(p)]
+        missing = [p for p in fmt.converter if not installed(p)]   # tools: the plug-in says what is missing
         if missing:
             raise UserError(f"format {n} needs {', '.join(missing)}, which is not installed: {install_hint(fmt)}")
     return tuple(n for n in FORMATS if n in names)       # registry order: what a format needs comes first

@@ -1,7 +1,10 @@
-// The sedeploy serve page: pick or drop an image, POST it to /v2/models/<name>/classify, show the answer.
-// Plain browser JavaScript, no libraries (the page must work offline).
+// The sedeploy serve page: pick or drop an image, POST it to /v2/models/<name>/classify, show the answer;
+// or, in "run in this browser" mode, run the model in the page with the web bundle's code (/web/sedeploy.js,
+// onnxruntime-web; the image never leaves the page) and show the answer the same way.
+// Plain browser JavaScript, no libraries from elsewhere (the page must work offline).
 "use strict";
 const $ = (id) => document.getElementById(id);
+const versions = {};
 
 function setStatus(text, ok) {
   const s = $("status");
@@ -24,6 +27,7 @@ async function loadModels() {
     for (const m of models) {
       const o = document.createElement("option");
       o.value = m.name;
+      versions[m.name] = m.version;
       o.textContent = `${m.name} (v${m.version}, ${m.state.toLowerCase()})`;
       sel.appendChild(o);
     }
@@ -60,6 +64,31 @@ function render(res) {
   $("result").hidden = false;
 }
 
+function mode() {
+  const m = document.querySelector('input[name="mode"]:checked');
+  return m ? m.value : "server";
+}
+
+// The model in this page: the bundle's script API on /web/models/<name>/ (model.json, the .onnx, ort/).
+async function classifyHere(model, file) {
+  const mod = await import("/web/sedeploy.js");
+  await mod.sedeploy.load(`/web/models/${encodeURIComponent(model)}/`);
+  const r = await mod.sedeploy.classify(file, { topk: 5 });
+  const info = mod.sedeploy.info;
+  const heatmaps = {};
+  if (r.explanation) {
+    const c = document.createElement("canvas");
+    mod.drawHeatmap(c, r.pixels, r.explanation);
+    heatmaps.heatmap = c.toDataURL("image/png");
+    const p = document.createElement("canvas");
+    mod.drawProfile(p, r.explanation.se);
+    heatmaps.se = p.toDataURL("image/png");
+  }
+  return { model_name: model, model_version: `${versions[model] || "1"} in this browser (${r.ms.toFixed(1)} ms, ` +
+           `${info.backend}, ${info.threads} thread${info.threads > 1 ? "s" : ""})`, image: file.name || "image",
+           top: r.top.map(([label, prob]) => ({ label, prob })), heatmaps };
+}
+
 async function classify(file) {
   showError("");
   const model = $("model").value;
@@ -67,6 +96,20 @@ async function classify(file) {
   const preview = $("preview");
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
+  document.body.dataset.state = "busy";
+  if (mode() === "browser") {
+    setStatus("classifying in this browser…", true);
+    try {
+      render(await classifyHere(model, file));
+      document.body.dataset.state = "done";
+    } catch (err) {
+      $("result").hidden = true;
+      showError(String(err.message || err));
+      document.body.dataset.state = "error";
+    }
+    setStatus("ready", true);
+    return;
+  }
   const form = new FormData();
   form.append("image", file, file.name || "upload");
   setStatus("classifying…", true);
@@ -76,10 +119,12 @@ async function classify(file) {
     const body = await r.json();
     if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
     render(body);
+    document.body.dataset.state = "done";
     setStatus("ready", true);
   } catch (err) {
     $("result").hidden = true;
     showError(String(err.message || err));
+    document.body.dataset.state = "error";
     setStatus("ready", true);
   }
 }
