@@ -12,7 +12,8 @@
 //       the model on a raw input tensor (for tests and applications with their own preprocessing)
 //   sedeploy.info -> {ort, backend, threads, isolated, spec}
 // Every failure rejects with an Error whose message names the problem and the fix.
-// URL parameters: ?ep=webgpu (where a real GPU exists and the bundle carries WebGPU's files), ?threads=N.
+// URL parameters: ?ep=webgpu (where a real GPU exists and the bundle carries WebGPU's files), ?threads=N
+// (wasm threads when the page is cross-origin isolated; default half the cores, at most 4).
 import * as pre from "./preprocess.js";
 import * as ex from "./explain.js";
 
@@ -35,8 +36,10 @@ async function load(base = "./") {
     const ort = await import(new URL(`ort/${loader}`, root).href);
     ort.env.wasm.wasmPaths = new URL("ort/", root).href;
     const isolated = globalThis.crossOriginIsolated === true;
-    const want = Number(param("threads")) || Math.min(navigator.hardwareConcurrency || 1, 4);
-    ort.env.wasm.numThreads = isolated ? want : 1;   // threads need SharedArrayBuffer: cross-origin isolation
+    // threads need SharedArrayBuffer, hence cross-origin isolation; by default half the cores, at most 4 (one
+    // batch-1 image is small: on 2 cores, 2 threads measured 2.4x slower than 1, scripts/web_bench.py)
+    const want = Number(param("threads")) || Math.max(1, Math.min(4, Math.floor((navigator.hardwareConcurrency || 1) / 2)));
+    ort.env.wasm.numThreads = isolated ? want : 1;
     let session;
     try {
       session = await ort.InferenceSession.create(new URL(spec.model, root).href,
