@@ -14,6 +14,7 @@ Every malformed request raises ProtocolError with a message for the client (HTTP
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -84,11 +85,20 @@ def encode_bytes(a: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+MAX_DIMS = 32     # numpy's limit is 64; no model input here has more than 4
+
+
+def element_count(shape: List[int]) -> int:
+    """The number of elements of a shape, in Python integers: exact however large (np.prod wraps around
+    in int64, so [2**32, 2**32] would count 0 and pass a size check)."""
+    return math.prod(shape)
+
+
 def decode_tensor(name: str, datatype: str, shape: List[int], data: Any = None, raw: Optional[bytes] = None
                   ) -> np.ndarray:
     """One input's JSON `data` or binary bytes -> an array of `shape` (ProtocolError when they disagree)."""
     dtype = np.dtype(DATATYPES[datatype])
-    count = int(np.prod(shape)) if shape else 1
+    count = element_count(shape)
     if raw is not None:
         if datatype == "BYTES":
             a = decode_bytes(raw)
@@ -100,7 +110,7 @@ def decode_tensor(name: str, datatype: str, shape: List[int], data: Any = None, 
     else:
         try:
             a = np.asarray(data, dtype=dtype)
-        except (ValueError, TypeError, OverflowError) as e:
+        except (ValueError, TypeError, OverflowError, RecursionError) as e:
             raise ProtocolError(f"input '{name}': data is not a (nested) array of {datatype} values "
                                 f"({str(e).splitlines()[0][:80]})") from None
         if datatype == "BYTES":
@@ -128,7 +138,7 @@ def parse_infer_request(body: bytes, header_length: Optional[str] = None) -> Inf
         head, rest = body[:n], body[n:]
     try:
         req = json.loads(head)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ProtocolError(f"malformed JSON in the request: {str(e)[:120]}; send an Open Inference Protocol "
                             f"request body (binary tensors need the {HEADER_LENGTH} header)") from None
     _require(isinstance(req, dict), "the request must be a JSON object with 'inputs'")
@@ -146,6 +156,9 @@ def parse_infer_request(body: bytes, header_length: Optional[str] = None) -> Inf
         _require(isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                  for d in shape),
                  f"input '{name}': 'shape' must be a list of non-negative integers")
+        _require(len(shape) <= MAX_DIMS, f"input '{name}': shape has {len(shape)} dimensions; at most {MAX_DIMS}")
+        _require(math.prod(d for d in shape if d) < 2**63, f"input '{name}': shape {str(shape)[:80]} is larger than "
+                 f"any tensor can be (more than 2**63 elements even without its zero dimensions)")
         size = _params(t, f"input '{name}'").get("binary_data_size")
         if size is not None:
             _require(isinstance(size, int) and not isinstance(size, bool) and size >= 0,
