@@ -4,9 +4,15 @@ slow clients, overload), and stopped with SIGTERM under load."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import signal
+import sys
+import subprocess
 import threading
 import time
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,6 +230,46 @@ def test_sigterm_under_load_answers_every_accepted_request(fm_onnx, reference):
         _close(np.array(reply_json(r)["outputs"][0]["data"]), want["logits"][0])
     with pytest.raises(OSError):                  # and the listener is gone
         socket.create_connection((host, int(port)), timeout=2).close()
+
+
+UVICORN_FLOOR = "0.29.0"      # setup.cfg's serve extra: uvicorn>=0.29
+
+
+def _uvicorn_floor() -> Path:
+    """uvicorn at the serve extra's floor, installed once (without dependencies) under ~/.cache."""
+    d = Path.home() / ".cache" / "sedeploy-uvicorn" / UVICORN_FLOOR
+    if not (d / "uvicorn" / "__init__.py").is_file():
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "-qq", "--no-deps", "--target", str(d),
+                            f"uvicorn=={UVICORN_FLOOR}"], capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            pytest.skip(f"uvicorn {UVICORN_FLOOR} cannot be installed here: {r.stderr.strip()[-200:]}")
+    return d
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_drain_on_the_uvicorn_floor(fm_onnx, reference, signame):
+    """The drain uses uvicorn's public API only, so the oldest uvicorn the extra admits drains the same way
+    (the test above runs the newest installed)."""
+    x, want, _ = reference
+    floor = _uvicorn_floor()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(floor), os.environ.get("PYTHONPATH")) if p))
+    got = subprocess.run([sys.executable, "-c", "import uvicorn; print(uvicorn.__version__)"], env=env,
+                         capture_output=True, text=True).stdout.strip()
+    assert got == UVICORN_FLOOR
+    with ServerProcess(["--model", f"fm={fm_onnx}", "--max-batch", "64", "--max-delay-ms", "400"], env=env) as srv:
+        request = infer_request("fm", np.ascontiguousarray(x[:1]), ["logits"], binary_outputs=False)
+        host, port = srv.address.rsplit(":", 1)
+        socks = [socket.create_connection((host, int(port)), timeout=20) for _ in range(8)]
+        for s in socks:
+            s.sendall(request)
+        time.sleep(0.1)
+        srv.proc.send_signal(getattr(signal, signame))
+        replies = [read_reply(s) for s in socks]
+        for s in socks:
+            s.close()
+        assert srv.stop() == 0, srv.lines
+    assert all(reply_status(r) == 200 for r in replies)
 
 
 def test_model_repository_serves_what_triton_repo_wrote(fm_onnx, reference, tmp_path, run_cli):

@@ -6,11 +6,17 @@ fails to load stops the server with exit status 2, as Triton's --exit-on-error d
 the first Ctrl-C the server reports not-ready, stops accepting, answers every request it has taken
 (uvicorn waits for open connections, then the batchers drain their queues) and returns 0 instead of
 re-raising the signal as uvicorn otherwise does; a second Ctrl-C forces the exit.
+
+The signals are ours, through uvicorn's public API only: uvicorn runs in a worker thread, where no
+version of it installs signal handlers, and the main thread's handlers set `should_exit` /
+`force_exit` (the attributes uvicorn documents for stopping a server from code).
 """
 from __future__ import annotations
 
 import errno
+import signal
 import socket
+import threading
 from typing import Callable, List, Optional
 
 import uvicorn
@@ -51,13 +57,41 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.state = state
 
-    def handle_exit(self, sig, frame) -> None:
-        self.state.draining = True          # readiness goes false before the listener closes
-        super().handle_exit(sig, frame)
-        # uvicorn would re-raise the signal after its graceful shutdown (killing the process with it);
-        # the drain has answered everything, so the process ends normally with status 0 instead
-        if hasattr(self, "_captured_signals"):
-            self._captured_signals.clear()
+    def request_exit(self, sig: int) -> None:
+        """SIGTERM / Ctrl-C: readiness goes false before the listener closes, then a graceful stop; a
+        second Ctrl-C forces it."""
+        self.state.draining = True
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+
+
+def run_server(server: _Server, sock: socket.socket) -> None:
+    """server.run in a worker thread while this (main) thread takes SIGTERM and SIGINT; the process
+    then ends normally (status 0) after the drain instead of dying by the signal."""
+    errors: List[BaseException] = []
+
+    def target() -> None:
+        try:
+            server.run(sockets=[sock])
+        except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+            errors.append(e)
+    worker = threading.Thread(target=target, name="uvicorn")
+    main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, lambda n, f: server.request_exit(n)) for s in (signal.SIGTERM, signal.SIGINT)} \
+        if main else {}
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:          # a Ctrl-C between the handlers' install and the loop: the same as one
+        server.request_exit(signal.SIGINT)
+        worker.join()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if errors:
+        raise errors[0]
 
 
 def serve(models: List[ServedModel], host: str, port: int, max_body: int, say: Callable[[str], None],
@@ -94,7 +128,7 @@ def serve(models: List[ServedModel], host: str, port: int, max_body: int, say: C
     st.on_load_error, st.on_ready = failed, ready
     say(f"listening on {url}; loading {len(models)} model(s)")
     try:
-        server.run(sockets=[sock])
+        run_server(server, sock)
     finally:
         sock.close()
     if status["code"] == 0:
