@@ -153,10 +153,17 @@ async def _load_all(st: ServerState) -> None:
             else:
                 log.error("model %s: %s", m.name, e)
             return
-        m.make_batcher().start()
+        m.make_batcher().on_death = lambda why, m=m: _died(st, m, why)
+        m.batcher.start()
         m.state = State.READY
     if st.on_ready:
         st.on_ready()
+
+
+def _died(st: ServerState, m, why: str) -> None:
+    """A model's batching loop ended unasked: readiness false, its requests 503 at once (batcher.Stopped)."""
+    m.state, m.reason = State.UNAVAILABLE, why
+    log.error("model %s: %s", m.name, why)
 
 
 def lifespan(app: Starlette):

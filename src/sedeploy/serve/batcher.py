@@ -124,14 +124,33 @@ class DynamicBatcher:
         self._task: Optional[asyncio.Task] = None
         self._executor: Optional[ThreadPoolExecutor] = None
         self._stopping = False
+        self.dead: Optional[str] = None        # why the batching loop ended unasked (then every request: Stopped)
+        self.on_death: Optional[Callable[[str], None]] = None   # told once, with the reason
 
     def start(self) -> None:
         """Start the batching loop on the running event loop."""
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sedeploy-infer")
         self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        """The loop's done-callback: if it ended other than by stop(), nothing would ever answer the queue,
+        so every waiting request fails now (503) and so does every later one, and the owner is told."""
+        if self._stopping and not task.cancelled() and task.exception() is None:
+            return
+        err = "cancelled" if task.cancelled() else repr(task.exception() or "returned")
+        self.dead = f"the batching loop stopped ({err[:200]})"
+        while self.queue:
+            r = self.queue.popleft()
+            if not r.future.done():
+                r.future.set_exception(Stopped(f"{self.dead}; the model is not serving"))
+        if self.on_death is not None:
+            self.on_death(self.dead)
 
     async def submit(self, inputs: Tensors, n: int) -> Tensors:
+        if self.dead is not None:
+            raise Stopped(f"{self.dead}; the model is not serving")
         if self._task is None or self._stopping:
             raise Stopped("the model is not accepting requests (not started, or shutting down)")
         if n > self.max_batch:
@@ -148,7 +167,8 @@ class DynamicBatcher:
         self._stopping = True
         if self._task is not None:
             self._wake.set()
-            await self._task
+            if self.dead is None:
+                await self._task
             self._task = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
