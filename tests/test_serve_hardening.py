@@ -69,3 +69,65 @@ def test_the_app_turns_not_ready_and_answers_503_when_the_loop_dies(fm_onnx):
         t0 = time.monotonic()
         r = c.post("/v2/models/fm/infer", json=body)
         assert r.status_code == 503 and time.monotonic() - t0 < 2, r.text
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def flood(fm_onnx, extra_args, n_bodies=24, n_huge=8):
+    """A server (8 MB bodies) under many large image bodies and huge-in-pixels images at once: statuses
+    and the server's peak resident memory above its idle level (MB)."""
+    import http.client
+    import io
+    import threading
+    from PIL import Image
+    from support.launch import ServerProcess
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)).save(noise, "PNG")
+    huge = io.BytesIO()
+    Image.new("RGB", (6300, 6300), (90, 120, 200)).save(huge, "PNG")       # 39.7 MP: 119 MB decoded, 0.1 MB sent
+    bodies = [noise.getvalue()] * n_bodies + [huge.getvalue()] * n_huge
+    statuses = []
+    with ServerProcess(["--model", f"fm={fm_onnx}", "--max-body-mb", "8", *extra_args]) as srv:
+        idle = _peak_rss_mb(srv.proc.pid)
+        host, port = srv.address.rsplit(":", 1)
+        go = threading.Barrier(len(bodies))
+
+        def post(body):
+            c = http.client.HTTPConnection(host, int(port), timeout=120)
+            go.wait()
+            try:
+                c.request("POST", "/v2/models/fm/classify?heatmaps=base64", body, {"Content-Type": "image/png"})
+                statuses.append(c.getresponse().status)
+            except (ConnectionError, http.client.HTTPException):
+                statuses.append("reset")
+            finally:
+                c.close()
+        threads = [threading.Thread(target=post, args=(b,)) for b in bodies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        peak = _peak_rss_mb(srv.proc.pid) - idle
+        c = http.client.HTTPConnection(host, int(port), timeout=30)       # and it still answers
+        c.request("POST", "/v2/models/fm/classify", huge.getvalue(), {"Content-Type": "image/png"})
+        after = c.getresponse().status
+        c.close()
+    return statuses, peak, after
+
+
+CEILING_MB = 1000   # above idle: 32 MB of bodies + 2 decodes of a 119 MB image and their copies, with room
+
+
+@pytest.mark.slow
+def test_many_large_bodies_and_huge_images_keep_memory_bounded(fm_onnx):
+    statuses, peak, after = flood(fm_onnx, ["--max-inflight-mb", "32", "--max-decodes", "2"])
+    print(f"\nbounded: peak RSS +{peak:.0f} MB over idle; answers {sorted(set(statuses), key=str)}: "
+          f"{ {s: statuses.count(s) for s in set(statuses)} }")
+    assert set(statuses) <= {200, 413, 503} and 200 in statuses and 503 in statuses, statuses
+    assert peak < CEILING_MB, peak
+    assert after == 200

@@ -646,13 +646,20 @@ from .core.tritonconfig import BATCHING  # noqa: E402 - numpy only; the defaults
 @click.option("--threads", type=int, default=None,
               help="onnxruntime intra-op threads [default: all cores but one, left to the HTTP event loop].")
 @click.option("--max-body-mb", type=float, default=64.0, show_default=True, help="Largest request body (413 above).")
+@click.option("--max-inflight-mb", type=float, default=None,
+              help="Request bodies held at once, all requests together (default 4 x --max-body-mb); a request "
+                   "the budget cannot hold is answered 503 with Retry-After at once, before its body is read.")
+@click.option("--max-decodes", type=int, default=None,
+              help="Images decoded, classified and drawn at once by the image endpoint (default: the cores, at "
+                   "least 2; a decoded image can take 160 MB); more at once are answered 503 at once.")
 @click.option("--access-log", is_flag=True, help="Log every request.")
 @click.option("--web-runtime", default=None, metavar="PATH",
               help="onnxruntime-web's npm tarball or dist/ folder for the page's \"run in this browser\" mode "
                    "(default: the cache `sedeploy export --formats web` fills; the server never downloads).")
 def serve(models: List[str], model_repository: Optional[str], host: str, port: int, max_batch: int,
           max_delay_ms: float, max_queue: int, batching: bool, provider: str, precision: str, backend: str,
-          threads: Optional[int], max_body_mb: float, access_log: bool, web_runtime: Optional[str]) -> int:
+          threads: Optional[int], max_body_mb: float, max_inflight_mb: Optional[float], max_decodes: Optional[int],
+          access_log: bool, web_runtime: Optional[str]) -> int:
     """Serve exported models over HTTP: the Open Inference Protocol (KServe v2, as Triton speaks it;
     `tritonclient` works unchanged), an image endpoint and a page at /. No torch.
 
@@ -682,8 +689,13 @@ def serve(models: List[str], model_repository: Optional[str], host: str, port: i
         raise UserError(f"`sedeploy serve` needs the serve extra ({e.name} is missing): "
                         f"pip install 'sedeploy[serve]'") from None
     served = [ServedModel(s, loading.provider, loading.threads, loading.precision, loading.backend) for s in specs]
+    if max_inflight_mb is not None and max_inflight_mb < max_body_mb:
+        raise UserError(f"--max-inflight-mb {max_inflight_mb:g} is below --max-body-mb {max_body_mb:g}; a single "
+                        f"largest request must fit: raise it or lower --max-body-mb")
+    if max_decodes is not None and max_decodes < 1:
+        raise UserError(f"--max-decodes must be at least 1, got {max_decodes}")
     return run_server(served, host, port, int(max_body_mb * (1 << 20)), lambda m: click.echo(m, err=True),
-                      access_log, web_runtime)
+                      access_log, web_runtime, int((max_inflight_mb or 0) * (1 << 20)), max_decodes or 0)
 
 
 def _serve_specs(models: List[str], repository: Optional[str], max_batch: int, max_delay_ms: float,

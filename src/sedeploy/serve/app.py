@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -185,9 +186,11 @@ def lifespan(app: Starlette):
     return span(app)
 
 
-def create_app(models: List[ServedModel], max_body: int = 64 << 20, web_runtime: Optional[str] = None) -> Starlette:
-    """The ASGI app serving `models` (loaded in the background once it starts), bodies limited to max_body;
-    the page's browser mode with the onnxruntime-web files of web_runtime (None: the cache)."""
+def create_app(models: List[ServedModel], max_body: int = 64 << 20, web_runtime: Optional[str] = None,
+               max_inflight: int = 0, max_decodes: int = 0) -> Starlette:
+    """The ASGI app serving `models` (loaded in the background once it starts), bodies limited to max_body
+    each and max_inflight together (0: 4 x max_body), at most max_decodes images decoded at once (0: the
+    cores, at least 2); the page's browser mode with the onnxruntime-web files of web_runtime (None: the cache)."""
     from . import images, web
     versioned = ["/v2/models/{model}", "/v2/models/{model}/versions/{version}"]
     # starlette tries routes in order: the hot one first
@@ -207,7 +210,9 @@ def create_app(models: List[ServedModel], max_body: int = 64 << 20, web_runtime:
                 Stopped: on_overload, BodyTooLarge: on_too_large,
                 ClientDisconnect: on_disconnect, Exception: on_internal}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan,
-                    middleware=[Middleware(web.CrossOriginIsolation), Middleware(BodyLimit, max_body=max_body)])
+                    middleware=[Middleware(web.CrossOriginIsolation), Middleware(BodyLimit, max_body=max_body, max_inflight=max_inflight)])
     app.state.serve = ServerState({m.name: m for m in models}, max_body, heatmaps=images.HeatmapCache())
     app.state.serve.web_runtime, app.state.serve.web_runtime_why = web.find_runtime(web_runtime)
+    app.state.serve.max_decodes = max_decodes or max(2, os.cpu_count() or 1)
+    app.state.serve.decode_slots = asyncio.Semaphore(app.state.serve.max_decodes)
     return app

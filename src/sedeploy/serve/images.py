@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..core.decode import ImageError
 from .protocol import ProtocolError
+from .batcher import QueueFull
 from .state import model_of, read_body, state_of
 
 HEATMAP_MODES = ("none", "base64", "url")
@@ -115,7 +116,14 @@ async def classify(request: Request) -> Response:
     if len(m.inputs) != 1:
         raise ProtocolError(f"model '{m.name}' takes {len(m.inputs)} inputs; the image endpoint needs one")
     data, name = await _image_bytes(request, st.max_body)
+    if st.decode_slots.locked():        # a decoded image may be 160 MB: only so many at once, then 503 at once
+        raise QueueFull(f"busy: {st.max_decodes} images are being decoded or drawn (--max-decodes); retry shortly")
+    async with st.decode_slots:
+        return await _classify(request, st, m, p, data, name, topk, channels, mode)
 
+
+async def _classify(request: Request, st, m, p, data: bytes, name: str, topk: int, channels: int,
+                    mode: str) -> Response:
     def prepare():
         im = p.decode(data, name)
         return im, p.to_input(im)

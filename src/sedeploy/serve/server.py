@@ -95,11 +95,12 @@ def run_server(server: _Server, sock: socket.socket) -> None:
 
 
 def serve(models: List[ServedModel], host: str, port: int, max_body: int, say: Callable[[str], None],
-          access_log: bool = False, web_runtime: Optional[str] = None) -> int:
+          access_log: bool = False, web_runtime: Optional[str] = None, max_inflight: int = 0,
+          max_decodes: int = 0) -> int:
     """Serve until SIGTERM / Ctrl-C; returns the exit status (0, or 2 when a model failed to load)."""
     sock = bind(host, port)
     bound = sock.getsockname()[1]
-    app = create_app(models, max_body, web_runtime)
+    app = create_app(models, max_body, web_runtime, max_inflight, max_decodes)
     st: ServerState = app.state.serve
     config = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="on",
                             timeout_graceful_shutdown=GRACE_S, timeout_keep_alive=30)

@@ -27,6 +27,8 @@ class ServerState:
     on_ready: Optional[Callable[[], None]] = None
     heatmaps: object = None                                 # images.HeatmapCache
     tasks: List[asyncio.Task] = field(default_factory=list)
+    max_decodes: int = 2                                    # images decoded or drawn at once (images.classify)
+    decode_slots: Optional[asyncio.Semaphore] = None
     web_runtime: Optional[Path] = None                      # onnxruntime-web files for the page's browser mode
     web_runtime_why: str = ""                               # why there are none
 
