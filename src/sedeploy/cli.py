@@ -738,9 +738,13 @@ def _check_serve_options(port: int, max_body_mb: float) -> None:
 @click.option("--instance", "instance_kind", default="cpu", show_default=True,
               help="instance_group kind: cpu (KIND_CPU) or gpu (KIND_GPU).")
 @click.option("--count", type=int, default=1, show_default=True, help="Instances of the model.")
+@click.option("--backend", "backend", type=click.Choice(["onnxruntime", "python"]), default="onnxruntime",
+              show_default=True, help="Triton backend: onnxruntime (platform onnxruntime_onnx), or python (a "
+                                      "model.py that runs model.onnx with onnxruntime in Triton's Python backend; "
+                                      "its environment needs onnxruntime and numpy < 2).")
 @click.option("--force", is_flag=True, help="Replace an existing model folder of that name.")
 def triton_repo(model: str, out: str, name: Optional[str], max_batch: int, max_delay_us: int, max_queue: int,
-                instance_kind: str, count: int, force: bool) -> None:
+                instance_kind: str, count: int, backend: str, force: bool) -> None:
     """Write an exported ONNX model as a Triton Inference Server model repository entry (no torch):
     OUT/NAME/config.pbtxt, OUT/NAME/labels.txt, OUT/NAME/1/model.onnx (metadata kept).
 
@@ -751,11 +755,13 @@ def triton_repo(model: str, out: str, name: Optional[str], max_batch: int, max_d
     Examples:
       sedeploy triton-repo runs/fm/model.onnx --out models --name fm
       sedeploy triton-repo model.onnx --out models --instance gpu --max-batch 64 --force
+      sedeploy triton-repo model.onnx --out models --name fm --backend python   # Triton's Python backend
     """
     from .export.triton import write_triton_repository
     dest = write_triton_repository(model, out, name=name, max_batch=max_batch, instance_kind=instance_kind, count=count,
-                                   max_delay_us=max_delay_us, max_queue=max_queue, force=force)
-    click.echo(f"wrote {dest}/ (config.pbtxt, 1/model.onnx); serve it with: "
+                                   max_delay_us=max_delay_us, max_queue=max_queue, force=force, backend=backend)
+    files = "config.pbtxt, 1/model.onnx" + (", 1/model.py" if backend == "python" else "")
+    click.echo(f"wrote {dest}/ ({files}); serve it with: "
                f"sedeploy serve --model-repository {out}")
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -36,6 +36,8 @@ ORT_TYPES = {"tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)":
              "tensor(string)": "BYTES"}
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
+PYTHON_BACKEND = "python"          # `triton-repo --backend python`: model.py runs model.onnx with onnxruntime
+PYTHON_MODEL_FILE = "model.py"
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.onnx"
@@ -99,7 +101,8 @@ def batchable(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> bo
 def model_config(name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
                  max_batch: int = BATCHING.max_batch, max_delay_us: int = BATCHING.max_delay_us,
                  max_queue: int = BATCHING.max_queue, instance_kind: str = "cpu", count: int = 1,
-                 labels_for: Optional[str] = None, batching: bool = True) -> Dict[str, Any]:
+                 labels_for: Optional[str] = None, batching: bool = True, backend: str = "onnxruntime"
+                 ) -> Dict[str, Any]:
     """The ModelConfig (dict, proto field names) for an ONNX model with these tensors.
 
     A dynamic batch axis gives max_batch_size = max_batch and dims without that axis, plus
@@ -115,15 +118,16 @@ def model_config(name: str, inputs: Sequence[TensorSpec], outputs: Sequence[Tens
             d["label_filename"] = LABELS_FILE
         return d
 
-    cfg: Dict[str, Any] = {"name": name, "platform": PLATFORM, "backend": BACKEND,
-                           "max_batch_size": max_batch if dyn else 0,
-                           "input": [tensor(t, "input") for t in inputs],
-                           "output": [tensor(t, "output") for t in outputs]}
+    cfg: Dict[str, Any] = {"name": name, "platform": PLATFORM, "backend": BACKEND} if backend == BACKEND else \
+        {"name": name, "backend": backend}
+    cfg.update({"max_batch_size": max_batch if dyn else 0, "input": [tensor(t, "input") for t in inputs],
+                "output": [tensor(t, "output") for t in outputs]})
     if dyn and batching:
         cfg["dynamic_batching"] = {"max_queue_delay_microseconds": int(max_delay_us),
                                    "default_queue_policy": {"max_queue_size": int(max_queue)}}
     cfg["instance_group"] = [{"count": int(count), "kind": INSTANCE_KINDS[instance_kind]}]
-    cfg["default_model_filename"] = MODEL_FILE
+    if backend == BACKEND:             # the Python backend takes no model file name but model.py
+        cfg["default_model_filename"] = MODEL_FILE
     return cfg
 
 

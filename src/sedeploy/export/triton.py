@@ -28,6 +28,9 @@ from ..runtime.model import read_metadata
 from ..core.commit import owned_dir, recover_dir, release_dir, swap_dir
 
 
+PYTHON_MODEL = Path(__file__).with_name("triton_python") / "model.py"   # Triton's Python backend runs it
+
+
 def onnx_tensors(model) -> Tuple[List[tc.TensorSpec], List[tc.TensorSpec]]:
     """Graph inputs (initializers excluded) and outputs of an onnx.ModelProto as TensorSpecs (-1: dynamic)."""
     from onnx import helper
@@ -44,8 +47,11 @@ def onnx_tensors(model) -> Tuple[List[tc.TensorSpec], List[tc.TensorSpec]]:
 def write_triton_repository(onnx_path: PathLike, repo_dir: PathLike, name: Optional[str] = None,
                             max_batch: int = tc.BATCHING.max_batch, instance_kind: str = "cpu", count: int = 1,
                             max_delay_us: int = tc.BATCHING.max_delay_us, max_queue: int = tc.BATCHING.max_queue,
-                            force: bool = False) -> Path:
-    """Write repo_dir/<name>/{config.pbtxt, labels.txt, 1/model.onnx}; return the model's folder."""
+                            force: bool = False, backend: str = tc.BACKEND) -> Path:
+    """Write repo_dir/<name>/{config.pbtxt, labels.txt, 1/model.onnx} (+ 1/model.py for backend "python", which
+    Triton's Python backend runs: model.onnx with onnxruntime); return the model's folder."""
+    if backend not in (tc.BACKEND, tc.PYTHON_BACKEND):
+        raise UserError(f"unknown Triton backend {backend!r}; choose {tc.BACKEND} or {tc.PYTHON_BACKEND}")
     try:
         import onnx
     except ImportError:
@@ -71,7 +77,7 @@ def write_triton_repository(onnx_path: PathLike, repo_dir: PathLike, name: Optio
     inputs, outputs = onnx_tensors(model)
     labels = contract.LOGITS if any(o.name == contract.LOGITS for o in outputs) else None
     cfg = tc.model_config(name, inputs, outputs, max_batch=max_batch, max_delay_us=max_delay_us, max_queue=max_queue,
-                          instance_kind=instance_kind, count=count, labels_for=labels)
+                          instance_kind=instance_kind, count=count, labels_for=labels, backend=backend)
 
     repo = ensure_writable_dir(repo_dir, "repository directory", option="--out")
     dest = repo / name
@@ -85,6 +91,8 @@ def write_triton_repository(onnx_path: PathLike, repo_dir: PathLike, name: Optio
         if labels:
             atomic_write_text(tmp / tc.LABELS_FILE, "".join(f"{c}\n" for c in meta["classes"]))
         atomic_write(tmp / "1" / tc.MODEL_FILE, lambda p: shutil.copyfile(src, p))
+        if backend == tc.PYTHON_BACKEND:
+            atomic_write(tmp / "1" / tc.PYTHON_MODEL_FILE, lambda p: shutil.copyfile(PYTHON_MODEL, p))
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a repository is shared like any output
         swap_dir(tmp, dest)                       # complete new entry in, old one out; a failure keeps the old
     finally:

@@ -79,7 +79,8 @@ class BatchStats:
         return {"name": name, "version": version, "last_inference": self.last_inference_ms,
                 "inference_count": self.inference_count, "execution_count": self.execution_count,
                 "inference_stats": {"success": c(self.success), "fail": c(self.fail), "queue": c(self.queue),
-                                    "compute_infer": c(self.compute)},
+                                    "compute_infer": c(self.compute), "cache_hit": {"count": 0, "ns": 0},
+                                    "cache_miss": {"count": 0, "ns": 0}},   # no response cache: never a hit
                 "batch_stats": [{"batch_size": k, "compute_infer": c(v)} for k, v in sorted(self.by_size.items())]}
 
 

@@ -133,7 +133,9 @@ class ServedModel:
 
         def view(t: tc.TensorSpec) -> Dict[str, Any]:
             return {"name": t.name, "datatype": t.datatype, "shape": [-1, *t.shape[1:]] if b else list(t.shape)}
-        return {"name": self.name, "versions": [self.version], "platform": tc.PLATFORM,
+        cfg = self.config or {}          # Triton names the backend where the config has no platform (python)
+        return {"name": self.name, "versions": [self.version], "platform": cfg.get("platform") or cfg.get("backend")
+                or tc.PLATFORM,
                 "inputs": [view(t) for t in self.inputs], "outputs": [view(t) for t in self.outputs]}
 
     def check_inputs(self, req: InferRequest) -> Tuple[Dict[str, np.ndarray], int]:

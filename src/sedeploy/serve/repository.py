@@ -30,9 +30,11 @@ def read_model_dir(d: Path) -> ModelSpec:
             raise UserError(f"{cfg_path}: name '{cfg['name']}' differs from its folder '{d.name}'; Triton "
                             f"requires them to match")
         platform, backend = cfg.get("platform"), cfg.get("backend")
-        if platform not in (None, tc.PLATFORM) or backend not in (None, tc.BACKEND):
+        python = backend == tc.PYTHON_BACKEND and platform is None   # triton-repo --backend python: the ONNX beside
+        if not python and (platform not in (None, tc.PLATFORM) or backend not in (None, tc.BACKEND)):
             raise UserError(f"{cfg_path}: platform {platform!r} / backend {backend!r}; sedeploy serves ONNX "
-                            f"models only (platform '{tc.PLATFORM}', backend '{tc.BACKEND}')")
+                            f"models only (platform '{tc.PLATFORM}', backend '{tc.BACKEND}', or backend "
+                            f"'{tc.PYTHON_BACKEND}' as `sedeploy triton-repo --backend python` writes it)")
         cfg["name"] = d.name
     filename = (cfg or {}).get("default_model_filename") or tc.MODEL_FILE
     versions = sorted((int(v.name) for v in d.iterdir() if v.is_dir() and v.name.isdigit()
