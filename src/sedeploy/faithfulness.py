@@ -206,6 +206,7 @@ def evaluate(model: Optional[str] = None, ckpt: Optional[str] = None, dataset: O
     pred = Predictor(model, "cpu")
     info = pred.info
     explain.require_feature_map(info)
+    explicit = bool(kinds)
     kinds = list(kinds or KINDS)
     unknown = set(kinds) - set(KINDS)
     if unknown:
@@ -213,6 +214,9 @@ def evaluate(model: Optional[str] = None, ckpt: Optional[str] = None, dataset: O
     if "se" in kinds and not info.se_outputs:
         kinds.remove("se")
     ckpt_path = Path(ckpt) if ckpt else Path(info.path).parent / "best.pt"
+    if not explicit and not ckpt_path.exists():
+        kinds.remove("gradcam")
+        log(f"(no Grad-CAM: no checkpoint at {ckpt_path}; pass --ckpt runs/x/best.pt for it)")
     needs_ckpt = "gradcam" in kinds or (any(k.startswith("head") for k in kinds) and not info.meta.get("head_linear"))
     if needs_ckpt and not ckpt_path.exists():
         raise UserError(f"Grad-CAM and head maps of older exports need the checkpoint; {ckpt_path} does not "
