@@ -487,7 +487,7 @@ def infer(images: List[str], model: Optional[str], provider: str, precision: str
 @click.option("--model", "model", default=None, help="ONNX model [found as `infer` finds it].")
 @click.option("--dataset", type=LazyChoice(_datasets), default=None, help="Dataset [default: the model's own].")
 @click.option("--data-dir", default=None)
-@click.option("--n", "n", type=click.IntRange(min=1), default=1000, show_default=True, help="Test images.")
+@click.option("--n", "n", type=click.IntRange(min=2), default=1000, show_default=True, help="Test images.")
 @click.option("--ckpt", default=None, help="Checkpoint for Grad-CAM [default: best.pt beside the model].")
 @click.option("--steps", type=click.IntRange(min=1), default=16, show_default=True,
               help="Deletion/insertion steps (equal shares of the pixels).")
