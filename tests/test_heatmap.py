@@ -110,3 +110,43 @@ def test_top_channels_ties_among_many():
     s = np.zeros(300)
     s[::7] = 1.0                                                  # 43 tied channels: the lowest indices first
     assert [c for c, _ in hm.top_channels(s, 4)] == [0, 7, 14, 21]
+
+
+def test_head_maps_literal():
+    """pool 2 on a (C=2, 4, 4) map, pooled 2x2; hand-worked gradient routing and both head maps."""
+    fmap = np.zeros((2, 4, 4), np.float32)
+    fmap[0, 0, 1] = 2.0               # channel 0's maximum in window (0, 0) sits at (0, 1)
+    fmap[0, 3, 3] = 1.0               # window (1, 1) at (3, 3); windows (0, 1), (1, 0) are all 0: first cell
+    fmap[1, 2, 0] = 4.0               # channel 1: window (1, 0) at (2, 0)
+    g = np.array([[[1.0, 0.5], [0.0, -1.0]], [[0.0, 0.0], [0.25, 0.0]]], np.float32)     # (C, s, s)
+    grad = hm.pool_gradient(fmap, g, 2)
+    want0 = np.zeros((4, 4))
+    want0[0, 1], want0[0, 2], want0[2, 0], want0[3, 3] = 1.0, 0.5, 0.0, -1.0
+    np.testing.assert_allclose(grad[0], want0)
+    assert grad[1, 2, 0] == 0.25 and np.count_nonzero(grad[1]) == 1
+    # head-cam: grad * F summed over channels = 2 at (0, 1), 1 at (2, 0), -1 at (3, 3) -> clamp, / 2
+    cam = np.zeros((4, 4))
+    cam[0, 1], cam[2, 0] = 1.0, 0.5
+    np.testing.assert_allclose(hm.head_cam_attention(fmap, g, 2), cam, atol=1e-6)
+    # head-gradcam: alpha = mean gradient = [0.5 / 16, 0.25 / 16]; 0.5 F0 + 0.25 F1 -> 1 at (0,1), 1 at (2,0)
+    gc = np.zeros((4, 4))
+    gc[0, 1], gc[2, 0], gc[3, 3] = 1.0, 1.0, 0.5
+    np.testing.assert_allclose(hm.head_gradcam_attention(fmap, g, 2), gc, atol=1e-6)
+
+
+def test_map_kind_choice_and_errors():
+    from types import SimpleNamespace
+
+    import pytest
+
+    from sedeploy.core.errors import UserError
+    head = {"weights": [0.0] * 8, "shape": [2, 1, 1], "pool": 2}
+    info = lambda meta, se: SimpleNamespace(meta=meta, se_outputs=se, feature_map="feature_map", path="m.onnx")
+    assert hm.default_kind(info({"head_linear": head}, ["se1"])) == hm.DEFAULT_KIND == "head-cam"
+    assert hm.default_kind(info({}, ["se1"])) == "se" and hm.default_kind(info({}, [])) == "spatial-mean"
+    outs = {"logits": np.zeros(4, np.float32), "feature_map": np.ones((2, 2, 2), np.float32)}
+    with pytest.raises(UserError, match="head_linear"):
+        hm.attention("head-cam", outs, info({}, []))
+    with pytest.raises(UserError, match="heatmap kind"):
+        hm.explain(outs, info({}, []), kind="nope")
+    assert hm.explain(outs, info({"head_linear": head}, []), kind=None)["method"] == "head-cam"

@@ -395,7 +395,7 @@ def test_image_endpoint_heatmaps(client, tmp_path):
     buf = io.BytesIO()
     Image.fromarray((np.random.default_rng(1).random((300, 400, 3)) * 255).astype(np.uint8)).save(buf, "JPEG")
     r = client.post("/v2/models/fm/classify?heatmaps=base64&channels=4", content=buf.getvalue()).json()
-    assert set(r["heatmaps"]) == {"heatmap", "channels", "se"} and r["method"] == "se"
+    assert set(r["heatmaps"]) == {"heatmap", "channels", "se"} and r["method"] == "head-cam"
     assert len(r["top_channels"]["se3"]) == 4
     for uri in r["heatmaps"].values():
         im = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))

@@ -426,6 +426,9 @@ _INFER = InferOptions()
                    "openvino, tflite, ncnn, ...): that format's file of the set.")
 @click.option("--topk", type=int, default=_INFER.topk, show_default=True)
 @click.option("--heatmaps", "heatmaps", default=None, help="Write attention heatmaps into this directory.")
+@click.option("--heatmap-kind", type=click.Choice(("head-cam", "head-gradcam", "se", "spatial-mean")), default=None,
+              help="Which map (docs/BENCHMARKS.md, `sedeploy faithfulness`) [default: head-cam when the export "
+                   "carries the head's weights, else se, else spatial-mean].")
 @click.option("--channels", type=int, default=_INFER.channels, show_default=True,
               help="Top channels shown/reported per image.")
 @click.option("--batch-size", type=int, default=_INFER.batch_size, show_default=True)
@@ -443,7 +446,7 @@ _INFER = InferOptions()
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
 def infer(images: List[str], model: Optional[str], provider: str, precision: str, backend: str, topk: int,
-          heatmaps: Optional[str], channels: int, batch_size: int, threads: Optional[int], workers: Optional[int],
+          heatmaps: Optional[str], heatmap_kind: Optional[str], channels: int, batch_size: int, threads: Optional[int], workers: Optional[int],
           fast_decode: bool, graph_opt: str, background: str, as_json: bool, progress: Optional[bool]) -> int:
     """Classify images with an exported ONNX model (onnxruntime only, no torch); optional heatmaps.
 
@@ -466,7 +469,7 @@ def infer(images: List[str], model: Optional[str], provider: str, precision: str
     from .runtime.infer import start_infer
     start = time.perf_counter()
     run = start_infer(InferOptions(model=model, provider=provider, precision=precision, backend=backend, topk=topk,
-                                   heatmaps=heatmaps,
+                                   heatmaps=heatmaps, heatmap_kind=heatmap_kind,
                                    channels=channels, batch_size=batch_size, threads=threads, workers=workers,
                                    fast_decode=fast_decode, graph_opt=graph_opt, background=background), images)
     header(run.predictor, as_json)
@@ -492,21 +495,34 @@ def infer(images: List[str], model: Optional[str], provider: str, precision: str
 @click.option("--model", "model", default=None, help="ONNX model [found as `infer` finds it].")
 @click.option("--dataset", type=LazyChoice(_datasets), default=None, help="Dataset [default: the model's own].")
 @click.option("--data-dir", default=None)
-@click.option("--n", "n", type=click.IntRange(min=1), default=1000, show_default=True, help="Test images.")
-@click.option("--fraction", type=float, default=0.2, show_default=True, help="Share of pixels masked.")
+@click.option("--n", "n", type=click.IntRange(min=2), default=1000, show_default=True, help="Test images.")
+@click.option("--ckpt", default=None, help="Checkpoint for Grad-CAM [default: best.pt beside the model].")
+@click.option("--steps", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Deletion/insertion steps (equal shares of the pixels).")
+@click.option("--kinds", default=None, help="Comma-separated map kinds [default: all: head-cam, head-gradcam, se, "
+              "spatial-mean, gradcam, random].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def faithfulness(as_json: bool, **kw) -> None:
-    """Deletion test: does masking the pixels a heatmap ranks highest hurt the prediction more than random?
+def faithfulness(as_json: bool, kinds: Optional[str], **kw) -> None:
+    """Heatmap faithfulness: deletion and insertion AUC (RISE) and ROAD per map kind, mean +- SE, paired.
+
+    Each map ranks the pixels of n test images; the table gives the predicted class's probability as
+    the top pixels are removed (deletion, lower is better) or revealed over a blurred copy (insertion,
+    higher is better), and ROAD (noisy linear imputation, higher is better), with paired differences
+    against the reference's spatial-mean map and Grad-CAM in standard errors.
 
     \b
     Examples:
-      sedeploy faithfulness --model runs/fm/model.onnx --n 1000 --fraction 0.2
+      sedeploy faithfulness --model runs/fm/model.onnx --n 1000
+      sedeploy faithfulness --model runs/fm/model.onnx --n 200 --kinds head-cam,se,random --json
     """
-    from .faithfulness import deletion_eval
-    res = deletion_eval(log=(lambda m: click.echo(m, err=True)) if as_json else click.echo, **kw)
+    from .faithfulness import evaluate, table
+    res = evaluate(kinds=[k.strip() for k in kinds.split(",")] if kinds else None,
+                   log=lambda m: click.echo(m, err=True), **kw)
     if as_json:
         _dump_json(res)
+    else:
+        click.echo(table(res))
 
 
 # ---------------------------------------------------------------- bench

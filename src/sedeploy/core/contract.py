@@ -43,6 +43,9 @@ META_KEYS = (
     "opset",           # int or null
     "exported_at",     # ISO 8601 UTC
     "precision",       # "fp32" | "int8" | "fp16"
+    "head_linear",     # dict or null: {"weights": (classes x C*s*s floats, row-major), "shape": [C, s, s],
+                       # "pool": int}: the head's linear layers multiplied (W2 @ W1) over the last block's
+                       # pooled features, for the head-cam / head-gradcam heatmaps (runtime.explain)
 )
 FORMAT_VERSION = 1
 # Keys a runtime cannot work without.

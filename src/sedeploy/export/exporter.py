@@ -106,7 +106,25 @@ def build_metadata(ckpt: dict, model, names: List[str], sha: str, opset: Optiona
         "dataset": ckpt["dataset"], "data": ckpt.get("data"), "test_accuracy": ckpt.get("metrics", {}).get("test_acc"),
         "checkpoint_sha256": sha, "versions": versions("torch", "onnx", "onnxruntime", "onnxsim"), "opset": opset,
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "precision": precision,
+        "head_linear": head_linear(model),
     }
+
+
+def head_linear(model) -> Optional[dict]:
+    """The head's two linear layers multiplied, W2 @ W1 (classes, C*s*s), over the last block's pooled
+    features (the ReLU between them left out: runtime.explain's head maps), rounded to 5 significant
+    digits; None for a model without that head (Flatten, Linear, ReLU, Dropout, Linear after max-pools)."""
+    head = getattr(model, "head", None)
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(head, torch.nn.Sequential) or blocks is None or len(head) != 5 or \
+            not isinstance(head[1], torch.nn.Linear) or not isinstance(head[4], torch.nn.Linear):
+        return None
+    c = blocks[-1].conv.out_channels
+    side = int(round((head[1].in_features / c) ** 0.5))
+    with torch.no_grad():
+        g = (head[4].weight.double() @ head[1].weight.double()).float().numpy()
+    return {"weights": [float(f"{v:.5g}") for v in g.ravel()], "shape": [c, side, side],
+            "pool": int(blocks[-1].pool.kernel_size)}
 
 
 @dataclass

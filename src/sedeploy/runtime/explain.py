@@ -9,10 +9,19 @@ graph's own outputs with numpy (no gradients, no torch). runtime.render draws th
 - The reference's view: top channels (here ranked by their real SE weights).
 - Models without SE outputs fall back to the reference's ranking by spatial mean: channel scores
   are the spatial means and the map is the mean of the top-3 channels.
+- Head maps (`head_gradcam`, `head_cam`): the classifier's own evidence for the predicted class k, from
+  the metadata key `head_linear` (written at export): G = W2 @ W1, the head's two linear layers
+  multiplied (dropout is the identity at inference, the ReLU between them is left out: a
+  linearization), as (classes, C, s, s) over the pooled last-block features. d logit_k / d F, the
+  gradient at the feature map through the max-pool, is G_k on each pool window's maximum and 0
+  elsewhere. `head_gradcam` is Grad-CAM (Selvaraju et al. 2017) with that gradient: channel weights
+  alpha_c = its spatial mean, map max(sum_c alpha_c F_c, 0). `head_cam` keeps the gradient's position:
+  max(sum_c grad_c * F_c, 0) (gradient x activation at the feature map). Both are numpy only, one
+  function each, so any runtime (and the browser page) can port them.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -21,6 +30,7 @@ from ..core.errors import UserError
 from .model import ModelInfo
 
 TOP_MEAN_CHANNELS = 3   # the reference overlays its three strongest channels
+KINDS = ("se", "spatial-mean", "head-gradcam", "head-cam")   # map kinds `infer --heatmap-kind` offers
 
 
 def normalize01(a: np.ndarray) -> np.ndarray:
@@ -44,6 +54,59 @@ def spatial_mean_scores(fmap: np.ndarray) -> np.ndarray:
 def spatial_mean_attention(fmap: np.ndarray, top: int = TOP_MEAN_CHANNELS) -> np.ndarray:
     idx = np.argsort(-spatial_mean_scores(fmap))[:top]
     return normalize01(fmap[idx].mean(0))
+
+
+def head_weights(meta: dict) -> Optional[Tuple[np.ndarray, int]]:
+    """The metadata's `head_linear` -> ((classes, C, s, s) float32 weights, pool size), or None."""
+    h = meta.get("head_linear") if meta else None
+    if not h:
+        return None
+    return np.asarray(h["weights"], np.float32).reshape([-1, *h["shape"]]), int(h["pool"])
+
+
+def pool_gradient(fmap: np.ndarray, g: np.ndarray, pool: int) -> np.ndarray:
+    """(C, H, W) map, (C, s, s) gradient at the pooled features -> (C, H, W) gradient at the map: each
+    pool window's value goes to its first maximum (as max-pooling routes it), rows/columns past
+    s * pool get 0."""
+    c, s = g.shape[0], g.shape[1]
+    win = fmap[:, :s * pool, :s * pool].reshape(c, s, pool, s, pool).transpose(0, 1, 3, 2, 4).reshape(c, s, s, -1)
+    onehot = np.arange(pool * pool) == win.argmax(-1)[..., None]              # (C, s, s, pool*pool)
+    grad = (onehot * g[..., None]).reshape(c, s, s, pool, pool).transpose(0, 1, 3, 2, 4).reshape(c, s * pool, -1)
+    out = np.zeros(fmap.shape, np.float32)
+    out[:, :s * pool, :s * pool] = grad
+    return out
+
+
+def head_gradcam_attention(fmap: np.ndarray, g: np.ndarray, pool: int) -> np.ndarray:
+    """Grad-CAM from the head's weights: (C, H, W), class weights (C, s, s) -> (h, w) in [0, 1]."""
+    alpha = pool_gradient(fmap, g, pool).mean((1, 2))                         # (C,)
+    return se_attention(fmap, alpha)
+
+
+def head_cam_attention(fmap: np.ndarray, g: np.ndarray, pool: int) -> np.ndarray:
+    """Gradient x activation from the head's weights: (C, H, W), (C, s, s) -> (h, w) in [0, 1]."""
+    a = np.maximum((pool_gradient(fmap, g, pool) * fmap.astype(np.float32)).sum(0), 0)
+    m = float(a.max())
+    return a / m if m > 0 else a
+
+
+def attention(kind: str, outputs: Dict[str, np.ndarray], info: ModelInfo) -> np.ndarray:
+    """One image's outputs (batch axis removed) -> the (h, w) map of `kind` (one of KINDS)."""
+    fmap = outputs[info.feature_map]
+    if kind == "se":
+        if not info.se_outputs:
+            raise UserError(f"{info.path} has no SE outputs; use --heatmap-kind spatial-mean")
+        return se_attention(fmap, outputs[info.se_outputs[-1]])
+    if kind == "spatial-mean":
+        return spatial_mean_attention(fmap)
+    head = head_weights(info.meta)
+    if head is None:
+        raise UserError(f"{info.path} has no head_linear metadata; re-export it with this sedeploy "
+                        f"or use --heatmap-kind se")
+    g, pool = head
+    k = int(np.argmax(outputs["logits"]))
+    fn = {"head-gradcam": head_gradcam_attention, "head-cam": head_cam_attention}[kind]
+    return fn(fmap, g[k], pool)
 
 
 def top_channels(scores: np.ndarray, k: int) -> List[Tuple[int, float]]:
@@ -72,19 +135,32 @@ def require_feature_map(info: ModelInfo) -> None:
         raise UserError(f"{info.path} has no feature_map output; re-export without --logits-only for heatmaps")
 
 
-def explain(outputs: Dict[str, np.ndarray], info: ModelInfo, top: int = 6) -> dict:
+DEFAULT_KIND = "head-cam"   # chosen by `sedeploy faithfulness` (docs/BENCHMARKS.md): best on all three metrics
+
+
+def default_kind(info: ModelInfo) -> str:
+    """head-cam when the model carries head_linear, else the SE-weighted map, else spatial-mean."""
+    if head_weights(info.meta) is not None:
+        return DEFAULT_KIND
+    return "se" if info.se_outputs else "spatial-mean"
+
+
+def explain(outputs: Dict[str, np.ndarray], info: ModelInfo, top: int = 6, kind: Optional[str] = None) -> dict:
     """One image's outputs (batch axis removed) -> {"method", "attention" (h, w), "ranked": [(channel,
-    score)], "label", "se": {name: weights}}: the SE-weighted map, else the spatial-mean fallback."""
+    score)], "label", "se": {name: weights}}. `kind` (one of KINDS; None: default_kind) picks the map;
+    the ranked channels are the last SE block's weights, or the spatial means without SE outputs."""
     require_feature_map(info)
+    kind = kind or default_kind(info)
+    if kind not in KINDS:
+        raise UserError(f"unknown heatmap kind {kind!r}; choose from {', '.join(KINDS)}")
     fmap = outputs[info.feature_map]
+    attention_map = attention(kind, outputs, info)
     se = {n: outputs[n] for n in info.se_outputs}
     if se:
-        w = se[info.se_outputs[-1]]
-        return {"method": "se", "attention": se_attention(fmap, w), "ranked": top_channels(w, top),
+        return {"method": kind, "attention": attention_map, "ranked": top_channels(se[info.se_outputs[-1]], top),
                 "label": "w", "se": se}
-    scores = spatial_mean_scores(fmap)
-    return {"method": "spatial-mean", "attention": spatial_mean_attention(fmap),
-            "ranked": top_channels(scores, top), "label": "mean", "se": {}}
+    return {"method": kind, "attention": attention_map, "ranked": top_channels(spatial_mean_scores(fmap), top),
+            "label": "mean", "se": {}}
 
 
 def report(ex: dict, top: int = 6) -> dict:

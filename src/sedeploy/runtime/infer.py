@@ -54,7 +54,8 @@ class InferRun:
         if self.predictor.backend is not None:
             rec["backend"] = self.predictor.backend.kind
         if self.outdir is not None:
-            rec["heatmaps"] = self.predictor.write_heatmaps(r, self.outdir, self._stem(r.image), self.options.channels)
+            rec["heatmaps"] = self.predictor.write_heatmaps(r, self.outdir, self._stem(r.image), self.options.channels,
+                                                              self.options.heatmap_kind)
         return rec
 
     def _stem(self, image: str) -> str:

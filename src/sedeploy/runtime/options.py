@@ -85,6 +85,7 @@ class InferOptions:
     topk: int = 5                      # classes reported per image
     heatmaps: Optional[str] = None     # folder for heatmap PNGs; None: no heatmaps
     channels: int = 6                  # top channels shown and reported per image
+    heatmap_kind: Optional[str] = None # runtime.explain.KINDS; None: explain.default_kind (head-cam when it can)
     batch_size: int = 32
     threads: Optional[int] = None
     workers: Optional[int] = None

@@ -191,20 +191,22 @@ class Predictor:
         return out
 
     # -- explanations (runtime.explain: numbers; runtime.render: pictures and files)
-    def explain(self, pred: Prediction, top: int = 6) -> dict:
+    def explain(self, pred: Prediction, top: int = 6, kind: Optional[str] = None) -> dict:
         """-> {"method", "attention" (h, w), "ranked": [(channel, score)], "label", "se": {name: weights}}."""
-        return ex.explain(pred.outputs, self.info, top)
+        return ex.explain(pred.outputs, self.info, top, kind)
 
-    def render_heatmaps(self, pred: Prediction, top: int = 6) -> Tuple[Dict[str, Image.Image], dict]:
+    def render_heatmaps(self, pred: Prediction, top: int = 6,
+                        kind: Optional[str] = None) -> Tuple[Dict[str, Image.Image], dict]:
         """-> ({"heatmap", "channels"(, "se")}: PIL images, report {"method", "top_channels"})."""
-        e = self.explain(pred, top)
+        e = self.explain(pred, top, kind)
         t = pred.top[0]
         images = render.render_explanation(pred.original, pred.outputs[self.info.feature_map], e,
                                            f"{t.label} {100 * t.prob:.1f}%")
         return images, ex.report(e, top)
 
-    def write_heatmaps(self, pred: Prediction, outdir: Path, stem: str, top: int = 6) -> dict:
+    def write_heatmaps(self, pred: Prediction, outdir: Path, stem: str, top: int = 6,
+                       kind: Optional[str] = None) -> dict:
         """Write <stem>_heatmap.png, <stem>_channels.png (and <stem>_se.png) atomically."""
-        images, report = self.render_heatmaps(pred, top)
+        images, report = self.render_heatmaps(pred, top, kind)
         return {"method": report["method"], "files": render.write_pngs(images, outdir, stem),
                 "top_channels": report["top_channels"]}

@@ -97,7 +97,8 @@ def render_se_profile(se: Dict[str, np.ndarray], top: int = 5) -> Image.Image:
 
 def render_explanation(image: Image.Image, fmap: np.ndarray, ex: dict, caption: str) -> Dict[str, Image.Image]:
     """An explanation (runtime.explain.explain) -> {"heatmap", "channels"(, "se")}: PIL images."""
-    how = "SE-weighted" if ex["method"] == "se" else "spatial-mean (no SE outputs)"
+    how = {"se": "SE-weighted", "spatial-mean": "spatial-mean", "head-cam": "head-CAM",
+           "head-gradcam": "head Grad-CAM"}.get(ex["method"], ex["method"])
     images = {"heatmap": render_heatmap(image, ex["attention"], f"{caption}  ({how} attention)"),
               "channels": render_channels(image, fmap, ex["ranked"], ex["label"])}
     if ex["se"]:
