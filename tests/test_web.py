@@ -128,7 +128,8 @@ def test_page_preprocessing_gives_the_runtimes_tensor_and_heatmap(page, web_set)
         out = {k: v[0] for k, v in r.run(x[None]).items()}
         assert float(np.abs(np.array(got["outputs"]["logits"]) - out["logits"]).max()) < 1e-4, name
         assert got["top"][0][0] == info.classes[int(out["logits"].argmax())], name
-        ex = explain.explain(out, info)
+        ex = explain.explain(out, info)                # the default map: head-cam, from the head_linear metadata
+        assert got["explanation"]["method"] == ex["method"] == "head-cam", name
         assert np.abs(np.array(got["explanation"]["attention"]) - ex["attention"].ravel()).max() < 1e-5, name
         assert [c for c, _ in got["explanation"]["ranked"]] == [c for c, _ in ex["ranked"]], name
 

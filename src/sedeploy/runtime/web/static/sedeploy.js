@@ -3,8 +3,9 @@
 // Script API (window.sedeploy, also this module's export `sedeploy`):
 //   await sedeploy.load(base = "./")     model.json, the model and ort/ from BASE (the bundle's folder);
 //                                         resolves to the model's spec; the page calls it on load
-//   await sedeploy.classify(source, {topk = 5, tensor = false})
-//       source: an image URL, Blob/File, ImageData or HTMLImageElement
+//   await sedeploy.classify(source, {topk = 5, tensor = false, heatmap = null})
+//       source: an image URL, Blob/File, ImageData or HTMLImageElement; heatmap: head-cam (the default where
+//       the export carries head_linear), head-gradcam, se or spatial-mean, as `infer --heatmap-kind`
 //       -> {top: [[label, probability], ...], outputs: {logits: [...], se1: [...], se2: [...], se3: [...],
 //           feature_map: [...]}, ms: inference milliseconds, explanation: {method, attention, h, w, ranked},
 //           input: Float32Array (with tensor: true)}
@@ -95,7 +96,7 @@ async function pixelsOf(source) {
   throw new Error("classify takes an image URL, a Blob or File, an ImageData or an HTMLImageElement");
 }
 
-async function classify(source, { topk = 5, tensor = false } = {}) {
+async function classify(source, { topk = 5, tensor = false, heatmap = null } = {}) {
   const spec = await ready();
   const pixels = await pixelsOf(source);
   const x = pre.toTensor(pixels, spec);
@@ -116,7 +117,7 @@ async function classify(source, { topk = 5, tensor = false } = {}) {
     outputs: Object.fromEntries(Object.entries(one).map(([k, v]) => [k, Array.from(v.data)])),
     ms: r.ms,
   };
-  if (spec.feature_map && one[spec.feature_map]) result.explanation = ex.explain(one, spec);
+  if (spec.feature_map && one[spec.feature_map]) result.explanation = ex.explain(one, spec, 6, heatmap || param("heatmap"));
   if (tensor) result.input = x.tensor;
   Object.defineProperty(result, "pixels", { value: pixels, enumerable: false });
   return result;
