@@ -34,7 +34,8 @@ def test_stats_in_tritons_shape():
     assert t == {"name": "fm", "version": "1", "inference_count": 7, "execution_count": 3,
                  "inference_stats": {"success": {"count": 1, "ns": 1000}, "fail": {"count": 2, "ns": 9},
                                      "queue": {"count": 4, "ns": 36},
-                                     "compute_infer": {"count": 4, "ns": 100 + 100 + 40 + 60}},
+                                     "compute_infer": {"count": 4, "ns": 100 + 100 + 40 + 60},
+                                     "cache_hit": {"count": 0, "ns": 0}, "cache_miss": {"count": 0, "ns": 0}},
                  "batch_stats": [{"batch_size": 1, "compute_infer": {"count": 1, "ns": 40}},
                                  {"batch_size": 3, "compute_infer": {"count": 2, "ns": 160}}]}
     assert BatchStats().to_triton("m", "2")["last_inference"] == 0

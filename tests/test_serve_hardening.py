@@ -131,3 +131,24 @@ def test_many_large_bodies_and_huge_images_keep_memory_bounded(fm_onnx):
     assert set(statuses) <= {200, 413, 503} and 200 in statuses and 503 in statuses, statuses
     assert peak < CEILING_MB, peak
     assert after == 200
+
+
+def test_the_model_loading_thread_does_not_outlive_shutdown(fm_onnx):
+    """(from the harden branch) A shutdown during a slow load waits for the loading thread."""
+    import threading
+    starlette_testclient = pytest.importorskip("starlette.testclient")
+    from sedeploy.serve.app import create_app
+    from sedeploy.serve.model import ModelSpec, ServedModel
+
+    class SlowModel(ServedModel):
+        def load(self):
+            self.started.set()
+            time.sleep(1.0)
+            self.loaded_by = threading.current_thread()
+            self.finished = True
+
+    m = SlowModel(ModelSpec("fm", fm_onnx), "cpu")
+    m.finished, m.started = False, threading.Event()
+    with starlette_testclient.TestClient(create_app([m])):
+        assert m.started.wait(10)          # the load is under way on its thread
+    assert m.finished and not m.loaded_by.is_alive()

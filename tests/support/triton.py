@@ -7,6 +7,7 @@ directory linking the wheel's Python backend and the stub for this Python; the s
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -55,8 +56,8 @@ def free_port() -> int:
 class Triton:
     """tritonserver on REPO; `url` host:port for tritonclient; `log()` its output."""
 
-    def __init__(self, repo: Path, wait_ready: bool = True, timeout: float = 60) -> None:
-        self.repo, self.wait_ready, self.timeout = Path(repo), wait_ready, timeout
+    def __init__(self, repo: Path, wait_ready: bool = True, timeout: float = 60, threads: int = 1) -> None:
+        self.repo, self.wait_ready, self.timeout, self.threads = Path(repo), wait_ready, timeout, threads
         self.tmp = Path(tempfile.mkdtemp(prefix="sedeploy-triton-"))
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
@@ -71,7 +72,7 @@ class Triton:
                   root / "python_backend_stubs" / PY / "triton_python_backend_stub"):
             os.symlink(f, backend / f.name)
         env = dict(os.environ, PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-                   LD_LIBRARY_PATH=sysconfig.get_config_var("LIBDIR") or "", SEDEPLOY_TRITON_THREADS="1")
+                   LD_LIBRARY_PATH=sysconfig.get_config_var("LIBDIR") or "", SEDEPLOY_TRITON_THREADS=str(self.threads))
         env.pop("PYTHONPATH", None)
         args: List[str] = [str(root / "bin" / "tritonserver"), "--model-repository", str(self.repo),
                            "--backend-directory", str(self.tmp / "backends"), "--http-address", "127.0.0.1",
@@ -83,7 +84,9 @@ class Triton:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("tritonserver exited:\n" + self.log()[-2000:])
+                log = self.log()[-2000:]
+                self.__exit__()
+                raise RuntimeError("tritonserver exited:\n" + log)
             try:
                 path = "/v2/health/ready" if self.wait_ready else "/v2/health/live"
                 with urllib.request.urlopen(f"http://{self.url}{path}", timeout=2) as r:
@@ -107,3 +110,4 @@ class Triton:
                 self.proc.kill()
                 self.proc.wait(10)
         self.logfile.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)

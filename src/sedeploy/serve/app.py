@@ -20,11 +20,11 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import List, Optional
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
@@ -143,10 +143,10 @@ async def on_internal(request: Request, exc: Exception) -> Response:
 
 
 # ---------------------------------------------------------------- lifespan: load in the background, drain at exit
-async def _load_all(st: ServerState) -> None:
+async def _load_all(st: ServerState, loader: ThreadPoolExecutor) -> None:
     for m in st.models.values():
         try:
-            await run_in_threadpool(m.load)
+            await asyncio.wrap_future(loader.submit(m.load))
         except Exception as e:  # noqa: BLE001 - UserError (bad model) and onnxruntime errors alike
             m.state, m.reason = State.UNAVAILABLE, str(e)
             if st.on_load_error:
@@ -173,13 +173,17 @@ def lifespan(app: Starlette):
     @asynccontextmanager
     async def span(app: Starlette):
         st: ServerState = app.state.serve
-        st.tasks.append(asyncio.get_running_loop().create_task(_load_all(st)))
+        loader = ThreadPoolExecutor(1, thread_name_prefix="sedeploy-load")
+        st.tasks.append(asyncio.get_running_loop().create_task(_load_all(st, loader)))
         try:
             yield
         finally:
             st.draining = True
             for t in st.tasks:
                 t.cancel()
+            # the loading thread cannot be interrupted: wait for it here, so it does not outlive shutdown
+            await asyncio.gather(*st.tasks, return_exceptions=True)
+            await asyncio.get_running_loop().run_in_executor(None, loader.shutdown, True)
             for m in st.models.values():
                 if m.batcher is not None:
                     await m.batcher.stop()

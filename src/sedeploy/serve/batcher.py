@@ -146,6 +146,9 @@ class DynamicBatcher:
             r = self.queue.popleft()
             if not r.future.done():
                 r.future.set_exception(Stopped(f"{self.dead}; the model is not serving"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
         if self.on_death is not None:
             self.on_death(self.dead)
 
@@ -168,8 +171,7 @@ class DynamicBatcher:
         self._stopping = True
         if self._task is not None:
             self._wake.set()
-            if self.dead is None:
-                await self._task
+            await asyncio.gather(self._task, return_exceptions=True)   # a loop that died has told on_death
             self._task = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)

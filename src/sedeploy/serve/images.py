@@ -118,19 +118,27 @@ async def classify(request: Request) -> Response:
     data, name = await _image_bytes(request, st.max_body)
     if st.decode_slots.locked():        # a decoded image may be 160 MB: only so many at once, then 503 at once
         raise QueueFull(f"busy: {st.max_decodes} images are being decoded or drawn (--max-decodes); retry shortly")
-    async with st.decode_slots:
-        return await _classify(request, st, m, p, data, name, topk, channels, mode)
-
-
-async def _classify(request: Request, st, m, p, data: bytes, name: str, topk: int, channels: int,
-                    mode: str) -> Response:
-    def prepare():
-        im = p.decode(data, name)
-        return im, p.to_input(im)
+    await st.decode_slots.acquire()
+    held = True
     try:
-        original, x = await run_in_threadpool(prepare)
-    except ImageError as e:
-        raise ProtocolError(str(e)) from None
+        def prepare():
+            im = p.decode(data, name)
+            return im, p.to_input(im)
+        try:
+            original, x = await run_in_threadpool(prepare)
+        except ImageError as e:
+            raise ProtocolError(str(e)) from None
+        if mode == "none":              # the decoded image is not needed any more: the slot is free for others
+            original = None
+            st.decode_slots.release()
+            held = False
+        return await _classify(st, m, p, original, x, name, topk, channels, mode)
+    finally:
+        if held:
+            st.decode_slots.release()
+
+
+async def _classify(st, m, p, original, x, name: str, topk: int, channels: int, mode: str) -> Response:
     outs = await m.batcher.submit({m.inputs[0].name: x[None]}, 1)
     pred = p.predictions([name], [original], outs, topk)[0]
     rec = {"model_name": m.name, "model_version": m.version, **pred.to_dict()}

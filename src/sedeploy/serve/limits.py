@@ -36,8 +36,11 @@ class BodyLimit:
                 return await _reply(send, 400, f"invalid Content-Length {declared[:40].decode(errors='replace')!r}")
             if int(declared) > self.max_body:
                 return await _reply(send, 413, str(BodyTooLarge(self.max_body)))
+        encoded = next((v for k, v in scope["headers"] if k == b"content-encoding"), b"identity").lower()
         reserve = int(declared) if declared is not None else (
             0 if scope.get("method") in ("GET", "HEAD", "OPTIONS") else self.max_body)
+        if reserve and encoded not in (b"identity", b""):
+            reserve = self.max_body        # a compressed body inflates up to max_body (state.read_body)
         if reserve and self.inflight + reserve > self.max_inflight:
             await _discard(receive, self.max_body)          # so that the client, still sending, reads the answer
             return await _reply(send, 503, f"busy: {self.inflight:,} bytes of request bodies in flight, the limit is "

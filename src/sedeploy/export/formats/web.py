@@ -37,14 +37,20 @@ def outputs(ctx: BuildContext, paths: List[Path], x: np.ndarray) -> Dict[str, Di
     if why:
         ctx.facts["web"]["not_verified"] = f"no browser here: {why}"
         return {}
-    with browser.StaticServer(paths[0], isolate=True) as srv, browser.Browser() as b:
-        state = b.open(srv.url + "index.html")
-        if state != "ready":
-            err = b.driver.execute_script("return document.getElementById('error').textContent")
-            raise RuntimeError(f"the web bundle did not load in Chromium: {err}")
-        out, _ = b.run(x)
-        ctx.facts["web"]["threads"] = b.driver.execute_script("return window.sedeploy.info.threads")
-        foreign = [line for line in srv.log if not line.startswith("127.0.0.1")]
-        if foreign:
-            raise RuntimeError(f"the web bundle asked for other hosts: {foreign[:3]}")
+    from selenium.common.exceptions import WebDriverException
+    from ...core.errors import UserError
+    try:
+        with browser.StaticServer(paths[0], isolate=True) as srv, browser.Browser() as b:
+            state = b.open(srv.url + "index.html")
+            if state != "ready":
+                err = b.driver.execute_script("return document.getElementById('error').textContent")
+                raise UserError(f"the web bundle did not load in Chromium: {err}")
+            out, _ = b.run(x)
+            ctx.facts["web"]["threads"] = b.driver.execute_script("return window.sedeploy.info.threads")
+            foreign = b.offsite_requests() + [line for line in srv.log if not line.startswith("127.0.0.1")]
+            if foreign:
+                raise UserError(f"the web bundle asked for other hosts ({foreign[0][:120]}); it must be self-contained")
+    except WebDriverException as e:     # chromium or chromedriver broken, a timeout: not the bundle's fault
+        raise UserError(f"Chromium could not verify the web bundle ({str(e).strip().splitlines()[0][:160]}); "
+                        f"check `chromium --version` and `chromedriver --version` (make browser)") from None
     return {"web (chromium)": out}

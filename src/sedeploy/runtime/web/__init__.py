@@ -15,6 +15,7 @@ Serve hosts the same page and files (`sedeploy serve`: "run in this browser").
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -117,22 +118,36 @@ def runtime_dir(source: Union[str, os.PathLike, None] = None, webgpu: bool = Fal
         src = Path(source)
         if src.is_dir() and _complete(src, names):
             return src
-        d = Path(tempfile.mkdtemp(prefix="sedeploy-ortweb-"))
-        _fill(d, names, src)
-        return d
+        if not src.exists():
+            raise UserError(f"--web-runtime {src} does not exist; pass a folder or the npm tarball of "
+                            f"{PACKAGE}@{ORT_WEB_VERSION}")
+        # a tarball or a package folder: its files extracted once into the cache, keyed by where they came from
+        key = hashlib.sha256(f"{src.resolve()}:{src.stat().st_mtime_ns}:{src.stat().st_size}".encode()).hexdigest()[:16]
+        d = cache_root().parent / f"{ORT_WEB_VERSION}-from-{key}"
+        if _complete(d, names):
+            return d
+        return _fill_cache(d, names, src)
     d = cache_root()
     if _complete(d, names):
         return d
     if not fetch:
         raise UserError(f"the {PACKAGE} {ORT_WEB_VERSION} files are not in {d}; run `sedeploy export --formats web` "
                         f"once (it fetches them with npm) or pass --web-runtime with its tarball or dist/ folder")
-    stage = Path(tempfile.mkdtemp(prefix="fill-", dir=d.parent if d.parent.exists() else None))
+    return _fill_cache(d, names, None)
+
+
+def _fill_cache(d: Path, names, source: Optional[Path]) -> Path:
+    """Fill the cache folder D from SOURCE (None: npm) through a staging folder beside it, file by file
+    renamed in (same filesystem); files already complete there are kept."""
+    d.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix="fill-", dir=d.parent))
     try:
         for n in names:               # files already cached stay; the rest are fetched
-            if (d / n).is_file():
+            if (d / n).is_file() and (d / n).stat().st_size > 0:
                 shutil.copyfile(d / n, stage / n)
         missing = [n for n in names if not (stage / n).is_file()]
-        _fill(stage, missing, None)
+        if missing:
+            _fill(stage, missing, source)
         d.mkdir(parents=True, exist_ok=True)
         for n in names:
             os.replace(stage / n, d / n)

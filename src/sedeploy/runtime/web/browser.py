@@ -91,7 +91,11 @@ class Browser:
             opts.add_argument(flag)
         opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         os.environ.setdefault("SE_OFFLINE", "true")   # selenium-manager must not look for drivers online
-        self.driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
+        try:
+            self.driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
+        except BaseException:
+            shutil.rmtree(self.profile, ignore_errors=True)
+            raise
         self.driver.set_page_load_timeout(60)
         self.driver.set_script_timeout(120)
 
@@ -114,6 +118,14 @@ class Browser:
 
     def console(self) -> List[str]:
         return [e["message"] for e in self.driver.get_log("browser")]
+
+    def offsite_requests(self) -> List[str]:
+        """What the page tried to fetch from anywhere but 127.0.0.1: its resource list, and the console's
+        failed lookups (every other host resolves to nothing here, so such a request fails and says so)."""
+        urls = self.driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        bad = [u for u in urls if not (u.startswith("http://127.0.0.1") or u.startswith("blob:")
+                                       or u.startswith("data:"))]
+        return bad + [m for m in self.console() if "ERR_NAME_NOT_RESOLVED" in m or "ERR_NAME_RESOLUTION" in m]
 
     def run(self, x: np.ndarray) -> Tuple[Dict[str, np.ndarray], float]:
         """window.sedeploy.run on a float32 (N, C, H, W) batch -> ({output: array}, milliseconds)."""

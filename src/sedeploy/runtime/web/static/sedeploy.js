@@ -18,51 +18,69 @@
 import * as pre from "./preprocess.js";
 import * as ex from "./explain.js";
 
-const state = { ort: null, session: null, spec: null, base: null, backend: null, threads: 1, loading: null };
+// One loaded model per base URL (the serve page may switch models); `current` is the one classify/run use.
+const loaded = new Map();
+let current = null;
+const state = { ort: null, session: null, spec: null, backend: null, threads: 1 };
 
 function param(name) { return new URLSearchParams(globalThis.location ? location.search : "").get(name); }
 
-async function load(base = "./") {
-  if (state.loading && state.base === base) return state.loading;
-  state.base = base;
-  state.loading = (async () => {
-    const root = new URL(base, location.href);
-    const r = await fetch(new URL("model.json", root));
-    if (!r.ok) throw new Error(`model.json not found at ${new URL("model.json", root)} (HTTP ${r.status}); serve the bundle's folder`);
-    const spec = await r.json();
-    const ep = param("ep") || "wasm";
-    const loader = ep === "wasm" ? "ort.wasm.min.mjs" : ep === "webgpu" ? "ort.webgpu.min.mjs" : null;
-    if (!loader) throw new Error(`unknown execution provider ${ep}; use ?ep=wasm or ?ep=webgpu`);
-    if (!spec.runtime_files.includes(loader)) throw new Error(`this bundle has no ${ep} runtime; export it with --web-webgpu or use ?ep=wasm`);
-    const ort = await import(new URL(`ort/${loader}`, root).href);
-    ort.env.wasm.wasmPaths = new URL("ort/", root).href;
-    const isolated = globalThis.crossOriginIsolated === true;
-    // threads need SharedArrayBuffer, hence cross-origin isolation; by default half the cores, at most 4 (one
-    // batch-1 image is small: on 2 cores, 2 threads measured 2.4x slower than 1, scripts/web_bench.py)
-    const want = Number(param("threads")) || Math.max(1, Math.min(4, Math.floor((navigator.hardwareConcurrency || 1) / 2)));
-    ort.env.wasm.numThreads = isolated ? want : 1;
-    let session;
-    try {
-      session = await ort.InferenceSession.create(new URL(spec.model, root).href,
-        { executionProviders: [ep], graphOptimizationLevel: "all" });
-    } catch (e) {
-      throw new Error(`the model failed to load in onnxruntime-web (${e.message || e}); re-export the bundle with sedeploy export --formats web`);
-    }
-    Object.assign(state, { ort, session, spec, backend: ep, threads: ort.env.wasm.numThreads });
-    return spec;
-  })();
-  state.loading.catch(() => { state.loading = null; });
-  return state.loading;
+function threadsWanted() {
+  const cores = navigator.hardwareConcurrency || 1, asked = param("threads");
+  if (asked === null) return Math.max(1, Math.min(4, Math.floor(cores / 2)));
+  const n = Number(asked);
+  if (!Number.isInteger(n) || n < 1 || n > 64) throw new Error(`?threads=${asked} is not a thread count; use an integer from 1 to ${cores}`);
+  return n;
 }
 
-function ready() {
-  if (!state.loading) return load("./");
-  return state.loading;
+async function loadOne(base) {
+  const root = new URL(base, location.href);
+  const r = await fetch(new URL("model.json", root));
+  if (!r.ok) throw new Error(`model.json not found at ${new URL("model.json", root)} (HTTP ${r.status}); serve the bundle's folder`);
+  const spec = await r.json();
+  const ep = param("ep") || "wasm";
+  const loader = ep === "wasm" ? "ort.wasm.min.mjs" : ep === "webgpu" ? "ort.webgpu.min.mjs" : null;
+  if (!loader) throw new Error(`unknown execution provider ${ep}; use ?ep=wasm or ?ep=webgpu`);
+  if (!spec.runtime_files.includes(loader)) throw new Error(`this bundle has no ${ep} runtime; export it with --web-webgpu or use ?ep=wasm`);
+  const ort = await import(new URL(`ort/${loader}`, root).href);
+  ort.env.wasm.wasmPaths = new URL("ort/", root).href;
+  // threads need SharedArrayBuffer, hence cross-origin isolation; by default half the cores, at most 4 (one
+  // batch-1 image is small: on 2 cores, 2 threads measured slower than 1, scripts/web_bench.py)
+  ort.env.wasm.numThreads = globalThis.crossOriginIsolated === true ? threadsWanted() : 1;
+  let session;
+  try {
+    session = await ort.InferenceSession.create(new URL(spec.model, root).href,
+      { executionProviders: [ep], graphOptimizationLevel: "all" });
+  } catch (e) {
+    throw new Error(`the model failed to load in onnxruntime-web (${e.message || e}); re-export the bundle with sedeploy export --formats web`);
+  }
+  return { ort, session, spec, backend: ep, threads: ort.env.wasm.numThreads };
+}
+
+async function load(base = "./") {
+  current = base;
+  if (!loaded.has(base)) {
+    const p = loadOne(base);
+    loaded.set(base, p);
+    p.catch(() => { if (loaded.get(base) === p) loaded.delete(base); });   // a failed load may be retried
+  }
+  const m = await loaded.get(base);
+  if (current === base) Object.assign(state, m);
+  return m.spec;
+}
+
+// The model classify/run use: the one the last load() asked for (not whichever load finished last).
+async function model() {
+  if (current === null) await load("./");
+  return loaded.get(current) || (await load(current), loaded.get(current));
 }
 
 async function run(data, shape) {
-  await ready();
-  const { ort, session, spec } = state;
+  return runOn(await model(), data, shape);
+}
+
+async function runOn(m, data, shape) {
+  const { ort, session, spec } = m;
   const [n, ...rest] = shape;
   if (!(data instanceof Float32Array)) data = Float32Array.from(data);
   const want = spec.input_size;
@@ -76,8 +94,7 @@ async function run(data, shape) {
   return { outputs, ms };
 }
 
-async function pixelsOf(source) {
-  const max = state.spec.max_pixels;
+async function pixelsOf(source, max) {
   if (typeof source === "string") {
     let r;
     try { r = await fetch(source); } catch (e) { throw new Error(`could not fetch ${source} (${e.message}); check the URL`); }
@@ -97,14 +114,14 @@ async function pixelsOf(source) {
 }
 
 async function classify(source, { topk = 5, tensor = false, heatmap = null } = {}) {
-  const spec = await ready();
-  const pixels = await pixelsOf(source);
+  const m = await model(), spec = m.spec;
+  const pixels = await pixelsOf(source, spec.max_pixels);
   const x = pre.toTensor(pixels, spec);
   const [C, H, W] = spec.input_size;
   const batch = spec.fixed_batch || 1;
   const data = new Float32Array(batch * C * H * W);
   data.set(x.tensor);
-  const r = await run(data, [batch, C, H, W]);
+  const r = await runOn(m, data, [batch, C, H, W]);
   const one = {};
   for (const [name, o] of Object.entries(r.outputs)) {
     const per = o.data.length / o.dims[0];
