@@ -43,6 +43,7 @@ META_KEYS = (
     "opset",           # int or null
     "exported_at",     # ISO 8601 UTC
     "precision",       # "fp32" | "int8" | "fp16"
+    "unsure",          # dict or null: out-of-distribution score (runtime/unsure.py; {"version": 1, kind, params, threshold, accept, ...})
 )
 FORMAT_VERSION = 1
 # Keys a runtime cannot work without.

@@ -1,0 +1,61 @@
+"""runtime/unsure.py: the out-of-distribution score ('unsure'), pure numpy."""
+import json
+
+import numpy as np
+import pytest
+
+from sedeploy.core import contract
+from sedeploy.runtime import unsure as U
+
+
+def _outputs(n: int, seed: int, shift: float = 0.0, classes: int = 4, d: int = 8):
+    """Clustered features (in-distribution) or shifted ones (OOD); logits confident for clustered ones."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    centers = np.eye(classes, d) * 4
+    f = centers[y] + rng.normal(0, 0.5, (n, d)) + shift
+    logits = f[:, :classes] * 2
+    se = 1 / (1 + np.exp(-f))
+    return {"logits": logits, "se3": se, "feature_map": f[:, :, None, None] * np.ones((1, 1, 2, 2))}, y
+
+
+@pytest.mark.parametrize("kind", U.KINDS)
+def test_threshold_accepts_the_stated_share_and_flags_ood(kind):
+    fit, y = _outputs(400, 0)
+    val, _ = _outputs(1000, 1)
+    spec = U.calibrate(kind, fit, y, 4, val, accept=0.9)
+    assert json.loads(json.dumps(spec)) == spec            # storable as JSON metadata
+    test, _ = _outputs(1000, 2)
+    scores, flags = U.unsure(test, spec)
+    # binomial tolerance: 1000 draws at p=0.9, sd ~ 0.0095; 4 sd
+    assert abs((~flags).mean() - 0.9) < 0.04
+    rng = np.random.default_rng(3)
+    noise = {"logits": rng.normal(0, 0.3, (200, 4)), "se3": rng.uniform(0, 1, (200, 8)),
+             "feature_map": rng.normal(0, 3, (200, 8, 2, 2))}
+    assert U.unsure(noise, spec)[1].mean() > 0.5
+
+
+def test_flag_never_changes_top_k():
+    out, y = _outputs(100, 0)
+    spec = U.calibrate("msp", out, y, 4, out)
+    before = np.argsort(-out["logits"], axis=1).copy()
+    U.unsure(out, spec)
+    assert (np.argsort(-out["logits"], axis=1) == before).all()
+
+
+def test_no_spec_no_flag():
+    out, _ = _outputs(5, 0)
+    assert U.unsure(out, None) == (None, None)
+
+
+def test_metrics():
+    assert U.auroc([1, 2, 3], [0, 0.5]) == 1.0
+    assert U.auroc([0, 0.5], [1, 2, 3]) == 0.0
+    assert U.auroc([1, 1], [1, 1]) == 0.5
+    assert U.far_at(np.arange(100), np.array([99, 0]), 0.95) == 0.5
+
+
+def test_metadata_key_round_trips():
+    spec = {"version": 1, "kind": "msp", "params": {}, "threshold": 0.5, "accept": 0.95}
+    enc = contract.encode_metadata({"unsure": spec})
+    assert contract.decode_metadata(enc)["unsure"] == spec
