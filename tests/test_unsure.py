@@ -59,3 +59,25 @@ def test_metadata_key_round_trips():
     spec = {"version": 1, "kind": "msp", "params": {}, "threshold": 0.5, "accept": 0.95}
     enc = contract.encode_metadata({"unsure": spec})
     assert contract.decode_metadata(enc)["unsure"] == spec
+
+
+def test_export_stores_a_calibrated_score(fm_onnx):
+    """The exporter's metadata carries the score; its threshold accepts ~95 % of test images, flags noise."""
+    import onnxruntime as ort
+    from sedeploy.core.arrays import load_arrays
+    from sedeploy.core.datasets import normalize_batch
+    sess = ort.InferenceSession(str(fm_onnx), providers=["CPUExecutionProvider"])
+    meta = contract.decode_metadata(sess.get_modelmeta().custom_metadata_map)
+    spec = meta["unsure"]
+    assert spec["version"] == 1 and spec["kind"] == "maha" and spec["accept"] == 0.95
+    manifest = json.loads((fm_onnx.parent / "export.json").read_text())
+    assert manifest["unsure"]["threshold"] == spec["threshold"]
+    names = [o.name for o in sess.get_outputs()]
+    run = lambda x: dict(zip(names, sess.run(None, {contract.INPUT_NAME: x})))
+    # the test images the exporter found (the same lookup as int8 calibration), 2000 of them calibrated on
+    _, x, _ = load_arrays(meta["dataset"], None, "test", ref=meta.get("data"))
+    x = x[np.random.default_rng(1).permutation(len(x))[:1000]]
+    _, flags = U.unsure(run(normalize_batch(x, meta["mean"], meta["std"])), spec)
+    assert abs((~flags).mean() - 0.95) < 0.03             # 1000 images, binomial sd ~0.007
+    noise = np.random.default_rng(0).normal(0, 2, (64, *meta["input_size"])).astype(np.float32)
+    assert U.unsure(run(noise), spec)[1].mean() > 0.8
