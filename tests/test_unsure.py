@@ -81,3 +81,29 @@ def test_export_stores_a_calibrated_score(fm_onnx):
     assert abs((~flags).mean() - 0.95) < 0.03             # 1000 images, binomial sd ~0.007
     noise = np.random.default_rng(0).normal(0, 2, (64, *meta["input_size"])).astype(np.float32)
     assert U.unsure(run(noise), spec)[1].mean() > 0.8
+
+
+def test_infer_text_and_json_carry_the_flag(fm_onnx, run_cli, tmp_path):
+    """Noise is flagged in `sedeploy infer` (text and JSON); the same model without the key: no flag, same top-k."""
+    import onnx
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(tmp_path / f"noise{i}.png")
+    res = run_cli("infer", str(tmp_path), "--model", str(fm_onnx), "--topk", "3", "--json")
+    assert res.code == 0, res.err
+    recs = [json.loads(line) for line in res.out.splitlines()]
+    assert all(r["unsure"] is True and isinstance(r["ood_score"], float) for r in recs)
+    text = run_cli("infer", str(tmp_path), "--model", str(fm_onnx), "--topk", "3")
+    assert text.out.count("(unsure)") == 3
+    m = onnx.load(str(fm_onnx))                            # an old artifact: the key removed
+    keep = [p for p in m.metadata_props if p.key != contract.META_PREFIX + "unsure"]
+    del m.metadata_props[:]
+    m.metadata_props.extend(keep)
+    old = tmp_path / "old.onnx"
+    onnx.save(m, str(old))
+    res_old = run_cli("infer", str(tmp_path), "--model", str(old), "--topk", "3", "--json")
+    assert res_old.code == 0, res_old.err
+    olds = [json.loads(line) for line in res_old.out.splitlines()]
+    assert all("unsure" not in r and "ood_score" not in r for r in olds)
+    assert [r["top"] for r in olds] == [r["top"] for r in recs]     # the flag never changes top-k
