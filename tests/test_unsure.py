@@ -107,3 +107,31 @@ def test_infer_text_and_json_carry_the_flag(fm_onnx, run_cli, tmp_path):
     olds = [json.loads(line) for line in res_old.out.splitlines()]
     assert all("unsure" not in r and "ood_score" not in r for r in olds)
     assert [r["top"] for r in olds] == [r["top"] for r in recs]     # the flag never changes top-k
+
+
+def test_serve_answers_carry_the_flag(fm_onnx):
+    """The image route's JSON has unsure / ood_score; the OIP infer response has them as parameters."""
+    import io
+    import time
+    import starlette.testclient as stc
+    from PIL import Image
+    from sedeploy.serve.app import create_app
+    from sedeploy.serve.model import ModelSpec, ServedModel
+    app = create_app([ServedModel(ModelSpec("fm", fm_onnx, max_batch=4), "cpu")], max_body=1 << 20)
+    with stc.TestClient(app, raise_server_exceptions=False) as c:
+        for _ in range(200):
+            if c.get("/v2/health/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)).save(buf, "PNG")
+        r = c.post("/v2/models/fm/classify?topk=3", content=buf.getvalue())
+        assert r.status_code == 200, r.text
+        assert r.json()["unsure"] is True and isinstance(r.json()["ood_score"], float)
+        x = np.random.default_rng(1).normal(0, 2, (2, 1, 32, 32)).astype(np.float32)
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+        r = c.post("/v2/models/fm/infer", json=body)
+        assert r.status_code == 200, r.text
+        p = r.json()["parameters"]
+        assert json.loads(p["unsure"]) == [True, True] and len(json.loads(p["ood_score"])) == 2
+        assert "unsure" not in {o["name"] for o in r.json()["outputs"]}
