@@ -112,4 +112,4 @@ def test_missing_keys_in_order():
     assert contract.missing_keys({}) == list(contract.REQUIRED_KEYS)
     assert contract.missing_keys({"classes": [], "std": [1], "output_names": []}) == ["mean", "input_size"]
     assert contract.missing_keys({k: 0 for k in contract.REQUIRED_KEYS}) == []
-    assert len(contract.META_KEYS) == len(set(contract.META_KEYS)) == 19 and contract.META_PREFIX == "sedeploy."
+    assert len(contract.META_KEYS) == len(set(contract.META_KEYS)) == 20 and contract.META_PREFIX == "sedeploy."

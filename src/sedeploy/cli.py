@@ -324,12 +324,14 @@ def _parse_batch(value: str) -> Optional[int]:
 @click.option("--int8-allow-unlabelled", is_flag=True,
               help="Without labelled test images, gate int8 on agreement with fp32 alone (else refused).")
 @click.option("--data-dir", default=None, help="Dataset root for int8 calibration and verification images.")
+@click.option("--unsure-accept", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+              help="'unsure' threshold: share of held-out in-distribution images accepted (the rest are flagged).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, batch_sizes: str,
            web_runtime: Optional[str], web_webgpu: bool, no_simplify: bool,
            logits_only: bool, force: bool, overhead: bool, int8: bool, calib: int, half: bool,
            int8_eval: int, int8_min_agreement: float, int8_max_drop: float, int8_se_atol: float,
-           int8_allow_unlabelled: bool, data_dir: Optional[str], as_json: bool) -> None:
+           int8_allow_unlabelled: bool, data_dir: Optional[str], unsure_accept: float, as_json: bool) -> None:
     """Export a checkpoint to simplified ONNX and TorchScript, verified against PyTorch.
 
     Writes model.onnx, model.ts and export.json next to the checkpoint (or in --out). The graphs
@@ -358,7 +360,8 @@ def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, 
                          int8=int8, calib=calib, half=half, data_dir=data_dir, int8_eval=int8_eval,
                          int8_min_agreement=int8_min_agreement, int8_max_drop=int8_max_drop,
                          int8_se_atol=int8_se_atol, int8_allow_unlabelled=int8_allow_unlabelled,
-                         overhead=overhead, web_runtime=web_runtime, web_webgpu=web_webgpu)
+                         overhead=overhead, web_runtime=web_runtime, web_webgpu=web_webgpu,
+                         unsure_accept=unsure_accept)
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     manifest = export_checkpoint(ckpt, out, opts, log=log)
     if as_json:

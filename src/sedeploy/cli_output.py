@@ -102,8 +102,10 @@ class InferOutput:
         if self.as_json:
             click.echo(json.dumps(r.record))
         else:
-            click.echo(f"{r.prediction.image}: " + "  ".join(f"{t.label} {100 * t.prob:5.1f}%"
-                                                             for t in r.prediction.top))
+            p = r.prediction
+            flag = " (unsure)" if p.unsure else ""      # the score says: not like the training images
+            click.echo(f"{p.image}: " + "  ".join(f"{t.label} {100 * t.prob:5.1f}%" + (flag if i == 0 else "")
+                                                  for i, t in enumerate(p.top)))
 
 
 def stdout_closed() -> int:

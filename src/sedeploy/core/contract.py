@@ -46,6 +46,7 @@ META_KEYS = (
     "head_linear",     # dict or null: {"weights": (classes x C*s*s floats, row-major), "shape": [C, s, s],
                        # "pool": int}: the head's linear layers multiplied (W2 @ W1) over the last block's
                        # pooled features, for the head-cam / head-gradcam heatmaps (runtime.explain)
+    "unsure",          # dict or null: out-of-distribution score (runtime/unsure.py; {"version": 1, kind, params, threshold, accept, ...})
 )
 FORMAT_VERSION = 1
 # Keys a runtime cannot work without.

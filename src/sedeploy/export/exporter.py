@@ -59,6 +59,9 @@ class ExportOptions:
     int8_max_drop: float = 1.0          # gate: accuracy points int8 may lose against fp32
     int8_se_atol: float = 0.1           # gate: max |SE weight difference| int8 vs fp32 (weights are in (0, 1))
     int8_allow_unlabelled: bool = False  # gate on agreement alone when no labelled test images are on disk
+    unsure_accept: float = 0.95         # 'unsure' threshold: share of held-out in-distribution images accepted
+    unsure_kind: str = "maha"           # out-of-distribution score (runtime/unsure.py KINDS; BENCHMARKS chose maha)
+    unsure_n: int = 2000                # training images the score is fitted on / held-out images it is calibrated on
     overhead: bool = False              # measure the latency cost of the extra outputs (into export.json)
 
 
@@ -95,7 +98,7 @@ def validate_options(opts: ExportOptions) -> ExportOptions:
 
 
 def build_metadata(ckpt: dict, model, names: List[str], sha: str, opset: Optional[int],
-                   precision: str = "fp32") -> Dict[str, object]:
+                   precision: str = "fp32", unsure: Optional[dict] = None) -> Dict[str, object]:
     n_se = model.num_se_blocks
     return {
         "format_version": contract.FORMAT_VERSION,
@@ -107,6 +110,7 @@ def build_metadata(ckpt: dict, model, names: List[str], sha: str, opset: Optiona
         "checkpoint_sha256": sha, "versions": versions("torch", "onnx", "onnxruntime", "onnxsim"), "opset": opset,
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "precision": precision,
         "head_linear": head_linear(model),
+        "unsure": unsure,
     }
 
 
@@ -145,6 +149,7 @@ class Job:
     timings: Dict[str, float] = field(default_factory=dict)
     nodes: Dict[str, int] = field(default_factory=dict)
     gate: Dict[str, object] = field(default_factory=dict)
+    unsure: Optional[dict] = None                            # the calibrated 'unsure' score (metadata + export.json)
 
 
 def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: ExportOptions = ExportOptions(),
@@ -159,6 +164,7 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
         x, batch_desc = verification_batch(job.ckpt, opts.batch or opts.verify_n, opts.data_dir)
         wrapper = ExplainWrapper(job.model) if opts.extras else LogitsWrapper(job.model)
         reference = run_torch(wrapper, x, job.names)
+        job.unsure = calibrate_unsure(job, wrapper, log) if opts.extras else None
         candidates, built = build_artifacts(job, wrapper, x)
         rows = verify(job, reference, candidates, batch_desc, log)
         variants = _variants(job, built, reference, x, log) if opts.int8 or opts.half else {}
@@ -213,12 +219,36 @@ def plan(ckpt_path: Path, out_dir: Optional[str], opts: ExportOptions, log: Call
     return Job(ckpt_path, ckpt, model, opts, out, manifest_path, names, file_sha256(ckpt_path))
 
 
+def calibrate_unsure(job: Job, wrapper: torch.nn.Module, log: Callable[[str], None]) -> Optional[dict]:
+    """The 'unsure' score (runtime/unsure.py): parameters fitted on training images, threshold on held-out
+    test images so that opts.unsure_accept of them are accepted. No data on disk: None (no flag), logged."""
+    from ..core.arrays import load_arrays
+    from ..core.datasets import normalize_batch
+    from ..runtime import unsure
+    opts, ckpt = job.opts, job.ckpt
+    try:
+        _, xtr, ytr = load_arrays(ckpt["dataset"], opts.data_dir, "train", ref=ckpt.get("data"))
+        _, xte, _ = load_arrays(ckpt["dataset"], opts.data_dir, "test", ref=ckpt.get("data"))
+    except UserError as e:
+        log(f"unsure: not calibrated ({e})")
+        return None
+    rng = np.random.default_rng(0)
+    tr = rng.permutation(len(xtr))[:opts.unsure_n]
+    te = rng.permutation(len(xte))[:opts.unsure_n]
+    run = lambda u8: run_torch(wrapper, normalize_batch(u8, ckpt["mean"], ckpt["std"]), job.names)
+    spec = unsure.calibrate(opts.unsure_kind, run(xtr[tr]), ytr[tr], len(ckpt["classes"]), run(xte[te]),
+                            accept=opts.unsure_accept, calibrated_on=f"{len(tr)} train / {len(te)} test images")
+    log(f"unsure: {spec['kind']} threshold {spec['threshold']:.4g} accepts {opts.unsure_accept:.0%} of held-out images")
+    return spec
+
+
 def build_artifacts(job: Job, wrapper: torch.nn.Module, x: np.ndarray
                     ) -> Tuple[Dict[str, Dict[str, np.ndarray]], Dict[str, List[Path]]]:
     """Every format of the plan (and those it derives from) built in job.tmp by its plug-in, then run
     in its own runtime on x; -> (outputs by parity-table label, files by format)."""
     opts = job.opts
-    meta = lambda opset: contract.encode_metadata(build_metadata(job.ckpt, job.model, job.names, job.sha, opset))
+    meta = lambda opset: contract.encode_metadata(build_metadata(job.ckpt, job.model, job.names, job.sha, opset,
+                                                                       unsure=job.unsure))
     ctx = job.ctx = BuildContext(wrapper, torch.from_numpy(x[:opts.batch] if opts.batch else x[:2]), job.tmp,
                                  opts.stem, job.names, meta, opts.opset, opts.batch, opts.simplify,
                                  batch_sizes=tuple(opts.tflite_batch_sizes), web_runtime=opts.web_runtime,
@@ -281,6 +311,7 @@ def write_manifest(job: Job, staged: Staged, rows: List, batch_desc: str) -> dic
         "nodes": nodes, "verification": {"batch": batch_desc, "atol": ATOL, "rtol": RTOL,
                                          "rows": [r.to_dict() for r in rows]},
         "int8_gate": job.gate or None,
+        "unsure": None if job.unsure is None else {k: v for k, v in job.unsure.items() if k != "params"},
         "overhead": job.overhead,
         "timings_s": {k: round(v, 4) for k, v in job.timings.items()},
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},

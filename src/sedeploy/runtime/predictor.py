@@ -31,6 +31,7 @@ from .pipeline import available_cores, ordered_batches
 from .backend import BackendChoice, choose_backend
 from .precision import PrecisionChoice, choose_precision
 from .preprocess import ImageLike, Preprocessor
+from .unsure import unsure
 from .runners import Runner, check_runnable, load_runner, supported_suffixes
 
 
@@ -48,10 +49,15 @@ class Prediction:
     probs: np.ndarray                     # (classes,)
     outputs: Dict[str, np.ndarray]        # every graph output for this image (batch axis removed)
     original: Optional[Image.Image] = field(default=None, repr=False)  # decoded image, for heatmaps
+    unsure: Optional[bool] = None         # out-of-distribution flag (runtime/unsure.py); None: model not calibrated
+    ood_score: Optional[float] = None     # its score (higher = more like the training data)
 
     def to_dict(self) -> dict:
-        return {"image": self.image, "top": [{"label": t.label, "index": t.index, "prob": round(t.prob, 6)}
-                                             for t in self.top]}
+        d = {"image": self.image, "top": [{"label": t.label, "index": t.index, "prob": round(t.prob, 6)}
+                                          for t in self.top]}
+        if self.unsure is not None:
+            d["unsure"], d["ood_score"] = self.unsure, round(self.ood_score, 6)
+        return d
 
 
 @dataclass
@@ -146,13 +152,15 @@ class Predictor:
         """Graph outputs of a batch (as `run` returns them) -> one Prediction per image, top-k by softmax."""
         probs = softmax(outs[contract.LOGITS].astype(np.float64))
         k = min(topk, len(self.info.classes))
+        scores, flags = unsure(outs, self.info.meta.get("unsure"))     # never changes the top-k
         res = []
         for i, name in enumerate(names):
             order = np.argsort(-probs[i], kind="stable")[:k]
             top = [TopClass(self.info.classes[j], int(j), float(probs[i, j])) for j in order]
             # copies: a view would keep the whole batch's outputs alive as long as one Prediction
             res.append(Prediction(name, top, probs[i].copy(), {n: o[i].copy() for n, o in outs.items()},
-                                  originals[i]))
+                                  originals[i], None if flags is None else bool(flags[i]),
+                                  None if scores is None else float(scores[i])))
         return res
 
     def _prepare(self, job: Tuple[int, ImageLike], keep_original: bool) -> Union[_Prepared, ImageError]:

@@ -98,7 +98,8 @@ async def infer(request: Request) -> Response:
         inputs, n = m.check_inputs(req)
         m.validate_outputs(req)
         outs = await m.batcher.submit(inputs, n)
-        payload, header_len = encode_infer_response(m.name, m.version, req.id, m.select_outputs(req, outs))
+        payload, header_len = encode_infer_response(m.name, m.version, req.id, m.select_outputs(req, outs),
+                                                     m.unsure_parameters(outs))
     except Exception:
         m.batcher.stats.fail.add(time.perf_counter_ns() - t0)
         raise

@@ -9,6 +9,7 @@ through the runtime's own decode and preprocess (exactly `sedeploy infer`) and t
 from __future__ import annotations
 
 import enum
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,22 @@ class ServedModel:
     inputs: List[tc.TensorSpec] = field(default_factory=list)
     outputs: List[tc.TensorSpec] = field(default_factory=list)
     config: Dict[str, Any] = field(default_factory=dict)
+
+    def unsure_parameters(self, outs: Dict[str, np.ndarray]) -> Dict[str, Any]:
+        """OIP response parameters for the 'unsure' score (runtime/unsure.py), one value per batch item:
+        {"unsure": "[true,false]", "ood_score": "[1.5,-3]"} (JSON text: parameter values are scalars);
+        {} for a model without the calibrated score or without the outputs it reads."""
+        from ..runtime.unsure import unsure
+        info = getattr(self.predictor, "info", None)
+        spec = info.meta.get("unsure") if info is not None else None
+        try:
+            scores, flags = unsure(outs, spec)
+        except (KeyError, ValueError):
+            return {}
+        if scores is None:
+            return {}
+        return {"unsure": json.dumps([bool(f) for f in flags]),
+                "ood_score": json.dumps([round(float(v), 6) for v in scores])}
 
     @property
     def name(self) -> str:

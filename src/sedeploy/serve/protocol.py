@@ -209,8 +209,10 @@ def classify(a: np.ndarray, k: int, labels: Optional[Sequence[str]]) -> np.ndarr
 
 
 def encode_infer_response(model_name: str, model_version: str, request_id: Optional[str],
-                          outputs: Sequence[Tuple[str, np.ndarray, bool]]) -> Tuple[bytes, Optional[int]]:
-    """[(name, array, binary)] -> (body, JSON header length or None when the body is all JSON)."""
+                          outputs: Sequence[Tuple[str, np.ndarray, bool]],
+                          parameters: Optional[Dict[str, Any]] = None) -> Tuple[bytes, Optional[int]]:
+    """[(name, array, binary)] -> (body, JSON header length or None when the body is all JSON);
+    `parameters`: the response's parameters (e.g. unsure / ood_score, one per batch item)."""
     out_json, blobs = [], []
     for name, a, binary in outputs:
         dt = numpy_type(a.dtype)
@@ -225,6 +227,8 @@ def encode_infer_response(model_name: str, model_version: str, request_id: Optio
     resp: Dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request_id is not None:
         resp["id"] = request_id
+    if parameters:
+        resp["parameters"] = parameters
     resp["outputs"] = out_json
     head = json.dumps(resp, separators=(",", ":")).encode()
     if not blobs:

@@ -1,0 +1,137 @@
+"""runtime/unsure.py: the out-of-distribution score ('unsure'), pure numpy."""
+import json
+
+import numpy as np
+import pytest
+
+from sedeploy.core import contract
+from sedeploy.runtime import unsure as U
+
+
+def _outputs(n: int, seed: int, shift: float = 0.0, classes: int = 4, d: int = 8):
+    """Clustered features (in-distribution) or shifted ones (OOD); logits confident for clustered ones."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    centers = np.eye(classes, d) * 4
+    f = centers[y] + rng.normal(0, 0.5, (n, d)) + shift
+    logits = f[:, :classes] * 2
+    se = 1 / (1 + np.exp(-f))
+    return {"logits": logits, "se3": se, "feature_map": f[:, :, None, None] * np.ones((1, 1, 2, 2))}, y
+
+
+@pytest.mark.parametrize("kind", U.KINDS)
+def test_threshold_accepts_the_stated_share_and_flags_ood(kind):
+    fit, y = _outputs(400, 0)
+    val, _ = _outputs(1000, 1)
+    spec = U.calibrate(kind, fit, y, 4, val, accept=0.9)
+    assert json.loads(json.dumps(spec)) == spec            # storable as JSON metadata
+    test, _ = _outputs(1000, 2)
+    scores, flags = U.unsure(test, spec)
+    # binomial tolerance: 1000 draws at p=0.9, sd ~ 0.0095; 4 sd
+    assert abs((~flags).mean() - 0.9) < 0.04
+    rng = np.random.default_rng(3)
+    noise = {"logits": rng.normal(0, 0.3, (200, 4)), "se3": rng.uniform(0, 1, (200, 8)),
+             "feature_map": rng.normal(0, 3, (200, 8, 2, 2))}
+    assert U.unsure(noise, spec)[1].mean() > 0.5
+
+
+def test_flag_never_changes_top_k():
+    out, y = _outputs(100, 0)
+    spec = U.calibrate("msp", out, y, 4, out)
+    before = np.argsort(-out["logits"], axis=1).copy()
+    U.unsure(out, spec)
+    assert (np.argsort(-out["logits"], axis=1) == before).all()
+
+
+def test_no_spec_no_flag():
+    out, _ = _outputs(5, 0)
+    assert U.unsure(out, None) == (None, None)
+
+
+def test_metrics():
+    assert U.auroc([1, 2, 3], [0, 0.5]) == 1.0
+    assert U.auroc([0, 0.5], [1, 2, 3]) == 0.0
+    assert U.auroc([1, 1], [1, 1]) == 0.5
+    assert U.far_at(np.arange(100), np.array([99, 0]), 0.95) == 0.5
+
+
+def test_metadata_key_round_trips():
+    spec = {"version": 1, "kind": "msp", "params": {}, "threshold": 0.5, "accept": 0.95}
+    enc = contract.encode_metadata({"unsure": spec})
+    assert contract.decode_metadata(enc)["unsure"] == spec
+
+
+def test_export_stores_a_calibrated_score(fm_onnx):
+    """The exporter's metadata carries the score; its threshold accepts ~95 % of test images, flags noise."""
+    import onnxruntime as ort
+    from sedeploy.core.arrays import load_arrays
+    from sedeploy.core.datasets import normalize_batch
+    sess = ort.InferenceSession(str(fm_onnx), providers=["CPUExecutionProvider"])
+    meta = contract.decode_metadata(sess.get_modelmeta().custom_metadata_map)
+    spec = meta["unsure"]
+    assert spec["version"] == 1 and spec["kind"] == "maha" and spec["accept"] == 0.95
+    manifest = json.loads((fm_onnx.parent / "export.json").read_text())
+    assert manifest["unsure"]["threshold"] == spec["threshold"]
+    names = [o.name for o in sess.get_outputs()]
+    run = lambda x: dict(zip(names, sess.run(None, {contract.INPUT_NAME: x})))
+    # the test images the exporter found (the same lookup as int8 calibration), 2000 of them calibrated on
+    _, x, _ = load_arrays(meta["dataset"], None, "test", ref=meta.get("data"))
+    x = x[np.random.default_rng(1).permutation(len(x))[:1000]]
+    _, flags = U.unsure(run(normalize_batch(x, meta["mean"], meta["std"])), spec)
+    assert abs((~flags).mean() - 0.95) < 0.03             # 1000 images, binomial sd ~0.007
+    noise = np.random.default_rng(0).normal(0, 2, (64, *meta["input_size"])).astype(np.float32)
+    assert U.unsure(run(noise), spec)[1].mean() > 0.8
+
+
+def test_infer_text_and_json_carry_the_flag(fm_onnx, run_cli, tmp_path):
+    """Noise is flagged in `sedeploy infer` (text and JSON); the same model without the key: no flag, same top-k."""
+    import onnx
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(tmp_path / f"noise{i}.png")
+    res = run_cli("infer", str(tmp_path), "--model", str(fm_onnx), "--topk", "3", "--json")
+    assert res.code == 0, res.err
+    recs = [json.loads(line) for line in res.out.splitlines()]
+    assert all(r["unsure"] is True and isinstance(r["ood_score"], float) for r in recs)
+    text = run_cli("infer", str(tmp_path), "--model", str(fm_onnx), "--topk", "3")
+    assert text.out.count("(unsure)") == 3
+    m = onnx.load(str(fm_onnx))                            # an old artifact: the key removed
+    keep = [p for p in m.metadata_props if p.key != contract.META_PREFIX + "unsure"]
+    del m.metadata_props[:]
+    m.metadata_props.extend(keep)
+    old = tmp_path / "old.onnx"
+    onnx.save(m, str(old))
+    res_old = run_cli("infer", str(tmp_path), "--model", str(old), "--topk", "3", "--json")
+    assert res_old.code == 0, res_old.err
+    olds = [json.loads(line) for line in res_old.out.splitlines()]
+    assert all("unsure" not in r and "ood_score" not in r for r in olds)
+    assert [r["top"] for r in olds] == [r["top"] for r in recs]     # the flag never changes top-k
+
+
+def test_serve_answers_carry_the_flag(fm_onnx):
+    """The image route's JSON has unsure / ood_score; the OIP infer response has them as parameters."""
+    import io
+    import time
+    import starlette.testclient as stc
+    from PIL import Image
+    from sedeploy.serve.app import create_app
+    from sedeploy.serve.model import ModelSpec, ServedModel
+    app = create_app([ServedModel(ModelSpec("fm", fm_onnx, max_batch=4), "cpu")], max_body=1 << 20)
+    with stc.TestClient(app, raise_server_exceptions=False) as c:
+        for _ in range(200):
+            if c.get("/v2/health/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)).save(buf, "PNG")
+        r = c.post("/v2/models/fm/classify?topk=3", content=buf.getvalue())
+        assert r.status_code == 200, r.text
+        assert r.json()["unsure"] is True and isinstance(r.json()["ood_score"], float)
+        x = np.random.default_rng(1).normal(0, 2, (2, 1, 32, 32)).astype(np.float32)
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+        r = c.post("/v2/models/fm/infer", json=body)
+        assert r.status_code == 200, r.text
+        p = r.json()["parameters"]
+        assert json.loads(p["unsure"]) == [True, True] and len(json.loads(p["ood_score"])) == 2
+        assert "unsure" not in {o["name"] for o in r.json()["outputs"]}
