@@ -115,7 +115,7 @@ def test_script_api_run_equals_onnxruntime_on_every_output(page, web_set):
 
 
 def test_page_preprocessing_gives_the_runtimes_tensor_and_heatmap(page, web_set):
-    from sedeploy.runtime import explain
+    from sedeploy.runtime import explain, unsure
     from sedeploy.runtime.runners import load_runner
     from sedeploy.runtime.preprocess import Preprocessor
     r = load_runner("onnxruntime", web_set / "model.onnx")
@@ -132,6 +132,9 @@ def test_page_preprocessing_gives_the_runtimes_tensor_and_heatmap(page, web_set)
         assert got["explanation"]["method"] == ex["method"] == "head-cam", name
         assert np.abs(np.array(got["explanation"]["attention"]) - ex["attention"].ravel()).max() < 1e-5, name
         assert [c for c, _ in got["explanation"]["ranked"]] == [c for c, _ in ex["ranked"]], name
+        scores, flags = unsure.unsure({k: v[None] for k, v in out.items()}, info.meta.get("unsure"))
+        assert scores is not None                      # the export calibrated it; the page says the same
+        assert got["unsure"] == bool(flags[0]) and abs(got["ood_score"] - scores[0]) <= 1e-4 * max(1, abs(scores[0]))
 
 
 def test_a_file_picked_in_the_page_shows_infers_top1_offline(page, web_set, tmp_path, run_cli):

@@ -19,7 +19,7 @@ from ..core.errors import UserError
 from ..runtime import web
 from .state import model_of, state_of
 
-PAGE_MODULES = ("sedeploy.js", "preprocess.js", "explain.js")
+PAGE_MODULES = ("sedeploy.js", "preprocess.js", "explain.js", "unsure.js")
 
 
 def find_runtime(source: Optional[str]) -> Tuple[Optional[Path], str]:

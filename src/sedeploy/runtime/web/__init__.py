@@ -34,7 +34,7 @@ WASM_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-t
 # WebGPU (where a real GPU exists): its loader and the JSEP binary
 WEBGPU_FILES = ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.jsep.mjs", "ort-wasm-simd-threaded.jsep.wasm")
 STATIC = Path(__file__).with_name("static")
-PAGE_FILES = ("index.html", "sedeploy.js", "preprocess.js", "explain.js", "style.css")
+PAGE_FILES = ("index.html", "sedeploy.js", "preprocess.js", "explain.js", "unsure.js", "style.css")
 MODEL_JSON = "model.json"
 # what a static server must send: .mjs as JavaScript, .wasm as application/wasm (EDGE.md)
 MIME = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".mjs": "text/javascript",

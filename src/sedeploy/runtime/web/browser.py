@@ -161,7 +161,7 @@ window.sedeploy.run(x, shape).then((r) => {
 _CLASSIFY_JS = _B64 + """
 const [data, topk, done] = arguments;
 window.sedeploy.classify(new Blob([unb64(data)]), {topk, tensor: true}).then((r) => {
-  done({top: r.top, outputs: r.outputs, ms: r.ms, input: b64(r.input),
+  done({top: r.top, outputs: r.outputs, ms: r.ms, input: b64(r.input), unsure: r.unsure, ood_score: r.ood_score,
         explanation: r.explanation && {method: r.explanation.method, ranked: r.explanation.ranked,
                                        attention: Array.from(r.explanation.attention)}});
 }, (e) => done({error: String(e && e.message || e)}));"""

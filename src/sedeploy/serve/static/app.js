@@ -42,6 +42,7 @@ async function loadModels() {
 
 function render(res) {
   $("meta").textContent = `${res.model_name} v${res.model_version} · ${res.image}`;
+  $("unsure").hidden = !res.unsure;          // the calibrated out-of-distribution flag (both modes)
   const top = $("top");
   top.innerHTML = "";
   for (const t of res.top) {
@@ -86,7 +87,7 @@ async function classifyHere(model, file) {
   }
   return { model_name: model, model_version: `${versions[model] || "1"} in this browser (${r.ms.toFixed(1)} ms, ` +
            `${info.backend}, ${info.threads} thread${info.threads > 1 ? "s" : ""})`, image: file.name || "image",
-           top: r.top.map(([label, prob]) => ({ label, prob })), heatmaps };
+           top: r.top.map(([label, prob]) => ({ label, prob })), heatmaps, unsure: r.unsure, ood_score: r.ood_score };
 }
 
 async function classify(file) {

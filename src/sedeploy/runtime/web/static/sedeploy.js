@@ -8,6 +8,7 @@
 //       the export carries head_linear), head-gradcam, se or spatial-mean, as `infer --heatmap-kind`
 //       -> {top: [[label, probability], ...], outputs: {logits: [...], se1: [...], se2: [...], se3: [...],
 //           feature_map: [...]}, ms: inference milliseconds, explanation: {method, attention, h, w, ranked},
+//           unsure: true/false and ood_score (models exported with a calibrated score, as `infer --json`),
 //           input: Float32Array (with tensor: true)}
 //   await sedeploy.run(Float32Array, [N, C, H, W]) -> {outputs: {name: {data: Float32Array, dims}}, ms}
 //       the model on a raw input tensor (for tests and applications with their own preprocessing)
@@ -17,6 +18,7 @@
 // (wasm threads when the page is cross-origin isolated; default half the cores, at most 4).
 import * as pre from "./preprocess.js";
 import * as ex from "./explain.js";
+import * as ood from "./unsure.js";
 
 // One loaded model per base URL (the serve page may switch models); `current` is the one classify/run use.
 const loaded = new Map();
@@ -134,6 +136,8 @@ async function classify(source, { topk = 5, tensor = false, heatmap = null } = {
     outputs: Object.fromEntries(Object.entries(one).map(([k, v]) => [k, Array.from(v.data)])),
     ms: r.ms,
   };
+  const flag = ood.judge(one, spec.meta);     // the calibrated "unsure" answer, as infer gives it (never the top-k)
+  if (flag) Object.assign(result, flag);
   if (spec.feature_map && one[spec.feature_map]) result.explanation = ex.explain(one, spec, 6, heatmap || param("heatmap"));
   if (tensor) result.input = x.tensor;
   Object.defineProperty(result, "pixels", { value: pixels, enumerable: false });
@@ -201,6 +205,7 @@ async function handle(source) {
       return li;
     }));
     if (r.explanation) { drawHeatmap(el("heatmap"), r.pixels, r.explanation); drawProfile(el("se"), r.explanation.se); }
+    el("unsure").hidden = !r.unsure;
     el("meta").textContent = `${r.ms.toFixed(1)} ms in this browser (${state.backend}, ${state.threads} thread${state.threads > 1 ? "s" : ""})`;
     el("result").hidden = false;
     document.body.dataset.state = "done";
