@@ -271,6 +271,8 @@ def test_serve_page_runs_on_the_server_or_in_the_browser_with_the_same_answer(pa
         with urllib.request.urlopen(srv.url + "/") as r:
             assert r.headers["Cross-Origin-Opener-Policy"] == "same-origin"
             assert r.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+        with urllib.request.urlopen(srv.url + "/web/style.css") as r:        # one style for both pages
+            assert r.headers["Content-Type"].startswith("text/css") and b"#top li.cls" in r.read()
         d.get(srv.url + "/")
         WebDriverWait(d, 30).until(lambda d: d.find_element(By.ID, "status").text == "ready")
         answers = {}

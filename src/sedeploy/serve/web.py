@@ -19,7 +19,7 @@ from ..core.errors import UserError
 from ..runtime import web
 from .state import model_of, state_of
 
-PAGE_MODULES = ("sedeploy.js", "preprocess.js", "explain.js", "unsure.js")
+PAGE_MODULES = ("sedeploy.js", "preprocess.js", "explain.js", "unsure.js", "style.css")   # the page's files
 
 
 def find_runtime(source: Optional[str]) -> Tuple[Optional[Path], str]:
@@ -38,7 +38,7 @@ async def page_module(request: Request) -> Response:
     name = request.path_params["name"]
     if name not in PAGE_MODULES:
         return _missing(f"no page module {name}")
-    return FileResponse(web.STATIC / name, media_type="text/javascript")
+    return FileResponse(web.STATIC / name, media_type=web.MIME[Path(name).suffix])
 
 
 def _onnx_file(request: Request) -> Path:

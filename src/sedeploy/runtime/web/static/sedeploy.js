@@ -200,7 +200,7 @@ async function handle(source) {
     top.replaceChildren(...r.top.map(([label, p]) => {
       const li = document.createElement("li");
       li.className = "cls"; li.dataset.label = label; li.dataset.prob = String(p);
-      li.innerHTML = `<span></span><meter min="0" max="1"></meter><b></b>`;
+      li.innerHTML = `<span class="label"></span><meter min="0" max="1"></meter><b></b>`;
       li.children[0].textContent = label; li.children[1].value = p; li.children[2].textContent = `${(100 * p).toFixed(1)} %`;
       return li;
     }));
