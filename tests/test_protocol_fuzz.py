@@ -148,14 +148,9 @@ def test_deep_nesting_is_a_400_not_a_crash():
 
 @pytest.fixture(scope="module")
 def client(fm_onnx):
-    starlette_testclient = pytest.importorskip("starlette.testclient", reason="the serve extra is not installed")
-    from sedeploy.serve.app import create_app
-    from sedeploy.serve.model import ModelSpec, ServedModel
-    app = create_app([ServedModel(ModelSpec("fm", fm_onnx, max_batch=4), "cpu")], max_body=1 << 20)
-    with starlette_testclient.TestClient(app, raise_server_exceptions=False) as c:
-        for _ in range(200):
-            if c.get("/v2/health/ready").status_code == 200:
-                break
+    pytest.importorskip("starlette.testclient", reason="the serve extra is not installed")
+    from support.app import app_client
+    with app_client(fm_onnx) as c:
         yield c
 
 

@@ -266,15 +266,8 @@ def test_take_batch_keeps_order():
 # ---------------------------------------------------------------- the app in-process (TestClient)
 @pytest.fixture(scope="module")
 def client(fm_onnx):
-    from sedeploy.serve.app import create_app
-    from sedeploy.serve.model import ModelSpec, ServedModel
-    app = create_app([ServedModel(ModelSpec("fm", fm_onnx, max_batch=4), "cpu")], max_body=1 << 20)
-    with starlette_testclient.TestClient(app, raise_server_exceptions=False) as c:
-        for _ in range(200):
-            if c.get("/v2/health/ready").status_code == 200:
-                break
-            time.sleep(0.05)
-        c.app_state = app.state.serve
+    from support.app import app_client
+    with app_client(fm_onnx) as c:
         yield c
 
 

@@ -47,17 +47,11 @@ def test_a_stopped_batcher_is_not_dead():
 
 
 def test_the_app_turns_not_ready_and_answers_503_when_the_loop_dies(fm_onnx):
-    starlette_testclient = pytest.importorskip("starlette.testclient", reason="the serve extra is not installed")
-    from sedeploy.serve.app import create_app
-    from sedeploy.serve.model import ModelSpec, ServedModel
-    m = ServedModel(ModelSpec("fm", fm_onnx, max_batch=4), "cpu")
-    app = create_app([m], max_body=1 << 20)
+    pytest.importorskip("starlette.testclient", reason="the serve extra is not installed")
+    from support.app import app_client
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 32, 32], "data": [0.0] * 1024}]}
-    with starlette_testclient.TestClient(app, raise_server_exceptions=False) as c:
-        for _ in range(200):
-            if c.get("/v2/health/ready").status_code == 200:
-                break
-            time.sleep(0.05)
+    with app_client(fm_onnx) as c:
+        m = c.model
         assert c.post("/v2/models/fm/infer", json=body).status_code == 200
         c.portal.call(lambda: m.batcher._task.cancel())       # the loop ends unasked
         for _ in range(100):

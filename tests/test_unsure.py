@@ -112,17 +112,9 @@ def test_infer_text_and_json_carry_the_flag(fm_onnx, run_cli, tmp_path):
 def test_serve_answers_carry_the_flag(fm_onnx):
     """The image route's JSON has unsure / ood_score; the OIP infer response has them as parameters."""
     import io
-    import time
-    import starlette.testclient as stc
     from PIL import Image
-    from sedeploy.serve.app import create_app
-    from sedeploy.serve.model import ModelSpec, ServedModel
-    app = create_app([ServedModel(ModelSpec("fm", fm_onnx, max_batch=4), "cpu")], max_body=1 << 20)
-    with stc.TestClient(app, raise_server_exceptions=False) as c:
-        for _ in range(200):
-            if c.get("/v2/health/ready").status_code == 200:
-                break
-            time.sleep(0.05)
+    from support.app import app_client
+    with app_client(fm_onnx) as c:
         buf = io.BytesIO()
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)).save(buf, "PNG")
         r = c.post("/v2/models/fm/classify?topk=3", content=buf.getvalue())
