@@ -19,6 +19,13 @@ def export_set(trained_fm: Path, fmnist_dir: Path, out: Path, fmt: str, **option
     return out
 
 
+def onnx_weight_bytes(path: Path) -> int:
+    """Bytes of an ONNX file's initializers (its weights, without the metadata the file also carries)."""
+    import onnx
+    from onnx import numpy_helper
+    return sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)
+
+
 def assert_infer_equals_onnx(run_cli, set_dir: Path, suffix: str, provider: str, tmp_path: Path) -> None:
     """Three odd-sized grey images through `infer --heatmaps --json` on model.onnx and on model.<suffix>."""
     rng = np.random.default_rng(2)
