@@ -268,6 +268,7 @@ def test_a_model_that_fails_to_load_shows_why(web_set, tmp_path):
             b.run(np.zeros((1, 1, 32, 32), np.float32))
 
 
+@pytest.mark.slow                # a second export and browser (~15 s); make test-slow runs it
 def test_rgb_48_model_in_the_browser(tmp_path, runtime_files):
     from test_formats import write_rgb48_checkpoint
     from sedeploy.export.exporter import ExportOptions, export_checkpoint
