@@ -165,6 +165,58 @@ def test_a_file_picked_in_the_page_shows_infers_top1_offline(page, web_set, tmp_
     assert page.server.log and all(line.startswith("127.0.0.1:") for line in page.server.log)
 
 
+_SOURCES_JS = """
+const [name, done] = arguments;
+const arr = (r) => Array.from(r.input);
+(async () => {
+  const url = new URL(name, location.href).href;
+  const blob = await (await fetch(url)).blob();
+  const img = new Image(); img.src = url; await img.decode();
+  const bmp = await createImageBitmap(blob, {premultiplyAlpha: "none", colorSpaceConversion: "none"});
+  const c = new OffscreenCanvas(bmp.width, bmp.height), g = c.getContext("2d");
+  g.drawImage(bmp, 0, 0);
+  const data = g.getImageData(0, 0, bmp.width, bmp.height);
+  const out = {};
+  for (const [k, src] of [["url", url], ["blob", blob], ["img", img], ["imagedata", data]]) {
+    const r = await window.sedeploy.classify(src, {tensor: true, topk: 2});
+    out[k] = {input: arr(r), top: r.top, keys: Object.keys(r.outputs).sort(), ms: r.ms};
+  }
+  const errors = {};
+  for (const [k, src] of [["missing", new URL("nowhere.png", location.href).href], ["number", 42],
+                          ["text", new Blob(["not an image"])]]) {
+    try { await window.sedeploy.classify(src); errors[k] = null; }
+    catch (e) { errors[k] = (e instanceof Error) ? e.message : "not an Error: " + String(e); }
+  }
+  done({out, errors});
+})().catch((e) => done({error: String(e && e.message || e)}));"""
+
+
+def test_script_api_takes_a_url_blob_img_and_imagedata(page, web_set):
+    """classify(source) for each source kind the API names gives the Python runtime's tensor and top-k;
+    a URL that is not there, a wrong type and a non-image Blob reject with an Error saying what to do."""
+    from sedeploy.runtime.preprocess import Preprocessor
+    from sedeploy.runtime.runners import load_runner
+    info = load_runner("onnxruntime", web_set / "model.onnx").info
+    pp = Preprocessor(info.input_size, info.mean, info.std, (0, 0, 0))
+    images = _images()
+    folder = web_set / "model.web"
+    for name in ("photo0-97x61.png", "photo1-427x640.jpeg"):
+        (folder / name).write_bytes(images[name])
+        try:
+            r = page.driver.execute_async_script(_SOURCES_JS, name)
+        finally:
+            (folder / name).unlink()
+        assert "error" not in r, r
+        want = pp.to_input(pp.decode(images[name], name)).ravel()
+        for kind, got in r["out"].items():
+            assert np.array_equal(np.array(got["input"], np.float32), want), (name, kind)
+            assert got["top"] == r["out"]["url"]["top"] and got["ms"] > 0, (name, kind)
+            assert got["keys"] == sorted(info.output_names), (name, kind)
+    assert "HTTP 404" in r["errors"]["missing"] and "check the URL" in r["errors"]["missing"]
+    assert "classify takes an image URL" in r["errors"]["number"]
+    assert "not an image" in r["errors"]["text"]
+
+
 def _png_header(w: int, h: int) -> bytes:
     """A PNG whose header says W x H (the pixels are never reached): a decompression bomb's shape."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
@@ -216,6 +268,7 @@ def test_a_model_that_fails_to_load_shows_why(web_set, tmp_path):
             b.run(np.zeros((1, 1, 32, 32), np.float32))
 
 
+@pytest.mark.slow                # a second export and browser (~15 s); make test-slow runs it
 def test_rgb_48_model_in_the_browser(tmp_path, runtime_files):
     from test_formats import write_rgb48_checkpoint
     from sedeploy.export.exporter import ExportOptions, export_checkpoint
@@ -235,7 +288,7 @@ def test_rgb_48_model_in_the_browser(tmp_path, runtime_files):
     assert len(got["outputs"]["logits"]) == 4
 
 
-def test_runtime_files_errors_are_one_line(tmp_path, monkeypatch, run_cli, web_set):
+def test_runtime_files_errors_are_one_line(tmp_path, monkeypatch, run_cli, web_set, runtime_files):
     with pytest.raises(UserError, match="does not exist"):
         web.runtime_dir(tmp_path / "nowhere.tgz")
     (tmp_path / "dist").mkdir()
@@ -244,11 +297,25 @@ def test_runtime_files_errors_are_one_line(tmp_path, monkeypatch, run_cli, web_s
     (tmp_path / "bad.tgz").write_bytes(b"not a tarball")
     with pytest.raises(UserError, match="not a readable onnxruntime-web npm tarball"):
         web.runtime_dir(tmp_path / "bad.tgz")
+    # pinned by SHA-256: a folder with the right names but another build's bytes is refused
+    altered = tmp_path / "altered"
+    shutil.copytree(runtime_files, altered)
+    with open(altered / "ort-wasm-simd-threaded.wasm", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\0" * 8)
+    with pytest.raises(UserError, match="ort-wasm-simd-threaded.wasm is not onnxruntime-web 1.30.0's"):
+        web.runtime_dir(altered)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("PATH", str(tmp_path))            # no npm
     with pytest.raises(UserError, match="npm is not installed"):
         web.runtime_dir()
     with pytest.raises(UserError, match="not in"):
+        web.runtime_dir(fetch=False)
+    # a damaged cache is not used: it is fetched again (here: no npm, so the error says so)
+    shutil.copytree(altered, web.cache_root())
+    with pytest.raises(UserError, match="npm is not installed"):
+        web.runtime_dir()
+    with pytest.raises(UserError, match="not intact"):
         web.runtime_dir(fetch=False)
     Image.new("L", (9, 9)).save(tmp_path / "x.png")
     r = run_cli("infer", tmp_path / "x.png", "--model", web_set / "model.web")

@@ -5,7 +5,9 @@ heatmap inside the page, with the Python runtime's preprocessing ported to JavaS
   tarball (`--web-runtime PATH`), else from the cache ($XDG_CACHE_HOME/sedeploy/onnxruntime-web/<version>),
   filled once by `npm pack` (npm checks the tarball's integrity against the registry). Only the files
   this model needs are kept: the wasm build's loader and its SIMD + threads binary (it also runs on one
-  thread); WebGPU's files come with `webgpu=True`.
+  thread); WebGPU's files come with `webgpu=True`. Every file, from whatever source, must have the SHA-256
+  pinned in SHA256 (the pinned version's own files): a cache file that does not is fetched again, a
+  --web-runtime file that does not is refused.
 - `write_bundle()`: the folder any static file server can host (index.html, the page's modules and
   style, model.onnx, model.json with what the page needs, ort/ with the runtime files).
 - static/: the page. preprocess.js is Pillow's decode-to-tensor path (mode conversion, alpha
@@ -33,6 +35,15 @@ PACKAGE = "onnxruntime-web"
 WASM_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 # WebGPU (where a real GPU exists): its loader and the JSEP binary
 WEBGPU_FILES = ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.jsep.mjs", "ort-wasm-simd-threaded.jsep.wasm")
+# the pinned version's files, as `npm pack onnxruntime-web@1.30.0` gave them (tarball sha512 checked by npm)
+SHA256 = {
+    "ort.wasm.min.mjs": "219e6a1fc8a9938268d18efca3c91d310bd2f4a59bbd13744df5b2b7fc6cee3b",
+    "ort-wasm-simd-threaded.mjs": "e13f7f94fc51b4ca72b12faeb1ee95f4ace6dfbc8939bc718aabdc0a27c4299b",
+    "ort-wasm-simd-threaded.wasm": "3398c10d07d229bd91b364548e130e0e51a8e5704b88c7c083ebbeb78842dee2",
+    "ort.webgpu.min.mjs": "3dffff71811bc13a3a3d9591c57ca5ee5735b8f5f3eaf789510b02bb040ae3a0",
+    "ort-wasm-simd-threaded.jsep.mjs": "709853412fd1ffc34247af1e73569227b5b79629c5ca3f59cc39cf7e500e4947",
+    "ort-wasm-simd-threaded.jsep.wasm": "3ad23231b5bd6d9dda55a7f84606315e0bf35b6750c28ee993c987c54cacab0f",
+}
 STATIC = Path(__file__).with_name("static")
 PAGE_FILES = ("index.html", "sedeploy.js", "preprocess.js", "explain.js", "unsure.js", "style.css")
 MODEL_JSON = "model.json"
@@ -49,8 +60,27 @@ def cache_root() -> Path:
     return Path(base) / "sedeploy" / PACKAGE / ORT_WEB_VERSION
 
 
+def _good(f: Path) -> bool:
+    """F is the pinned version's file of that name (its SHA-256 matches)."""
+    if not f.is_file():
+        return False
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest() == SHA256[f.name]
+
+
 def _complete(d: Path, names) -> bool:
-    return all((d / n).is_file() and (d / n).stat().st_size > 0 for n in names)
+    return all(_good(d / n) for n in names)
+
+
+def _check(dest: Path, names, source: str) -> None:
+    """The files just put in DEST from SOURCE are the pinned version's, else a UserError naming the first."""
+    bad = [n for n in names if not _good(dest / n)]
+    if bad:
+        raise UserError(f"{source}: {bad[0]} is not {PACKAGE} {ORT_WEB_VERSION}'s (SHA-256 differs); pass the "
+                        f"{PACKAGE}@{ORT_WEB_VERSION} npm tarball or its dist/ folder")
 
 
 def _extract(tgz: Path, dest: Path, names) -> None:
@@ -84,12 +114,14 @@ def _fill(dest: Path, names, source: Optional[Path]) -> None:
         for n in names:
             src = source / n if (source / n).is_file() else source / "dist" / n
             shutil.copyfile(src, dest / n)
+        _check(dest, names, f"--web-runtime {source}")
         return
     if source is not None:
         if not source.is_file():
             raise UserError(f"--web-runtime {source} does not exist; pass a folder or the npm tarball of "
                             f"{PACKAGE}@{ORT_WEB_VERSION}")
         _extract(source, dest, names)
+        _check(dest, names, f"--web-runtime {source}")
         return
     npm = shutil.which("npm")
     if npm is None:
@@ -107,6 +139,7 @@ def _fill(dest: Path, names, source: Optional[Path]) -> None:
             raise UserError(f"could not fetch {PACKAGE}@{ORT_WEB_VERSION} with npm ({why}); check that the npm "
                             f"registry is reachable, or pass --web-runtime with its tarball or dist/ folder")
         _extract(tgz, dest, names)
+        _check(dest, names, f"npm pack {PACKAGE}@{ORT_WEB_VERSION}")
 
 
 def runtime_dir(source: Union[str, os.PathLike, None] = None, webgpu: bool = False,
@@ -131,8 +164,9 @@ def runtime_dir(source: Union[str, os.PathLike, None] = None, webgpu: bool = Fal
     if _complete(d, names):
         return d
     if not fetch:
-        raise UserError(f"the {PACKAGE} {ORT_WEB_VERSION} files are not in {d}; run `sedeploy export --formats web` "
-                        f"once (it fetches them with npm) or pass --web-runtime with its tarball or dist/ folder")
+        raise UserError(f"the {PACKAGE} {ORT_WEB_VERSION} files are not in {d} (or not intact); run "
+                        f"`sedeploy export --formats web` once (it fetches them with npm) or pass --web-runtime "
+                        f"with its tarball or dist/ folder")
     return _fill_cache(d, names, None)
 
 
@@ -142,8 +176,8 @@ def _fill_cache(d: Path, names, source: Optional[Path]) -> Path:
     d.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix="fill-", dir=d.parent))
     try:
-        for n in names:               # files already cached stay; the rest are fetched
-            if (d / n).is_file() and (d / n).stat().st_size > 0:
+        for n in names:               # files already cached (and intact) stay; the rest are fetched
+            if _good(d / n):
                 shutil.copyfile(d / n, stage / n)
         missing = [n for n in names if not (stage / n).is_file()]
         if missing:
