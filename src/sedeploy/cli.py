@@ -104,7 +104,7 @@ def _train_options(f=None, *, exclude: Sequence[str] = ()):
     """The training options; defaults come from TrainConfig, choices from the registries."""
     if f is None:
         return lambda g: _train_options(g, exclude=exclude)
-    from .training.config import DEVICES, PIPELINES, SELECT_ON, TrainConfig
+    from .training.config import DEVICES, PIPELINES, PRECISIONS, SELECT_ON, TrainConfig
     d = TrainConfig()
     opts = {
         "model": click.option("--model", "model", type=LazyChoice(_models), default=d.model, show_default=True),
@@ -146,6 +146,16 @@ def _train_options(f=None, *, exclude: Sequence[str] = ()):
         "pipeline": click.option("--pipeline", type=click.Choice(PIPELINES), default=d.pipeline, show_default=True,
                      help="fast (batched tensor augmentation) or reference (PIL per image in a DataLoader)."),
         "no_amp": click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA."),
+        "precision": click.option("--precision", type=click.Choice(PRECISIONS), default=d.precision,
+                                  show_default=True,
+                                  help="bf16: autocast the training step to bfloat16 (CPUs with AVX512-BF16 or "
+                                       "AMX; gated in docs/BENCHMARKS.md 15). Evaluation and checkpoints stay fp32."),
+        "compile": click.option("--compile", "compile", is_flag=True,
+                                help="torch.compile the training step (fused kernels; about a minute to compile)."),
+        "threads": click.option("--threads", type=click.IntRange(min=1), default=None,
+                                help="torch threads [one per core]."),
+        "early_stop": click.option("--early-stop", type=click.IntRange(min=1), default=None,
+                                   help="Stop when the selection accuracy has not improved for this many epochs."),
         "no_progress": click.option("--no-progress", is_flag=True, help="No progress bar."),
         "json": click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
     }
@@ -155,7 +165,7 @@ def _train_options(f=None, *, exclude: Sequence[str] = ()):
     return f
 
 
-_NOT_CONFIG = ("no_amp", "no_progress", "as_json", "seeds", "models", "color")
+_NOT_CONFIG = ("no_amp", "no_progress", "as_json", "seeds", "models", "color", "jobs")
 
 
 def _train_config(kw: dict, **extra):
@@ -206,22 +216,26 @@ def train(**kw) -> None:
 @click.option("--models", default="cnn,se_cnn", show_default=True,
               help="Models to train; the first is the baseline of the paired differences.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds (at least 2 for a CI).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs trained at once, each in its own process with cores/jobs threads (log: its train.log).")
 def compare(**kw) -> None:
     """Train models over several seeds; mean, sd and the paired difference with a 95 % CI.
 
-    Finished runs in OUT are reused, so an interrupted comparison continues. Writes
-    OUT/comparison.json, comparison.md and comparison.png.
+    Finished runs in OUT are reused and unfinished ones resumed from their last.pt, so an
+    interrupted comparison continues where it stopped (run the same command again). Writes
+    OUT/comparison.json, comparison.md, comparison.png and curves.png.
 
     \b
     Examples:
       sedeploy compare --dataset fashion-mnist --epochs 15 --seeds 0,1,2 --out runs/compare
+      sedeploy compare --dataset fashion-mnist --epochs 50 --early-stop 8 --seeds 0,1,2,3,4 --jobs 2
       sedeploy compare --dataset fashion-mnist --epochs 1 --limit-train 2000 --seeds 0,1 --json
     """
     from .training.compare import compare as run_compare, format_table
     models = tuple(m.strip() for m in kw["models"].split(",") if m.strip())
     seeds = _int_list(kw["seeds"], "--seeds")
     log = (lambda m: click.echo(m, err=True)) if kw["as_json"] else click.echo
-    res = run_compare(_train_config(kw), models, seeds, progress=not kw["no_progress"], log=log)
+    res = run_compare(_train_config(kw), models, seeds, progress=not kw["no_progress"], log=log, jobs=kw["jobs"])
     if kw["as_json"]:
         _dump_json(res)
     else:
@@ -233,31 +247,57 @@ def compare(**kw) -> None:
 @click.option("--data-dir", default=None)
 @click.option("--model", "model", type=LazyChoice(_models), default="se_cnn", show_default=True)
 @click.option("--augment", type=LazyChoice(_augments), default="reference", show_default=True,
-              help="Augmentation for both pipelines.")
+              help="Augmentation for every row.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--batches", type=int, default=60, show_default=True, help="Timed batches per pipeline.")
+@click.option("--batches", type=int, default=60, show_default=True, help="Timed batches per row and round.")
+@click.option("--rounds", type=int, default=3, show_default=True,
+              help="Interleaved rounds over all rows; the median is reported.")
+@click.option("--steps", default="compile,bf16,compile+bf16", show_default=True,
+              help="Step configurations beside plain fast (comma-separated; '' for none).")
+@click.option("--parallel", type=click.IntRange(min=0), default=None,
+              help="Also run N one-thread processes at once per fast row [the cores on CPU; 0 or 1: off].")
 @click.option("--workers", type=int, default=2, show_default=True, help="DataLoader workers (reference).")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
 @click.option("--rgb", is_flag=True, help="Replicate grey images to 3 channels (CIFAR-shaped input).")
 @click.option("--json", "as_json", is_flag=True)
-def bench_train(as_json: bool, **kw) -> None:
-    """Training throughput: the reference PIL/DataLoader pipeline vs sedeploy's batch pipeline.
+def bench_train(as_json: bool, steps: str, **kw) -> None:
+    """Training throughput: data pipelines and training-step configurations, in one run.
 
-    Both run the same model, augmentation and batch size with full training steps, in one run.
+    Rows: the reference PIL/DataLoader pipeline (NCHW, then channels-last), sedeploy's batch
+    pipeline (fast), the fast step compiled and/or in bf16 (where the CPU runs bf16), and N
+    one-thread processes at once. Each row: median images/s of interleaved rounds, GFLOP/s and the
+    share of the matrix-multiply rate measured in the same run. The breakdown line says what share of
+    the eager fp32 step is convolution/GEMM time and the images/s if everything else took no time.
 
     \b
     Examples:
-      sedeploy bench-train --dataset fashion-mnist --rgb --batches 60
+      sedeploy bench-train --dataset fashion-mnist --augment light
+      sedeploy bench-train --rgb --batches 60 --steps compile --parallel 0
+      sedeploy bench-train --augment light --json > train_speed.json
     """
     from .training.speed import bench_pipelines
-    res = bench_pipelines(**kw)
+    step_list = tuple(s.strip() for s in steps.split(",") if s.strip())
+    res = bench_pipelines(steps=step_list, log=lambda m: click.echo(m, err=True), **kw)
     if as_json:
         _dump_json(res)
-    else:
-        for r in res["rows"]:
-            click.echo(f"{r['pipeline']:>10}: {r['images_per_s']:8.0f} img/s  "
-                       f"({r['batches']} batches of {res['batch_size']})")
-        click.echo(f"speed-up: {res['speedup']:.2f}x  ({res['machine']})")
+        return
+    for r in res["rows"]:
+        if r.get("images_per_s") is None:
+            click.echo(f"{r['pipeline']:>22}: failed: {r.get('status')}")
+            continue
+        click.echo(f"{r['pipeline']:>22}: {r['images_per_s']:8.0f} img/s  {r['x_fast']:5.2f}x fast  "
+                   f"{r['gflops']:6.1f} GFLOP/s = {100 * r['gemm_share']:5.1f}% of {r['gemm_rate']} GEMM  "
+                   f"(min {r['min']:.0f}, max {r['max']:.0f})")
+    b = res["breakdown"]
+    bound = f"{b['bound_images_per_s']:.0f}" if b.get("bound_images_per_s") else "n/a"
+    click.echo(f"breakdown (fast, fp32, eager): {100 * b['gemm_share']:.0f}% of the step in convolutions/GEMMs; "
+               f"with the rest free: {bound} img/s")
+    rates = ", ".join(f"{k} {v:.0f}" for k, v in res["gemm_gflops"].items())
+    click.echo(f"GEMM GFLOP/s: {rates}; training step {res['flops_per_image'] / 1e6:.1f} MFLOP/image")
+    for n in res["notes"]:
+        click.echo(f"note: {n}")
+    click.echo(f"speed-up: {res['speedup']:.2f}x fast over reference; best {res['best']} "
+               f"{res['best_x_fast']:.2f}x fast  ({res['machine']}, median of {res['rounds']} rounds)")
 
 
 @cli.command(context_settings=CONTEXT)

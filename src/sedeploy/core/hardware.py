@@ -61,6 +61,12 @@ def has_vnni(flags: Optional[Set[str]] = None) -> bool:
     return bool(f["AVX512-VNNI"] or f["AVX-VNNI"] or f["AMX"])
 
 
+def has_bf16(flags: Optional[Set[str]] = None) -> bool:
+    """bf16 dot products in hardware (AVX512-BF16 or AMX-BF16); elsewhere torch emulates bf16 in fp32, slower."""
+    flags = cpu_flags() if flags is None else flags
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def ort_device() -> Optional[str]:
     """onnxruntime's own view of its devices ('CPUExecutionProvider on CPU AMD'), where it has one."""
     try:

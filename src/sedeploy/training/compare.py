@@ -8,8 +8,10 @@ interval from Student's t with n-1 degrees of freedom (pairing removes the seed-
 that both models share). With one seed there is no interval, and the table says so.
 
 Runs land in OUT/seed<k>/<model>/; a run whose summary.json records the same recipe and epochs is
-reused, so an interrupted comparison continues where it stopped. Writes OUT/comparison.json,
-OUT/comparison.md and OUT/comparison.png.
+reused, and an unfinished one (its last.pt) is resumed from its last epoch, exactly, so an interrupted
+comparison continues where it stopped. `jobs` > 1 trains that many runs at once in separate processes,
+the cores split between them (each run's log in its folder: train.log). Writes OUT/comparison.json,
+OUT/comparison.md, OUT/comparison.png and OUT/curves.png (the selection accuracy of every run per epoch).
 """
 from __future__ import annotations
 
@@ -55,42 +57,112 @@ def summarize(runs: List[Dict[str, Any]], models: Sequence[str], seeds: Sequence
 
 
 def compare(base: TrainConfig, models: Sequence[str] = ("cnn", "se_cnn"), seeds: Sequence[int] = (0,),
-            progress: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Train every model for every seed (or reuse finished runs); write and return the comparison."""
+            progress: bool = True, log: Callable[[str], None] = print, jobs: int = 1) -> Dict[str, Any]:
+    """Train every model for every seed (or reuse finished runs, resume unfinished ones); write and
+    return the comparison."""
     from ..models import list_models
-    from .loop import fit
     bad = [m for m in models if m not in list_models()]
     if bad or len(models) < 1:
         raise UserError(f"unknown model {', '.join(bad) or '(none)'}; choose from: {', '.join(list_models())}")
     if len(set(seeds)) != len(seeds) or not seeds:
         raise UserError(f"--seeds must be distinct integers, got {list(seeds)}")
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("compare runs one process per seed, not under torchrun; start one `sedeploy compare "
                         "--seeds K` per seed into the same --out, then once more with all seeds for the table")
     out = ensure_writable_dir(base.out, option="--out")
-    runs = []
+    summaries: Dict[tuple, Dict[str, Any]] = {}
+    todo: List[TrainConfig] = []
     for seed in seeds:
         for name in models:
             cfg = dataclasses.replace(base, model=name, seed=seed, out=str(out / f"seed{seed}" / name), resume=None)
             summary = _finished(cfg)
-            if summary is None:
-                log(f"== {name}, seed {seed} ==")
-                r = fit(cfg, progress=progress)
-                summary = {"test_acc": r.test_acc, "selected": r.selected, "params": r.params,
-                           "seconds_per_epoch": r.seconds_per_epoch}
-            else:
+            if summary is not None:
                 log(f"== {name}, seed {seed}: reusing the finished run in {cfg.out} ==")
-            runs.append({"model": name, "seed": seed, "test_acc": summary["test_acc"],
-                         "val_acc": summary["selected"]["val_acc"], "best_epoch": summary["selected"]["epoch"],
-                         "params": summary["params"], "seconds_per_epoch": summary["seconds_per_epoch"]})
-    result = {"dataset": base.dataset, "epochs": base.epochs, "seeds": list(seeds), "models": list(models),
-              "selected_on": base.select_on, "recipe": {k: v for k, v in base.recipe().items()
-                                                        if k not in ("model", "seed")},
+                summaries[(name, seed)] = summary
+                continue
+            last = Path(cfg.out) / "last.pt"
+            if last.is_file():
+                cfg = dataclasses.replace(cfg, resume=str(last))
+            todo.append(cfg)
+    if jobs > 1 and len(todo) > 1:
+        summaries.update(_run_parallel(todo, jobs, log))
+    else:
+        for cfg in todo:
+            log(f"== {cfg.model}, seed {cfg.seed}{' (resuming ' + cfg.resume + ')' if cfg.resume else ''} ==")
+            summaries[(cfg.model, cfg.seed)] = _run_one(cfg, progress)
+    runs = []
+    for seed in seeds:
+        for name in models:
+            s = summaries[(name, seed)]
+            runs.append({"model": name, "seed": seed, "test_acc": s["test_acc"], "val_acc": s["selected"]["val_acc"],
+                         "best_epoch": s["selected"]["epoch"], "epochs_run": (s.get("final") or {}).get("epoch"),
+                         "stopped_early": s.get("stopped_early", False), "params": s["params"],
+                         "seconds_per_epoch": s["seconds_per_epoch"]})
+    result = {"dataset": base.dataset, "epochs": base.epochs, "early_stop": base.early_stop, "seeds": list(seeds),
+              "models": list(models), "selected_on": base.select_on,
+              "recipe": {k: v for k, v in base.recipe().items() if k not in ("model", "seed")},
               "runs": runs, **summarize(runs, models, seeds)}
     atomic_write_text(out / "comparison.json", json.dumps(result, indent=2))
     atomic_write_text(out / "comparison.md", format_table(result) + "\n")
     plot_comparison(result, out / "comparison.png")
+    plot_curves(result, out, out / "curves.png")
     return result
+
+
+def _run_one(cfg: TrainConfig, progress: bool) -> Dict[str, Any]:
+    """Train (or resume) one run; -> its summary as summary.json holds it."""
+    from .loop import fit
+    r = fit(cfg, progress=progress, allow_finished=True)
+    return json.loads((Path(cfg.out) / "summary.json").read_text()) if (Path(cfg.out) / "summary.json").is_file() \
+        else {"test_acc": r.test_acc, "selected": r.selected, "params": r.params,
+              "seconds_per_epoch": r.seconds_per_epoch, "final": r.final}
+
+
+def _child(cfg: TrainConfig) -> Dict[str, Any]:
+    """A --jobs process: its output goes to the run's train.log (the file descriptors too, so that
+    torch's and the compiler's messages land there), one run at a time."""
+    import sys
+    log_path = Path(cfg.out) / "train.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", buffering=1) as f:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        sys.stdout = sys.stderr = f
+        return _run_one(cfg, progress=False)
+
+
+def _run_parallel(todo: List[TrainConfig], jobs: int, log: Callable[[str], None]) -> Dict[tuple, Dict[str, Any]]:
+    """Run the configs `jobs` at a time in spawned processes, cores split evenly between them."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    todo = [c if c.threads else dataclasses.replace(c, threads=threads) for c in todo]
+    done: Dict[tuple, Dict[str, Any]] = {}
+    errors: List[str] = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {}
+        for cfg in todo:
+            futures[pool.submit(_child, cfg)] = cfg
+            log(f"== {cfg.model}, seed {cfg.seed}{' (resuming)' if cfg.resume else ''}: queued, {cfg.threads} "
+                f"thread(s), log {Path(cfg.out) / 'train.log'} ==")
+        for fut in as_completed(futures):
+            cfg = futures[fut]
+            try:
+                s = fut.result()
+            except Exception as e:  # noqa: BLE001 - one failed run is reported; the others finish
+                errors.append(f"{cfg.model} seed {cfg.seed}: {e} (log: {Path(cfg.out) / 'train.log'})")
+                log(f"== {cfg.model}, seed {cfg.seed}: failed: {e} ==")
+                continue
+            done[(cfg.model, cfg.seed)] = s
+            log(f"== {cfg.model}, seed {cfg.seed}: done, test {s['test_acc']:.2f}% (epoch "
+                f"{s['selected']['epoch']} of {(s.get('final') or {}).get('epoch')}) ==")
+    if errors:
+        raise UserError(f"{len(errors)} run(s) failed, the others are kept and reused next time: {errors[0]}")
+    return done
 
 
 def _finished(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
@@ -100,7 +172,8 @@ def _finished(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
         s = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if s.get("final", {}).get("epoch") != cfg.epochs or s.get("recipe_changed"):
+    stopped = s.get("stopped_early") and cfg.early_stop is not None and s.get("early_stop") == cfg.early_stop
+    if (s.get("final", {}).get("epoch") != cfg.epochs and not stopped) or s.get("recipe_changed"):
         return None
     import torch
     from .loop import data_fingerprint, make_data, resolve_device
@@ -115,12 +188,21 @@ def _fmt(v: Optional[float], spec: str = ".2f") -> str:
 
 def format_table(res: Dict[str, Any]) -> str:
     sel = "validation" if res["selected_on"] == "val" else "test"
-    lines = [f"{res['dataset']}, {res['epochs']} epochs, seeds {', '.join(map(str, res['seeds']))}; "
+    length = f"{res['epochs']} epochs"
+    if res.get("early_stop"):
+        length = (f"up to {res['epochs']} epochs, stopped after {res['early_stop']} epochs without a {sel} "
+                  f"accuracy gain")
+    lines = [f"{res['dataset']}, {length}, seeds {', '.join(map(str, res['seeds']))}; "
              f"best.pt chosen on {sel} accuracy, scored on the test set", "",
              "| model | seeds | test acc mean (%) | sd | per seed |", "|---|---:|---:|---:|---|"]
     for m in res["per_model"]:
         lines.append(f"| {m['model']} | {m['n']} | {m['mean']:.2f} | {_fmt(m['sd'])} | "
                      f"{', '.join(f'{v:.2f}' for v in m['test_acc'])} |")
+    runs = res.get("runs", [])
+    if runs and runs[0].get("epochs_run") is not None:
+        lines += ["", "Epochs run / selected per seed: " + "; ".join(
+            f"{m['model']} " + ", ".join(f"{r['epochs_run']}/{r['best_epoch']}" for r in runs if r["model"] == m["model"])
+            for m in res["per_model"])]
     if res["paired"]:
         lines += ["", "| difference | mean (points) | 95 % CI | p (t-test) | per seed |", "|---|---:|---|---:|---|"]
         for p in res["paired"]:
@@ -155,4 +237,33 @@ def plot_comparison(res: Dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-__all__ = ["compare", "summarize", "paired_ci", "format_table", "plot_comparison"]
+def plot_curves(res: Dict[str, Any], out: Path, path: Path) -> Path:
+    """The selection accuracy of every run per epoch (from each run's history.json), one colour per model,
+    with the epoch each run selected marked: where the curves flatten is where training has converged."""
+    from .plots import _pyplot, _save
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    key = "val_acc" if res["selected_on"] == "val" else "test_acc"
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, m in enumerate(res["models"]):
+        for j, seed in enumerate(res["seeds"]):
+            try:
+                rows = json.loads((out / f"seed{seed}" / m / "history.json").read_text())["epochs"]
+            except (OSError, json.JSONDecodeError, KeyError):
+                continue
+            xs = [r["epoch"] for r in rows if r.get(key) is not None]
+            ys = [r[key] for r in rows if r.get(key) is not None]
+            ax.plot(xs, ys, color=colours[i % len(colours)], lw=1, alpha=0.8, label=m if j == 0 else None)
+            best = next((r for r in res["runs"] if r["model"] == m and r["seed"] == seed), None)
+            if best and best["best_epoch"] in xs:
+                ax.plot([best["best_epoch"]], [ys[xs.index(best["best_epoch"])]], "o", color=colours[i % len(colours)],
+                        ms=4)
+    stop = f", early stop after {res['early_stop']} epochs without a gain" if res.get("early_stop") else ""
+    ax.set(xlabel="epoch", ylabel=f"{'validation' if key == 'val_acc' else 'test'} accuracy (%)",
+           title=f"{res['dataset']}: {len(res['seeds'])} seed(s) per model{stop}; dot = selected epoch")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+__all__ = ["compare", "summarize", "paired_ci", "format_table", "plot_comparison", "plot_curves"]

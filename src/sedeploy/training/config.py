@@ -18,13 +18,14 @@ from typing import Any, Dict, List, Optional
 from ..core.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 PIPELINES = ("fast", "reference")
 SELECT_ON = ("val", "test")
 DEFAULT_AUGMENT = {"cifar10": "reference", "fashion-mnist": "light", "folder": "light"}
 # Fields that do not change the weights of an epoch: everything else is part of the recipe that a
 # resumed run must share (TrainConfig.recipe), so a new field is checked on resume by default.
 NOT_RECIPE = frozenset({"epochs", "out", "resume", "allow_recipe_change", "download", "log_every", "device",
-                        "data_dir", "amp", "cache_dir"})
+                        "data_dir", "amp", "cache_dir", "compile", "threads", "early_stop"})
 
 
 @dataclass
@@ -49,6 +50,10 @@ class TrainConfig:
     augment: Optional[str] = None      # reference | light | none (default per dataset: DEFAULT_AUGMENT)
     pipeline: str = "fast"             # fast (batched tensors) | reference (PIL in a DataLoader)
     amp: bool = True                   # mixed precision on CUDA
+    precision: str = "fp32"            # fp32 | bf16 (autocast; CPU: only where AVX512-BF16 or AMX runs it)
+    compile: bool = False              # torch.compile the training forward/backward (same recipe, fused kernels)
+    threads: Optional[int] = None      # torch threads (None: torch's default, one per core)
+    early_stop: Optional[int] = None   # stop when the selection accuracy has not improved for this many epochs
     patience: int = 3                  # ReduceLROnPlateau
     factor: float = 0.5
     log_every: int = 100               # batches between log lines (0 = epoch lines only)
@@ -95,9 +100,10 @@ def validate(cfg: TrainConfig) -> None:
     _choice("device", cfg.device, DEVICES)
     _choice("pipeline", cfg.pipeline, PIPELINES)
     _choice("select-on", cfg.select_on, SELECT_ON)
+    _choice("precision", cfg.precision, PRECISIONS)
     if cfg.augment is not None:
         _choice("augment", cfg.augment, tuple(AUGMENT_PRESETS))
-    for name in ("epochs", "batch_size", "limit_train", "limit_test"):
+    for name in ("epochs", "batch_size", "limit_train", "limit_test", "threads", "early_stop"):
         v = getattr(cfg, name)
         if v is not None and v <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
@@ -112,6 +118,9 @@ def validate(cfg: TrainConfig) -> None:
         import torch
         if not torch.cuda.is_available():
             raise UserError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    if cfg.precision == "bf16" and cfg.amp and cfg.device == "cuda":
+        raise UserError("--precision bf16 and CUDA mixed precision (fp16) are two choices; pass --no-amp with "
+                        "--precision bf16, or drop --precision")
 
 
 def _choice(name: str, value: str, options) -> None:

@@ -130,6 +130,7 @@ class State:
     history: Dict[str, Any] = field(default_factory=lambda: {"iter_loss": [], "epochs": []})
     start_epoch: int = 1
     best: Dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "acc": -1.0})
+    forward: Any = None                # what the training step calls: the model, or its compiled version
 
 
 @dataclass
@@ -154,14 +155,15 @@ def _log(msg: str, d: Dist) -> None:
 
 
 # ---------------------------------------------------------------- steps
-def load_resume(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
-    """last.pt to continue from (its recipe is checked once the data is loaded: check_recipe)."""
+def load_resume(cfg: TrainConfig, allow_finished: bool = False) -> Optional[Dict[str, Any]]:
+    """last.pt to continue from (its recipe is checked once the data is loaded: check_recipe).
+    allow_finished: a run that already has all its epochs only writes its summary again (compare)."""
     if not cfg.resume:
         return None
     ck = load_checkpoint(cfg.resume)
     if "optimizer" not in ck:
         raise UserError(f"{cfg.resume} has no optimizer state (a best.pt?); resume from last.pt")
-    if ck["epoch"] >= cfg.epochs:
+    if ck["epoch"] >= cfg.epochs and not allow_finished:
         raise UserError(f"{cfg.resume} has already run {ck['epoch']} epochs; pass --epochs above {ck['epoch']} "
                         f"to continue it")
     return ck
@@ -242,7 +244,26 @@ def make_state(cfg: TrainConfig, data: Data, device: torch.device, d: Dist,
         _log(f"resumed from {cfg.resume} at epoch {st.start_epoch}", d)
     if d.world > 1:
         st.model = nn.parallel.DistributedDataParallel(model)
+    st.forward = compile_model(st.model) if cfg.compile else st.model
     return st
+
+
+def compile_model(model: nn.Module):
+    """torch.compile for training: the forward and backward become fused kernels (inductor; C++ on CPU).
+
+    fallback_random keeps dropout on torch's own generator, so a compiled run draws the same masks as an
+    eager one and resumes exactly. The first steps pay the compilation (about a minute on 2 cores).
+    """
+    import torch._inductor.config as inductor_config
+    inductor_config.fallback_random = True
+    return torch.compile(model, dynamic=False)
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device, amp: bool) -> Optional[torch.dtype]:
+    """The training forward's autocast dtype: fp16 for CUDA mixed precision, bf16 when asked, else None."""
+    if amp:
+        return torch.float16
+    return torch.bfloat16 if cfg.precision == "bf16" else None
 
 
 def train_epoch(cfg: TrainConfig, st: State, data: Data, device: torch.device, d: Dist, epoch: int,
@@ -256,32 +277,39 @@ def train_epoch(cfg: TrainConfig, st: State, data: Data, device: torch.device, d
         batches = iterate_reference(data.train, tf, cfg.batch_size, cfg.workers, order, device)
     n_batches = -(-len(order) // cfg.batch_size)
     bar = _progress_bar(n_batches, f"epoch {epoch}/{cfg.epochs}") if progress and d.main else None
-    amp = st.scaler.is_enabled()
+    dtype = autocast_dtype(cfg, device, st.scaler.is_enabled())
     st.model.train()
-    loss_sum, count = 0.0, 0.0
-    correct = torch.zeros((), dtype=torch.int64, device=device)  # summed on the device: no extra sync
+    # per-step losses and the correct count stay on the device; one host sync per log line and epoch
+    losses: List[torch.Tensor] = []
+    sizes: List[int] = []
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     for i, (x, y) in enumerate(batches, 1):
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            logits = st.model(x)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = st.forward(x)
             loss = F.cross_entropy(logits.float(), y)
         st.opt.zero_grad(set_to_none=True)
         st.scaler.scale(loss).backward()
         st.scaler.step(st.opt)
         st.scaler.update()
-        li = loss.item()
-        st.history["iter_loss"].append(li)
-        loss_sum += li * len(y)
+        losses.append(loss.detach())
+        sizes.append(len(y))
         correct += (logits.argmax(1) == y).sum()
-        count += len(y)
+        shown = bar is not None and (i % 20 == 0 or i == n_batches)
+        if shown or (bar is None and cfg.log_every and i % cfg.log_every == 0):
+            li = losses[-1].item()
+            if bar is not None:
+                bar.set_postfix(loss=f"{li:.3f}")
+            else:
+                _log(f"  epoch {epoch} batch {i}/{n_batches} loss {li:.4f}", d)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{li:.3f}")
-        elif cfg.log_every and i % cfg.log_every == 0:
-            _log(f"  epoch {epoch} batch {i}/{n_batches} loss {li:.4f}", d)
     if bar is not None:
         bar.close()
-    loss_sum, corr, count = all_sum([loss_sum, float(correct.item()), count], d, device)
-    return {"loss": loss_sum / max(count, 1), "acc": 100.0 * corr / max(count, 1), "count": count}
+    step_loss = torch.stack(losses).cpu().double() if losses else torch.zeros(0, dtype=torch.float64)
+    st.history["iter_loss"].extend(step_loss.tolist())
+    loss_sum = float((step_loss * torch.tensor(sizes, dtype=torch.float64)).sum())
+    loss_sum, corr, n = all_sum([loss_sum, float(correct.item()), float(sum(sizes))], d, device)
+    return {"loss": loss_sum / max(n, 1), "acc": 100.0 * corr / max(n, 1), "count": n}
 
 
 def evaluate_split(cfg: TrainConfig, st: State, data: Data, split: Split, device: torch.device,
@@ -320,14 +348,31 @@ def save(cfg: TrainConfig, st: State, data: Data, out: Path, d: Dist, epoch: int
     write_history(st.history, out)
 
 
-def fit(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+def check_precision(cfg: TrainConfig, device: torch.device) -> None:
+    """bf16 on a CPU only where it runs in hardware: elsewhere torch emulates it, slower than fp32."""
+    if cfg.precision == "bf16" and device.type == "cpu":
+        from ..core.hardware import cpu_name, has_bf16
+        if not has_bf16():
+            raise UserError(f"--precision bf16: this CPU ({cpu_name()}) has neither AVX512-BF16 nor AMX, so bf16 "
+                            f"would be emulated and slower than fp32; train with --precision fp32")
+
+
+def stop_early(cfg: TrainConfig, st: State, epoch: int) -> bool:
+    """True when the selection accuracy has not improved for cfg.early_stop epochs."""
+    return bool(cfg.early_stop) and epoch - st.best["epoch"] >= cfg.early_stop
+
+
+def fit(cfg: TrainConfig, progress: bool = True, allow_finished: bool = False) -> TrainResult:
     """Train per cfg, write checkpoints, history and plots to cfg.out; returns the summary."""
     validate(cfg)
     device = resolve_device(cfg.device)
+    check_precision(cfg, device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     d = init_distributed(device)
     out = Path(cfg.out)
     ensure_writable_dir(out, option="--out")                              # every rank: no rank-0-only failure
-    resume = load_resume(cfg)
+    resume = load_resume(cfg, allow_finished)
     data = make_data(cfg, device, d, progress, out)
     amp = cfg.amp and device.type == "cuda"
     recipe = cfg.recipe(d.world, amp, data_fingerprint(cfg, data))
@@ -338,9 +383,13 @@ def fit(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     _log(f"{cfg.model} ({n_params:,} params, input {'x'.join(map(str, data.info.input_size))}) on {data.info.name} [{len(data.train.labels)} train / "
          f"{len(data.val.labels) if data.val is not None else 0} val / {len(data.test.labels)} test, "
          f"{data.info.source}], device {device}, world {d.world}, augment {data.aug_name}, pipeline {cfg.pipeline}, "
+         f"{cfg.precision}{' (CUDA fp16 autocast)' if amp else ''}{', compiled' if cfg.compile else ''}, "
+         f"{torch.get_num_threads()} threads, "
          f"selecting on {sel}", d)
     epoch_times: List[float] = []
     for epoch in range(st.start_epoch, cfg.epochs + 1):
+        if stop_early(cfg, st, epoch - 1):                                # also a resumed run that had stopped
+            break
         t0 = time.perf_counter()
         tr = train_epoch(cfg, st, data, device, d, epoch, progress)
         sync_buffers(st.model, d)                                         # one model to score and save
@@ -372,6 +421,9 @@ def fit(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             if failure is not None:
                 raise failure
             raise UserError("rank 0 could not save the checkpoint; see its error above")
+        if epoch < cfg.epochs and stop_early(cfg, st, epoch):
+            _log(f"stopping early: {'validation' if cfg.select_on == 'val' else 'test'} accuracy has not improved for {cfg.early_stop} epochs "
+                 f"(best {st.best['acc']:.2f}% at epoch {st.best['epoch']})", d)
     result = finish(cfg, st, data, out, d, n_params, epoch_times, recipe, changed)
     if d.world > 1:
         import torch.distributed as dist
@@ -387,14 +439,16 @@ def finish(cfg: TrainConfig, st: State, data: Data, out: Path, d: Dist, n_params
     selected = {"split": cfg.select_on, "val_split": cfg.val_split if cfg.select_on == "val" else None,
                 "epoch": best_row.get("epoch"), "val_acc": best_row.get("val_acc"),
                 "test_acc": best_row.get("test_acc"), "test_loss": best_row.get("test_loss")}
+    seconds = [r["seconds"] for r in rows] or epoch_times          # every epoch, also those before a resume
     result = TrainResult(out, selected, rows[-1] if rows else {}, st.history, n_params,
-                         sum(epoch_times) / max(len(epoch_times), 1), getattr(st.model, "module", st.model).eval())
+                         sum(seconds) / max(len(seconds), 1), getattr(st.model, "module", st.model).eval())
     if d.main:
         from .plots import plot_history
         plot_history(st.history, out)
         summary = {"model": cfg.model, "dataset": data.info.name, "params": n_params, "selected": selected,
                    "test_acc": selected["test_acc"], "final": result.final,
                    "seconds_per_epoch": result.seconds_per_epoch, "out": str(out), "recipe": recipe,
+                   "early_stop": cfg.early_stop, "stopped_early": bool(rows) and rows[-1]["epoch"] < cfg.epochs,
                    "recipe_changed": changed}
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return result
