@@ -22,6 +22,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import click
 import pytest
 
+from sedeploy.core.hardware import has_bf16
+
 from conftest import assert_one_line_error
 from sedeploy.cli import cli
 
@@ -329,21 +331,45 @@ def test_makefile_demo_runs_on_tiny_data(run_cli, fmnist_dir, tmp_path, monkeypa
 
 
 def test_bench_train_runs(run_cli, fmnist_dir):
-    """README: `sedeploy bench-train --rgb`; BENCHMARKS: `bench-train --batches 60 --augment light` (tiny sizes).
-    Each run times 3 pipelines x (5 warm-up + 2) training steps: a few seconds."""
+    """README: `sedeploy bench-train --rgb`; BENCHMARKS: `bench-train --augment light` (tiny sizes, no
+    compilation: the compiled rows are timed by test_bench_train_compiled_row, slow)."""
     r = run_cli("bench-train", "--rgb", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir, "--batches", "2",
-                "--batch-size", "8", "--workers", "0", "--device", "cpu", "--json")
+                "--batch-size", "8", "--workers", "0", "--device", "cpu", "--steps", "bf16", "--rounds", "2",
+                "--parallel", "2", "--json")
     assert r.code == 0, r.err
     res = json.loads(r.out)
-    assert [x["pipeline"] for x in res["rows"]] == ["reference", "reference+cl", "fast"]
-    assert all(x["images_per_s"] > 0 and x["batches"] == 2 for x in res["rows"])
-    assert res["input"] == [3, 32, 32] and res["augment"] == "reference"
+    names = [x["pipeline"] for x in res["rows"]]
+    bf16 = has_bf16()
+    assert names == ["reference", "reference+cl", "fast"] + ["fast+bf16"] * bf16 + ["fast x2"] + ["fast+bf16 x2"] * bf16
+    assert all(x["images_per_s"] > 0 and x["batches"] == 2 for x in res["rows"]), res["rows"]
+    assert [len(x["per_process"]) for x in res["rows"] if " x2" in x["pipeline"]] == [2] * (1 + bf16)
+    assert res["input"] == [3, 32, 32] and res["augment"] == "reference" and res["rounds"] == 2
+    # the step's FLOPs as torch counts them: forward + backward ~ 3x the forward's 2 x MACs
+    assert 40e6 < res["flops_per_image"] < 100e6
+    assert res["gemm_gflops"]["fp32"] > 1 and 0 < res["breakdown"]["gemm_share"] < 1
+    for x in res["rows"]:
+        assert x["gflops"] == pytest.approx(res["flops_per_image"] * x["images_per_s"] / 1e9)
+        assert x["gemm_share"] == pytest.approx(x["gflops"] / res["gemm_gflops"][x["gemm_rate"]])
+    assert (not bf16) == any("bf16 rows skipped" in n for n in res["notes"])
     r = run_cli("bench-train", "--augment", "light", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir,
-                "--batches", "1", "--batch-size", "8", "--workers", "0", "--device", "cpu")
+                "--batches", "1", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--steps", "",
+                "--rounds", "1", "--parallel", "0")
     assert r.code == 0, r.err
     lines = r.out.splitlines()
     assert [ln.split(":")[0].strip() for ln in lines[:3]] == ["reference", "reference+cl", "fast"]
-    assert lines[3].startswith("speed-up:")
+    assert lines[3].startswith("breakdown (fast, fp32, eager):") and lines[-1].startswith("speed-up:")
+    r = run_cli("bench-train", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir, "--steps", "fp8")
+    assert_one_line_error(r, "unknown step configuration fp8", "compile, bf16, compile+bf16")
+
+
+@pytest.mark.slow  # one compilation of the training step (~1 min on 2 cores)
+def test_bench_train_compiled_row(run_cli, fmnist_dir):
+    r = run_cli("bench-train", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir, "--batches", "2",
+                "--batch-size", "8", "--workers", "0", "--device", "cpu", "--steps", "compile", "--rounds", "1",
+                "--parallel", "0", "--json")
+    assert r.code == 0, r.err
+    rows = {x["pipeline"]: x for x in json.loads(r.out)["rows"]}
+    assert rows["fast+compile"]["images_per_s"] > 0
 
 
 def test_bench_train_too_few_images_is_one_line(run_cli, fmnist_dir):

@@ -179,17 +179,18 @@ def test_compare_resumes_an_unfinished_run_exactly(fmnist_dir, tmp_path):
 
 
 def test_compare_jobs_runs_in_processes_with_the_same_results(fmnist_dir, tmp_path):
+    """Three runs on two processes: a process takes a second run after its first (each run in a fresh one)."""
     base = dict(limit_train=200, limit_test=64, threads=1)
     logs = []
-    par = compare(cfg(fmnist_dir, tmp_path / "par", **base), ("cnn",), seeds=(0, 1), progress=False,
+    par = compare(cfg(fmnist_dir, tmp_path / "par", **base), ("cnn",), seeds=(0, 1, 2), progress=False,
                   log=logs.append, jobs=2)
-    seq = compare(cfg(fmnist_dir, tmp_path / "seq", **base), ("cnn",), seeds=(0, 1), progress=False,
+    seq = compare(cfg(fmnist_dir, tmp_path / "seq", **base), ("cnn",), seeds=(0, 1, 2), progress=False,
                   log=lambda m: None, jobs=1)
     assert [r["test_acc"] for r in par["runs"]] == [r["test_acc"] for r in seq["runs"]]
-    for s in (0, 1):
+    for s in (0, 1, 2):
         log = (tmp_path / "par" / f"seed{s}" / "cnn" / "train.log").read_text()
         assert "epoch   1/1" in log and "1 threads" in log
-    assert sum("queued" in m for m in logs) == 2 and sum("done, test" in m for m in logs) == 2
+    assert sum("queued" in m for m in logs) == 3 and sum("done, test" in m for m in logs) == 3
 
 
 def test_compare_jobs_reports_a_failed_run_and_keeps_the_others(fmnist_dir, tmp_path):

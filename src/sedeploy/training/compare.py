@@ -77,7 +77,7 @@ def compare(base: TrainConfig, models: Sequence[str] = ("cnn", "se_cnn"), seeds:
     for seed in seeds:
         for name in models:
             cfg = dataclasses.replace(base, model=name, seed=seed, out=str(out / f"seed{seed}" / name), resume=None)
-            summary = _finished(cfg)
+            summary = finished_run(cfg)
             if summary is not None:
                 log(f"== {name}, seed {seed}: reusing the finished run in {cfg.out} ==")
                 summaries[(name, seed)] = summary
@@ -87,7 +87,7 @@ def compare(base: TrainConfig, models: Sequence[str] = ("cnn", "se_cnn"), seeds:
                 cfg = dataclasses.replace(cfg, resume=str(last))
             todo.append(cfg)
     if jobs > 1 and len(todo) > 1:
-        summaries.update(_run_parallel(todo, jobs, log))
+        summaries.update(run_parallel(todo, jobs, log))
     else:
         for cfg in todo:
             log(f"== {cfg.model}, seed {cfg.seed}{' (resuming ' + cfg.resume + ')' if cfg.resume else ''} ==")
@@ -121,21 +121,30 @@ def _run_one(cfg: TrainConfig, progress: bool) -> Dict[str, Any]:
 
 
 def _child(cfg: TrainConfig) -> Dict[str, Any]:
-    """A --jobs process: its output goes to the run's train.log (the file descriptors too, so that
-    torch's and the compiler's messages land there), one run at a time."""
+    """A --jobs process (one per run): its output goes to the run's train.log, the file descriptors too,
+    so that torch's and the compiler's messages land there."""
     import sys
     log_path = Path(cfg.out) / "train.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2), sys.stdout, sys.stderr)
     with open(log_path, "a", buffering=1) as f:
-        sys.stdout.flush()
-        sys.stderr.flush()
         os.dup2(f.fileno(), 1)
         os.dup2(f.fileno(), 2)
         sys.stdout = sys.stderr = f
-        return _run_one(cfg, progress=False)
+        try:
+            return _run_one(cfg, progress=False)
+        finally:
+            f.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            sys.stdout, sys.stderr = saved[2], saved[3]
 
 
-def _run_parallel(todo: List[TrainConfig], jobs: int, log: Callable[[str], None]) -> Dict[tuple, Dict[str, Any]]:
+def run_parallel(todo: List[TrainConfig], jobs: int, log: Callable[[str], None]) -> Dict[tuple, Dict[str, Any]]:
     """Run the configs `jobs` at a time in spawned processes, cores split evenly between them."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -143,7 +152,8 @@ def _run_parallel(todo: List[TrainConfig], jobs: int, log: Callable[[str], None]
     todo = [c if c.threads else dataclasses.replace(c, threads=threads) for c in todo]
     done: Dict[tuple, Dict[str, Any]] = {}
     errors: List[str] = []
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+    # a fresh process per run: nothing (threads, compiler state, generators) carries from one run to the next
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as pool:
         futures = {}
         for cfg in todo:
             futures[pool.submit(_child, cfg)] = cfg
@@ -165,7 +175,7 @@ def _run_parallel(todo: List[TrainConfig], jobs: int, log: Callable[[str], None]
     return done
 
 
-def _finished(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
+def finished_run(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
     """summary.json of a completed run of exactly this recipe and length, else None."""
     p = Path(cfg.out) / "summary.json"
     try:
@@ -266,4 +276,5 @@ def plot_curves(res: Dict[str, Any], out: Path, path: Path) -> Path:
     return _save(fig, path)
 
 
-__all__ = ["compare", "summarize", "paired_ci", "format_table", "plot_comparison", "plot_curves"]
+__all__ = ["compare", "summarize", "paired_ci", "format_table", "plot_comparison", "plot_curves", "finished_run",
+           "run_parallel"]
