@@ -20,7 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 from sedeploy.serve.protocol import (DATATYPES, HEADER_LENGTH, InferRequest, ProtocolError,  # noqa: E402
                                      element_count, parse_infer_request)
 
-SEEN = {"parser": 0, "accepted": 0, "app": 0}
+SEEN = {"parser": 0, "accepted": 0, "app": 0, "bounded": 0}
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
                       st.text(max_size=6))
 json_value = st.recursive(json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),
@@ -124,6 +124,40 @@ def test_parser_answers_every_request(case):
     check_parse(*case)
 
 
+def _json_part(body: bytes, header) -> int:
+    """The JSON part's length as the parser finds it (-1: the header length itself is refused)."""
+    if header is None:
+        return len(body)
+    try:
+        n = int(header)
+    except ValueError:
+        return -1
+    return n if 0 <= n <= len(body) else -1
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(st.one_of(request(), valid_request()), st.integers(0, 400), st.integers(0, 8))
+def test_parser_bounds_hold_before_the_work(case, max_header, max_count):
+    """With the server's bounds (a JSON-part limit, a model check per input): every accepted input passed the
+    check, every refusal is a 4xx, and a JSON part over the limit is always 413."""
+    body, header = case
+    checked = []
+
+    def model_check(name, datatype, shape):
+        checked.append(name)
+        if datatype == "BYTES" or element_count(shape) > max_count:
+            raise ProtocolError(f"input '{name}' is not what the model takes")
+    SEEN["bounded"] += 1
+    try:
+        r = parse_infer_request(body, header, max_header, model_check)
+    except ProtocolError as e:
+        assert 400 <= e.status < 500 and "\n" not in str(e)
+        if _json_part(body, header) > max_header:
+            assert e.status == 413, str(e)
+        return
+    assert all(t.name in checked and t.datatype != "BYTES" and t.array.size <= max_count for t in r.inputs)
+
+
 @pytest.mark.parametrize("shape", [[2**32, 2**32], [2**63, 2], [2**64], [10**30, 0, 5], [1] * 65, [3, -1]])
 def test_overflowing_and_impossible_shapes_are_400(shape):
     """Empty data too: np.prod([2**32, 2**32]) wraps to 0, which an empty tensor would 'fill'."""
@@ -169,5 +203,5 @@ def test_the_app_never_answers_500(client, case):
 def test_report_case_counts(capsys):
     with capsys.disabled():
         print(f"\nprotocol fuzzing: {SEEN['parser']} parser cases ({SEEN['accepted']} accepted), "
-              f"{SEEN['app']} requests through the app")
+              f"{SEEN['bounded']} with the server's bounds, {SEEN['app']} requests through the app")
     assert SEEN["parser"] >= 1000 and SEEN["accepted"] >= 100

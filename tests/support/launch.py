@@ -47,7 +47,7 @@ class ServerProcess:
         env = dict(os.environ if self.env is None else self.env)
         env["PYTHONUNBUFFERED"] = "1"
         # the child imports this very sedeploy (a checkout's src/, not another install)
-        src = str(Path(__file__).resolve().parents[2])
+        src = str(Path(__file__).resolve().parents[2] / "src")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen([sys.executable, "-c", code, "serve", *args], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, env=env)

@@ -94,7 +94,7 @@ async def infer(request: Request) -> Response:
     t0 = time.perf_counter_ns()
     body = await read_body(request, st.max_body)
     try:
-        req = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+        req = parse_infer_request(body, request.headers.get(HEADER_LENGTH), m.max_json_bytes(st.max_body), m.check_input)
         inputs, n = m.check_inputs(req)
         m.validate_outputs(req)
         outs = await m.batcher.submit(inputs, n)

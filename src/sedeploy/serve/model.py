@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,11 @@ from ..core import tritonconfig as tc
 from ..runtime.options import ModelOptions
 from .batcher import DynamicBatcher
 from .protocol import InferRequest, ProtocolError, RequestedOutput, classify
+
+
+# a number in a JSON request: "-1.2345678901234567e-05, " is 25 bytes; pretty-printed nesting adds indentation
+JSON_BYTES_PER_VALUE = 64
+JSON_SLACK = 64 << 10          # names, shapes, parameters, outputs
 
 
 def default_threads() -> int:
@@ -155,31 +161,49 @@ class ServedModel:
                 or tc.PLATFORM,
                 "inputs": [view(t) for t in self.inputs], "outputs": [view(t) for t in self.outputs]}
 
+    def check_input(self, name: str, datatype: str, shape: List[int]) -> None:
+        """One request input's name, datatype and shape vs the model (as Triton checks them), before its data
+        is decoded (protocol.parse_infer_request's check_input): ProtocolError when the model cannot take it."""
+        s = next((s for s in self.inputs if s.name == name), None)
+        if s is None:
+            raise ProtocolError(f"unexpected inference input '{name}' for model '{self.name}'; it takes "
+                                f"{', '.join(s.name for s in self.inputs)}")
+        if datatype != s.datatype:
+            raise ProtocolError(f"inference input '{s.name}' data-type is '{datatype}', but model "
+                                f"'{self.name}' expects '{s.datatype}'")
+        want = [-1, *s.shape[1:]] if self.max_batch_size else list(s.shape)
+        if len(shape) != len(want) or any(w != -1 and w != g for w, g in zip(want, shape)):
+            raise ProtocolError(f"unexpected shape for input '{s.name}' for model '{self.name}'. "
+                                f"Expected {want}, got {str(shape)[:200]}")
+        if self.max_batch_size and not 1 <= shape[0] <= self.max_batch_size:
+            raise ProtocolError(f"inference request batch-size must be <= {self.max_batch_size} for "
+                                f"'{self.name}', got {shape[0]}")
+
+    def max_json_bytes(self, limit: int) -> int:
+        """The most bytes a request's JSON part may take for this model (at most `limit`): the largest batch
+        of every input at JSON_BYTES_PER_VALUE a number, plus room for the rest; `limit` where that has no
+        bound (BYTES inputs, dynamic dimensions besides the batch)."""
+        values = 0
+        for s in self.inputs:
+            dims = s.shape[1:] if self.max_batch_size else s.shape
+            if s.datatype == "BYTES" or any(d < 0 for d in dims):
+                return limit
+            values += max(1, self.max_batch_size) * math.prod(dims)
+        return min(limit, JSON_SLACK + JSON_BYTES_PER_VALUE * values)
+
     def check_inputs(self, req: InferRequest) -> Tuple[Dict[str, np.ndarray], int]:
         """Request tensors vs the model (as Triton checks them) -> ({name: array}, batch size)."""
         got = {t.name: t for t in req.inputs}
-        for name in got:
-            if name not in {s.name for s in self.inputs}:
-                raise ProtocolError(f"unexpected inference input '{name}' for model '{self.name}'; it takes "
-                                    f"{', '.join(s.name for s in self.inputs)}")
+        for t in req.inputs:
+            self.check_input(t.name, t.datatype, t.shape)
         batch = 1
         out = {}
         for s in self.inputs:
             t = got.get(s.name)
             if t is None:
                 raise ProtocolError(f"expected input '{s.name}' for model '{self.name}'")
-            if t.datatype != s.datatype:
-                raise ProtocolError(f"inference input '{s.name}' data-type is '{t.datatype}', but model "
-                                    f"'{self.name}' expects '{s.datatype}'")
-            want = [-1, *s.shape[1:]] if self.max_batch_size else list(s.shape)
-            if len(t.shape) != len(want) or any(w != -1 and w != g for w, g in zip(want, t.shape)):
-                raise ProtocolError(f"unexpected shape for input '{s.name}' for model '{self.name}'. "
-                                    f"Expected {want}, got {t.shape}")
             if self.max_batch_size:
                 n = t.shape[0]
-                if not 1 <= n <= self.max_batch_size:
-                    raise ProtocolError(f"inference request batch-size must be <= {self.max_batch_size} for "
-                                        f"'{self.name}', got {n}")
                 if out and n != batch:
                     raise ProtocolError(f"inputs of model '{self.name}' disagree on the batch size")
                 batch = n

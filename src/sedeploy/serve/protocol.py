@@ -17,7 +17,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -65,10 +65,14 @@ def _require(cond: bool, message: str) -> None:
         raise ProtocolError(message)
 
 
-def decode_bytes(raw: bytes) -> np.ndarray:
-    """BYTES tensor bytes (4-byte little-endian length + the bytes, per element) -> object array."""
+def decode_bytes(raw: bytes, max_items: Optional[int] = None) -> np.ndarray:
+    """BYTES tensor bytes (4-byte little-endian length + the bytes, per element) -> object array.
+    `max_items`: the elements the shape declares; more is an error found before they are all made (a
+    64 MB body of empty elements would be 16 M Python objects and seconds of work on the event loop)."""
     items, pos = [], 0
     while pos < len(raw):
+        _require(max_items is None or len(items) < max_items,
+                 f"BYTES tensor data holds more than the {max_items} elements its shape declares")
         _require(pos + 4 <= len(raw), "BYTES tensor data ends inside an element's length prefix")
         (n,) = struct.unpack_from("<I", raw, pos)
         _require(pos + 4 + n <= len(raw), "BYTES tensor data ends inside an element")
@@ -101,7 +105,9 @@ def decode_tensor(name: str, datatype: str, shape: List[int], data: Any = None, 
     count = element_count(shape)
     if raw is not None:
         if datatype == "BYTES":
-            a = decode_bytes(raw)
+            _require(len(raw) >= 4 * count, f"input '{name}': binary data of {len(raw)} bytes cannot hold the {count} "
+                     f"BYTES elements of shape {str(shape)[:80]} (4 bytes each at least)")
+            a = decode_bytes(raw, count)
         else:
             _require(len(raw) == count * dtype.itemsize,
                      f"input '{name}': binary data of {len(raw)} bytes does not match shape {shape} of {datatype} "
@@ -125,8 +131,18 @@ def _params(obj: Dict[str, Any], where: str) -> Dict[str, Any]:
     return p
 
 
-def parse_infer_request(body: bytes, header_length: Optional[str] = None) -> InferRequest:
-    """A POST .../infer body (+ its Inference-Header-Content-Length header, if any) -> InferRequest."""
+CheckInput = Callable[[str, str, List[int]], None]
+
+
+def parse_infer_request(body: bytes, header_length: Optional[str] = None, max_header: Optional[int] = None,
+                        check_input: Optional[CheckInput] = None) -> InferRequest:
+    """A POST .../infer body (+ its Inference-Header-Content-Length header, if any) -> InferRequest.
+
+    Bounds checked before the work they bound (the server's memory and its event loop): `max_header`,
+    the most bytes the JSON part may have (413 above: parsing JSON numbers takes ~10x their bytes in
+    Python objects); `check_input(name, datatype, shape)`, called for each input before its data is
+    decoded, raises ProtocolError for a tensor the model cannot take (so a BYTES tensor or a huge shape
+    is refused before it is built)."""
     if header_length is None:
         head, rest = body, b""
     else:
@@ -136,6 +152,9 @@ def parse_infer_request(body: bytes, header_length: Optional[str] = None) -> Inf
             raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {header_length[:40]!r}") from None
         _require(0 <= n <= len(body), f"{HEADER_LENGTH} {n} is outside the body of {len(body)} bytes")
         head, rest = body[:n], body[n:]
+    if max_header is not None and len(head) > max_header:
+        raise ProtocolError(f"the request's JSON is {len(head):,} bytes; this model's largest request needs at most "
+                            f"{max_header:,} in JSON; send fewer or binary tensors (binary_data_size)", 413)
     try:
         req = json.loads(head)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -159,6 +178,8 @@ def parse_infer_request(body: bytes, header_length: Optional[str] = None) -> Inf
         _require(len(shape) <= MAX_DIMS, f"input '{name}': shape has {len(shape)} dimensions; at most {MAX_DIMS}")
         _require(math.prod(d for d in shape if d) < 2**63, f"input '{name}': shape {str(shape)[:80]} is larger than "
                  f"any tensor can be (more than 2**63 elements even without its zero dimensions)")
+        if check_input is not None:
+            check_input(name, dt, shape)
         size = _params(t, f"input '{name}'").get("binary_data_size")
         if size is not None:
             _require(isinstance(size, int) and not isinstance(size, bool) and size >= 0,
