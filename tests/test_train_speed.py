@@ -110,14 +110,18 @@ def test_bf16_training_run_learns_and_saves_fp32(fmnist_dir, tmp_path):
 @pytest.mark.slow  # two compilations of the training step: ~1-2 min on 2 cores
 def test_compiled_training_equals_eager(fmnist_dir, tmp_path):
     """torch.compile changes the kernels, not the recipe: the same dropout masks (fallback_random) and the
-    same weights up to fp32 reassociation (tolerance 1e-4 after 4 Adam steps, observed ~1e-6)."""
+    same weights up to fp32 reassociation. Tolerances: losses per step within 1e-3 relative (other masks
+    move step 2's loss by ~1e-2; observed 2e-5 to 1e-4); weights: median |diff| < 1e-5 (observed 1e-7) and
+    < 10 % of them differ by > 1e-5 (observed 4 %): Adam turns a rounding-level difference of a near-zero
+    gradient into up to a step (~lr) on a few weights, so the largest difference is not a useful bound."""
     eager = fit(cfg(fmnist_dir, tmp_path / "eager", epochs=1), progress=False)
     comp = fit(cfg(fmnist_dir, tmp_path / "comp", epochs=1, compile=True), progress=False)
     a, b = eager.model.state_dict(), comp.model.state_dict()
     assert a.keys() == b.keys()                                   # no _orig_mod. prefix in the checkpoint
-    for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-4, rtol=1e-4), k
-    assert eager.history["iter_loss"] == pytest.approx(comp.history["iter_loss"], abs=1e-4)
+    diffs = torch.cat([(a[k].float() - b[k].float()).abs().flatten() for k in a if a[k].is_floating_point()])
+    assert diffs.median() < 1e-5 and (diffs > 1e-5).float().mean() < 0.1
+    assert all(torch.equal(a[k], b[k]) for k in a if not a[k].is_floating_point())   # BN batch counts
+    assert comp.history["iter_loss"] == pytest.approx(eager.history["iter_loss"], rel=1e-3)
     ck = torch.load(tmp_path / "comp" / "last.pt", weights_only=True)
     assert set(ck["state_dict"]) == set(a)
     # compile is not part of the recipe: an eager run resumes a compiled one
