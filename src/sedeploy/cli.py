@@ -149,7 +149,8 @@ def _train_options(f=None, *, exclude: Sequence[str] = ()):
         "precision": click.option("--precision", type=click.Choice(PRECISIONS), default=d.precision,
                                   show_default=True,
                                   help="bf16: autocast the training step to bfloat16 (CPUs with AVX512-BF16 or "
-                                       "AMX; gated in docs/BENCHMARKS.md 15). Evaluation and checkpoints stay fp32."),
+                                       "AMX), an opt-in variant: its gate against fp32 is in docs/BENCHMARKS.md "
+                                       "15.1. Evaluation and checkpoints stay fp32."),
         "compile": click.option("--compile", "compile", is_flag=True,
                                 help="torch.compile the training step (fused kernels; about a minute to compile)."),
         "threads": click.option("--threads", type=click.IntRange(min=1), default=None,
