@@ -214,3 +214,26 @@ def test_compare_reuses_a_run_that_stopped_early(fmnist_dir, tmp_path, monkeypat
         monkeypatch.setattr(loop, "fit", lambda *a, **k: pytest.fail("retrained a run that had stopped early"))
     again = compare(c, ("cnn",), seeds=(0,), progress=False, log=lambda m: None)
     assert again["runs"] == first["runs"]
+
+
+def test_compare_status_reports_without_training(fmnist_dir, tmp_path, monkeypatch):
+    from sedeploy.training.compare import status
+    tmp_path = tmp_path / "cmp"
+    c = cfg(fmnist_dir, tmp_path, limit_train=200)
+    with pytest.raises(UserError, match="does not exist"):
+        status(c, ("cnn",), seeds=(0,), log=lambda m: None)
+    compare(c, ("cnn", "se_cnn"), seeds=(0, 1), progress=False, log=lambda m: None)
+    import sedeploy.training.loop as loop
+    monkeypatch.setattr(loop, "fit", lambda *a, **k: pytest.fail("status trained"))
+    (tmp_path / "curves.png").unlink()
+    logs = []
+    res = status(c, ("cnn", "se_cnn"), seeds=(0, 1, 2), log=logs.append)       # seed 2: never started
+    states = {(r["model"], r["seed"]): r["state"] for r in res["status"]}
+    assert states == {("cnn", 0): "finished", ("se_cnn", 0): "finished", ("cnn", 1): "finished",
+                      ("se_cnn", 1): "finished", ("cnn", 2): "not started", ("se_cnn", 2): "not started"}
+    assert res["complete_seeds"] == [0, 1] and len(res["partial"]["paired"][0]["diffs"]) == 2
+    assert "Partial: 2 of 3 seeds" in (tmp_path / "comparison-partial.md").read_text()
+    assert (tmp_path / "curves.png").stat().st_size > 0 and len(logs) == 6
+    longer = status(cfg(fmnist_dir, tmp_path, limit_train=200, epochs=3), ("cnn",), seeds=(0,), log=lambda m: None)
+    assert longer["status"][0]["state"] == "in progress" and longer["status"][0]["epochs_done"] == 1
+    assert longer["complete_seeds"] == [] and "partial" not in longer

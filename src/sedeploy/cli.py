@@ -166,7 +166,7 @@ def _train_options(f=None, *, exclude: Sequence[str] = ()):
     return f
 
 
-_NOT_CONFIG = ("no_amp", "no_progress", "as_json", "seeds", "models", "color", "jobs")
+_NOT_CONFIG = ("no_amp", "no_progress", "as_json", "seeds", "models", "color", "jobs", "show_status")
 
 
 def _train_config(kw: dict, **extra):
@@ -219,6 +219,9 @@ def train(**kw) -> None:
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds (at least 2 for a CI).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs trained at once, each in its own process with cores/jobs threads (log: its train.log).")
+@click.option("--status", "show_status", is_flag=True,
+              help="Train nothing: say which runs are finished, in progress or not started, redraw curves.png "
+                   "and print the table over the seeds that have finished.")
 def compare(**kw) -> None:
     """Train models over several seeds; mean, sd and the paired difference with a 95 % CI.
 
@@ -231,11 +234,20 @@ def compare(**kw) -> None:
       sedeploy compare --dataset fashion-mnist --epochs 15 --seeds 0,1,2 --out runs/compare
       sedeploy compare --dataset fashion-mnist --epochs 50 --early-stop 8 --seeds 0,1,2,3,4 --jobs 2
       sedeploy compare --dataset fashion-mnist --epochs 1 --limit-train 2000 --seeds 0,1 --json
+      sedeploy compare --dataset fashion-mnist --epochs 50 --early-stop 6 --seeds 0,1,2,3,4 --status
     """
-    from .training.compare import compare as run_compare, format_table
+    from .training.compare import compare as run_compare, format_table, status
     models = tuple(m.strip() for m in kw["models"].split(",") if m.strip())
     seeds = _int_list(kw["seeds"], "--seeds")
     log = (lambda m: click.echo(m, err=True)) if kw["as_json"] else click.echo
+    if kw["show_status"]:
+        res = status(_train_config(kw), models, seeds, log=log)
+        if kw["as_json"]:
+            _dump_json(res)
+        elif res.get("partial"):
+            click.echo(f"seeds finished: {', '.join(map(str, res['complete_seeds']))}")
+            click.echo(format_table({**res, **res["partial"], "seeds": res["complete_seeds"], "runs": []}))
+        return
     res = run_compare(_train_config(kw), models, seeds, progress=not kw["no_progress"], log=log, jobs=kw["jobs"])
     if kw["as_json"]:
         _dump_json(res)

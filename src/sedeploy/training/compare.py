@@ -111,6 +111,51 @@ def compare(base: TrainConfig, models: Sequence[str] = ("cnn", "se_cnn"), seeds:
     return result
 
 
+def status(base: TrainConfig, models: Sequence[str] = ("cnn", "se_cnn"), seeds: Sequence[int] = (0,),
+           log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Where a comparison stands, without training: each run finished / in progress (its epochs, best
+    selection accuracy so far) / not started; OUT/curves.png redrawn; the table over the seeds whose runs
+    have all finished (`complete_seeds`), written as OUT/comparison-partial.md when that is not every seed."""
+    out = Path(base.out)
+    if not out.is_dir():
+        raise UserError(f"{out} does not exist; start the comparison without --status first")
+    runs, done = [], {}
+    for seed in seeds:
+        for name in models:
+            cfg = dataclasses.replace(base, model=name, seed=seed, out=str(out / f"seed{seed}" / name), resume=None)
+            s = finished_run(cfg)
+            try:
+                rows = json.loads((Path(cfg.out) / "history.json").read_text())["epochs"]
+            except (OSError, json.JSONDecodeError, KeyError):
+                rows = []
+            key = "val_acc" if base.select_on == "val" else "test_acc"
+            best = max(rows, key=lambda r: r[key], default=None)
+            state = "finished" if s is not None else "in progress" if rows else "not started"
+            runs.append({"model": name, "seed": seed, "state": state, "epochs_done": len(rows),
+                         "best_epoch": best["epoch"] if best else None, "best_selection_acc": best[key] if best else None,
+                         "test_acc": s["test_acc"] if s else None})
+            if s is not None:
+                done[(name, seed)] = s
+            log(f"seed {seed} {name:>8}: {state}" + (f", {len(rows)} epoch(s), best {key.split('_')[0]} "
+                                                      f"{best[key]:.2f}% at epoch {best['epoch']}" if best else ""))
+    complete = [sd for sd in seeds if all((m, sd) in done for m in models)]
+    res: Dict[str, Any] = {"dataset": base.dataset, "epochs": base.epochs, "early_stop": base.early_stop,
+                           "seeds": list(seeds), "models": list(models), "selected_on": base.select_on,
+                           "status": runs, "complete_seeds": complete}
+    if complete:
+        part = [{"model": m, "seed": sd, "test_acc": done[(m, sd)]["test_acc"],
+                 "best_epoch": done[(m, sd)]["selected"]["epoch"],
+                 "epochs_run": (done[(m, sd)].get("final") or {}).get("epoch")} for sd in complete for m in models]
+        table = {**res, "seeds": complete, "runs": part, **summarize(part, models, complete)}
+        res["partial"] = {k: table[k] for k in ("per_model", "paired")}
+        if len(complete) < len(seeds):
+            atomic_write_text(out / "comparison-partial.md",
+                              f"Partial: {len(complete)} of {len(seeds)} seeds finished.\n\n" + format_table(table) + "\n")
+    plot_curves({**res, "runs": [{"model": r["model"], "seed": r["seed"], "best_epoch": r["best_epoch"]}
+                                 for r in runs]}, out, out / "curves.png")
+    return res
+
+
 def _run_one(cfg: TrainConfig, progress: bool) -> Dict[str, Any]:
     """Train (or resume) one run; -> its summary as summary.json holds it."""
     from .loop import fit
@@ -268,13 +313,14 @@ def plot_curves(res: Dict[str, Any], out: Path, path: Path) -> Path:
             if best and best["best_epoch"] in xs:
                 ax.plot([best["best_epoch"]], [ys[xs.index(best["best_epoch"])]], "o", color=colours[i % len(colours)],
                         ms=4)
-    stop = f", early stop after {res['early_stop']} epochs without a gain" if res.get("early_stop") else ""
-    ax.set(xlabel="epoch", ylabel=f"{'validation' if key == 'val_acc' else 'test'} accuracy (%)",
-           title=f"{res['dataset']}: {len(res['seeds'])} seed(s) per model{stop}; dot = selected epoch")
+    stop = f"; stop after {res['early_stop']} epochs without a gain" if res.get("early_stop") else ""
+    ax.set(xlabel="epoch", ylabel=f"{'validation' if key == 'val_acc' else 'test'} accuracy (%)")
+    ax.set_title(f"{res['dataset']}, {len(res['seeds'])} seed(s) per model\ndot: the selected epoch{stop}",
+                 fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
 
 
-__all__ = ["compare", "summarize", "paired_ci", "format_table", "plot_comparison", "plot_curves", "finished_run",
+__all__ = ["compare", "status", "summarize", "paired_ci", "format_table", "plot_comparison", "plot_curves", "finished_run",
            "run_parallel"]
