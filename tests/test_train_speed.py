@@ -188,8 +188,10 @@ def test_compare_jobs_runs_in_processes_with_the_same_results(fmnist_dir, tmp_pa
     logs = []
     par = compare(cfg(fmnist_dir, tmp_path / "par", **base), ("cnn",), seeds=(0, 1, 2), progress=False,
                   log=logs.append, jobs=2)
+    before = torch.get_num_threads()
     seq = compare(cfg(fmnist_dir, tmp_path / "seq", **base), ("cnn",), seeds=(0, 1, 2), progress=False,
                   log=lambda m: None, jobs=1)
+    assert torch.get_num_threads() == before                     # --threads holds for the run, not after it
     assert [r["test_acc"] for r in par["runs"]] == [r["test_acc"] for r in seq["runs"]]
     for s in (0, 1, 2):
         log = (tmp_path / "par" / f"seed{s}" / "cnn" / "train.log").read_text()

@@ -367,8 +367,16 @@ def fit(cfg: TrainConfig, progress: bool = True, allow_finished: bool = False) -
     validate(cfg)
     device = resolve_device(cfg.device)
     check_precision(cfg, device)
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _fit(cfg, device, progress, allow_finished)
+    finally:
+        torch.set_num_threads(threads)                                    # the caller's setting, as it was
+
+
+def _fit(cfg: TrainConfig, device: torch.device, progress: bool, allow_finished: bool) -> TrainResult:
     d = init_distributed(device)
     out = Path(cfg.out)
     ensure_writable_dir(out, option="--out")                              # every rank: no rank-0-only failure
