@@ -1,5 +1,6 @@
 """Training at the speed of the CPU (issue 18): bf16 gated and close to fp32, the compiled step equal to
 the eager one, early stopping, compare resuming unfinished runs and running them in parallel processes."""
+import dataclasses
 import json
 
 import pytest
@@ -140,24 +141,57 @@ def test_iteration_losses_are_kept_per_step(fmnist_dir, tmp_path):
     assert n_train["train_loss"] == pytest.approx(mean, rel=1e-9)
 
 
-def test_early_stop_ends_the_run_when_selection_accuracy_stalls(fmnist_dir, tmp_path, monkeypatch):
-    r = fit(cfg(fmnist_dir, tmp_path, epochs=6, early_stop=1, lr=0.05), progress=False)
+def _state(rows, best_epoch):
+    from sedeploy.training.loop import State
+    st = State(None, None, None, None, None)
+    st.history = {"iter_loss": [], "epochs": rows}
+    st.best = {"epoch": best_epoch, "acc": 0.0}
+    return st
+
+
+def test_early_stop_rule_waits_for_the_schedule():
+    """The rule: K epochs without a new best, and within them a learning-rate reduction followed by the
+    schedule's patience + 1 epochs without a new best."""
+    from sedeploy.training.loop import stop_early
+    c = TrainConfig(lr=1e-3, early_stop=3, patience=1)
+    flat = [{"epoch": e, "lr": 1e-3} for e in range(1, 21)]
+    assert not any(stop_early(c, _state(flat, 2), e) for e in range(1, 21))     # never reduced: never stops
+    rows = [{"epoch": e, "lr": 1e-3 if e < 7 else 5e-4} for e in range(1, 17)]  # reduced at the end of epoch 7
+    assert [e for e in range(1, 17) if stop_early(c, _state(rows, 3), e)] == list(range(9, 17))  # 7 + 1 + 1
+    assert not any(stop_early(c, _state(rows, 8), e) for e in range(1, 17))     # best after it: wait for another
+    assert not any(stop_early(TrainConfig(lr=1e-3), _state(rows, 1), e) for e in range(1, 17))  # no --early-stop
+    assert [e for e in range(1, 17) if stop_early(TrainConfig(lr=1e-3, early_stop=6, patience=1), _state(rows, 1), e)] \
+        == list(range(9, 17))                                                  # K = 6 epochs after the best at 1
+
+
+def _plant_evaluation(monkeypatch):
+    """Validation/test figures per epoch planted: accuracy 50, 60, 60, ...; loss 1.0, 0.9, 0.9, ... With
+    patience 0 the schedule halves the learning rate after every epoch from 3 on (no better loss); best is
+    epoch 2, so --early-stop 1 ends the run after epoch 4: the reduction at 3 had its 1 epoch without a gain."""
+    import sedeploy.training.loop as loop
+
+    def planted(cfg, st, data, split, device, d):
+        epoch = len(st.history["epochs"]) + 1
+        return {"loss": 1.0 if epoch == 1 else 0.9, "acc": 50.0 if epoch == 1 else 60.0, "n": len(split.labels)}
+    monkeypatch.setattr(loop, "evaluate_split", planted)
+
+
+def test_early_stop_ends_the_run_by_the_rule(fmnist_dir, tmp_path, monkeypatch):
+    _plant_evaluation(monkeypatch)
+    kw = dict(epochs=8, early_stop=1, patience=0, limit_train=128)
+    r = fit(cfg(fmnist_dir, tmp_path, **kw), progress=False)
     rows = r.history["epochs"]
-    best, last = 0.0, None
-    for row in rows:                                              # the first epoch with no gain ends the run
-        if row["val_acc"] > best:
-            best = row["val_acc"]
-        else:
-            last = row["epoch"]
-            break
-    expected = last if last is not None else 6
-    assert rows[-1]["epoch"] == expected
+    assert [row["lr"] for row in rows] == [1e-3, 1e-3, 5e-4, 2.5e-4]
+    assert rows[-1]["epoch"] == 4 and r.selected["epoch"] == 2
     s = json.loads((tmp_path / "summary.json").read_text())
-    assert s["stopped_early"] == (expected < 6) and s["early_stop"] == 1
-    # resuming a stopped run with the same patience trains no further epoch
-    again = fit(cfg(fmnist_dir, tmp_path, epochs=6, early_stop=1, lr=0.05, resume=str(tmp_path / "last.pt")),
-                progress=False, allow_finished=True)
-    assert len(again.history["epochs"]) == len(rows)
+    assert s["stopped_early"] and s["early_stop"] == 1 and s["early_stop_rule"] == "lr-drop-then-patience"
+    # resuming a stopped run with the same patience trains no further epoch; a longer patience goes on
+    again = fit(cfg(fmnist_dir, tmp_path, resume=str(tmp_path / "last.pt"), **kw), progress=False,
+                allow_finished=True)
+    assert len(again.history["epochs"]) == 4
+    longer = fit(cfg(fmnist_dir, tmp_path, resume=str(tmp_path / "last.pt"), **{**kw, "early_stop": 3}),
+                 progress=False, allow_finished=True)
+    assert longer.history["epochs"][-1]["epoch"] == 5               # 3 epochs after the best at 2
 
 
 def test_compare_resumes_an_unfinished_run_exactly(fmnist_dir, tmp_path):
@@ -209,13 +243,20 @@ def test_compare_jobs_reports_a_failed_run_and_keeps_the_others(fmnist_dir, tmp_
 
 
 def test_compare_reuses_a_run_that_stopped_early(fmnist_dir, tmp_path, monkeypatch):
-    c = cfg(fmnist_dir, tmp_path, epochs=8, early_stop=1, lr=0.05, limit_train=200)
+    _plant_evaluation(monkeypatch)
+    c = cfg(fmnist_dir, tmp_path, epochs=8, early_stop=1, patience=0, limit_train=128)
     first = compare(c, ("cnn",), seeds=(0,), progress=False, log=lambda m: None)
+    assert first["runs"][0]["stopped_early"] and first["runs"][0]["epochs_run"] == 4
     import sedeploy.training.loop as loop
-    if first["runs"][0]["stopped_early"]:
-        monkeypatch.setattr(loop, "fit", lambda *a, **k: pytest.fail("retrained a run that had stopped early"))
+    monkeypatch.setattr(loop, "fit", lambda *a, **k: pytest.fail("retrained a run that had stopped early"))
     again = compare(c, ("cnn",), seeds=(0,), progress=False, log=lambda m: None)
     assert again["runs"] == first["runs"]
+    # a run stopped by another rule (an older sedeploy's) is not finished: it is resumed
+    summary = tmp_path / "seed0" / "cnn" / "summary.json"
+    s = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**s, "early_stop_rule": "no-gain"}))
+    from sedeploy.training.compare import finished_run
+    assert finished_run(dataclasses.replace(c, model="cnn", out=str(tmp_path / "seed0" / "cnn"))) is None
 
 
 def test_compare_status_reports_without_training(fmnist_dir, tmp_path, monkeypatch):

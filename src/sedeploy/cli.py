@@ -156,7 +156,8 @@ def _train_options(f=None, *, exclude: Sequence[str] = ()):
         "threads": click.option("--threads", type=click.IntRange(min=1), default=None,
                                 help="torch threads [one per core]."),
         "early_stop": click.option("--early-stop", type=click.IntRange(min=1), default=None,
-                                   help="Stop when the selection accuracy has not improved for this many epochs."),
+                                   help="Stop when the selection accuracy has not improved for this many epochs and, "
+                                        "within them, the learning rate was reduced and had the schedule's patience + 1 epochs."),
         "no_progress": click.option("--no-progress", is_flag=True, help="No progress bar."),
         "json": click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
     }
@@ -232,7 +233,7 @@ def compare(**kw) -> None:
     \b
     Examples:
       sedeploy compare --dataset fashion-mnist --epochs 15 --seeds 0,1,2 --out runs/compare
-      sedeploy compare --dataset fashion-mnist --epochs 50 --early-stop 8 --seeds 0,1,2,3,4 --jobs 2
+      sedeploy compare --dataset fashion-mnist --epochs 50 --early-stop 6 --seeds 0,1,2,3,4 --jobs 2
       sedeploy compare --dataset fashion-mnist --epochs 1 --limit-train 2000 --seeds 0,1 --json
       sedeploy compare --dataset fashion-mnist --epochs 50 --early-stop 6 --seeds 0,1,2,3,4 --status
     """

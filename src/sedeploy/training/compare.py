@@ -227,7 +227,9 @@ def finished_run(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
         s = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    stopped = s.get("stopped_early") and cfg.early_stop is not None and s.get("early_stop") == cfg.early_stop
+    from .loop import EARLY_STOP_RULE
+    stopped = (s.get("stopped_early") and cfg.early_stop is not None and s.get("early_stop") == cfg.early_stop
+               and s.get("early_stop_rule") == EARLY_STOP_RULE)
     if (s.get("final", {}).get("epoch") != cfg.epochs and not stopped) or s.get("recipe_changed"):
         return None
     import torch

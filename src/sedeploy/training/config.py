@@ -53,7 +53,7 @@ class TrainConfig:
     precision: str = "fp32"            # fp32 | bf16 (autocast; CPU: only where AVX512-BF16 or AMX runs it)
     compile: bool = False              # torch.compile the training forward/backward (same recipe, fused kernels)
     threads: Optional[int] = None      # torch threads (None: torch's default, one per core)
-    early_stop: Optional[int] = None   # stop when the selection accuracy has not improved for this many epochs
+    early_stop: Optional[int] = None   # stop K epochs after the last gain and LR reduction (loop.stop_early)
     patience: int = 3                  # ReduceLROnPlateau
     factor: float = 0.5
     log_every: int = 100               # batches between log lines (0 = epoch lines only)

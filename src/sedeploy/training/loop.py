@@ -357,9 +357,24 @@ def check_precision(cfg: TrainConfig, device: torch.device) -> None:
                             f"would be emulated and slower than fp32; train with --precision fp32")
 
 
+EARLY_STOP_RULE = "lr-drop-then-patience"  # recorded in summary.json: runs stopped by another rule are not reused
+
+
 def stop_early(cfg: TrainConfig, st: State, epoch: int) -> bool:
-    """True when the selection accuracy has not improved for cfg.early_stop epochs."""
-    return bool(cfg.early_stop) and epoch - st.best["epoch"] >= cfg.early_stop
+    """True when, after `epoch`, the run has converged by the --early-stop K rule: the selection accuracy has
+    not improved for K epochs, and within them the schedule has reduced the learning rate and then had its own
+    patience + 1 epochs without a new best. A plateau at one learning rate never stops a run: the schedule has
+    not had its say yet (ReduceLROnPlateau follows the loss, which can keep falling while accuracy stalls)."""
+    if not cfg.early_stop or epoch - st.best["epoch"] < cfg.early_stop:
+        return False
+    lr = cfg.lr
+    for r in st.history["epochs"]:
+        if r["epoch"] > epoch - cfg.patience - 1:
+            break
+        if r["lr"] < lr and r["epoch"] > st.best["epoch"]:
+            return True
+        lr = r["lr"]
+    return False
 
 
 def fit(cfg: TrainConfig, progress: bool = True, allow_finished: bool = False) -> TrainResult:
@@ -430,7 +445,8 @@ def _fit(cfg: TrainConfig, device: torch.device, progress: bool, allow_finished:
                 raise failure
             raise UserError("rank 0 could not save the checkpoint; see its error above")
         if epoch < cfg.epochs and stop_early(cfg, st, epoch):
-            _log(f"stopping early: {'validation' if cfg.select_on == 'val' else 'test'} accuracy has not improved for {cfg.early_stop} epochs "
+            _log(f"stopping early: {'validation' if cfg.select_on == 'val' else 'test'} accuracy has not improved "
+                 f"for {cfg.early_stop} epochs, and not in the {cfg.patience + 1} after the learning rate was reduced "
                  f"(best {st.best['acc']:.2f}% at epoch {st.best['epoch']})", d)
     result = finish(cfg, st, data, out, d, n_params, epoch_times, recipe, changed)
     if d.world > 1:
@@ -456,7 +472,8 @@ def finish(cfg: TrainConfig, st: State, data: Data, out: Path, d: Dist, n_params
         summary = {"model": cfg.model, "dataset": data.info.name, "params": n_params, "selected": selected,
                    "test_acc": selected["test_acc"], "final": result.final,
                    "seconds_per_epoch": result.seconds_per_epoch, "out": str(out), "recipe": recipe,
-                   "early_stop": cfg.early_stop, "stopped_early": bool(rows) and rows[-1]["epoch"] < cfg.epochs,
+                   "early_stop": cfg.early_stop, "early_stop_rule": EARLY_STOP_RULE,
+                   "stopped_early": bool(rows) and rows[-1]["epoch"] < cfg.epochs,
                    "recipe_changed": changed}
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return result
