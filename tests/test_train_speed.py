@@ -55,7 +55,7 @@ def test_bf16_is_part_of_the_recipe(fmnist_dir, tmp_path):
 @needs_bf16
 def test_bf16_step_is_close_to_fp32():
     """Tolerances: bf16 keeps 8 mantissa bits (relative rounding 2**-9 = 0.2 % per op); one step's loss
-    within 1 %, every gradient within 0.98 cosine of fp32's; 30 steps on one batch: same loss within 10 %."""
+    within 1 %, every gradient within 0.98 cosine of fp32's; 15 steps on one batch: same loss within 10 %."""
     torch.manual_seed(0)
     x = torch.randn(64, 1, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (64,))
@@ -83,7 +83,7 @@ def test_bf16_step_is_close_to_fp32():
         torch.manual_seed(1)
         m = create_model("se_cnn", in_channels=1, input_size=32, num_classes=10).eval()
         opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-        for _ in range(30):
+        for _ in range(15):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = F.cross_entropy(m(x).float(), y)
             opt.zero_grad()
@@ -95,16 +95,17 @@ def test_bf16_step_is_close_to_fp32():
 
 @needs_bf16
 def test_bf16_training_run_learns_and_saves_fp32(fmnist_dir, tmp_path):
-    r32 = fit(cfg(fmnist_dir, tmp_path / "fp32", epochs=2, limit_train=None), progress=False)
-    r16 = fit(cfg(fmnist_dir, tmp_path / "bf16", epochs=2, limit_train=None, precision="bf16"), progress=False)
+    r32 = fit(cfg(fmnist_dir, tmp_path / "fp32", epochs=2, limit_train=500), progress=False)
+    r16 = fit(cfg(fmnist_dir, tmp_path / "bf16", epochs=2, limit_train=500, precision="bf16"), progress=False)
     ck = torch.load(tmp_path / "bf16" / "best.pt", weights_only=True)
     assert all(v.dtype in (torch.float32, torch.int64) for v in ck["state_dict"].values())
-    # the same course: training loss per epoch within 2 %, validation loss within 10 % (81 validation images
+    # the same course: training loss per epoch within 2 %, validation loss within 10 % (50 validation images
     # make accuracy too coarse to compare on this size; the real gate is over seeds in BENCHMARKS 15)
     for a, b in zip(r32.history["epochs"], r16.history["epochs"]):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.02)
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=0.1)
-    assert r16.selected["val_acc"] > 50
+    assert r16.history["epochs"][1]["train_loss"] < r16.history["epochs"][0]["train_loss"] * 0.8
+    assert r16.selected["val_acc"] > 25                            # learns: 10 classes, chance 10 %
     assert json.loads((tmp_path / "bf16" / "summary.json").read_text())["recipe"]["precision"] == "bf16"
 
 
@@ -194,6 +195,7 @@ def test_early_stop_ends_the_run_by_the_rule(fmnist_dir, tmp_path, monkeypatch):
     assert longer.history["epochs"][-1]["epoch"] == 5               # 3 epochs after the best at 2
 
 
+@pytest.mark.slow  # six small trainings: ~20-40 s on 2 cores
 def test_compare_resumes_an_unfinished_run_exactly(fmnist_dir, tmp_path):
     """An interrupted comparison (runs with last.pt but fewer epochs) continues from last.pt and ends
     with the weights of an uninterrupted one."""
@@ -216,6 +218,7 @@ def test_compare_resumes_an_unfinished_run_exactly(fmnist_dir, tmp_path):
     assert (tmp_path / "a" / "curves.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # six small trainings, three in spawned processes: ~20-40 s on 2 cores
 def test_compare_jobs_runs_in_processes_with_the_same_results(fmnist_dir, tmp_path):
     """Three runs on two processes: a process takes a second run after its first (each run in a fresh one)."""
     base = dict(limit_train=200, limit_test=64, threads=1)
@@ -233,6 +236,7 @@ def test_compare_jobs_runs_in_processes_with_the_same_results(fmnist_dir, tmp_pa
     assert sum("queued" in m for m in logs) == 3 and sum("done, test" in m for m in logs) == 3
 
 
+@pytest.mark.slow  # two spawned processes: ~20-40 s on 2 cores
 def test_compare_jobs_reports_a_failed_run_and_keeps_the_others(fmnist_dir, tmp_path):
     (tmp_path / "seed1" / "cnn").mkdir(parents=True)
     (tmp_path / "seed1" / "cnn" / "last.pt").write_bytes(b"not a checkpoint")
@@ -259,6 +263,7 @@ def test_compare_reuses_a_run_that_stopped_early(fmnist_dir, tmp_path, monkeypat
     assert finished_run(dataclasses.replace(c, model="cnn", out=str(tmp_path / "seed0" / "cnn"))) is None
 
 
+@pytest.mark.slow  # four small trainings: ~20-40 s on 2 cores
 def test_compare_status_reports_without_training(fmnist_dir, tmp_path, monkeypatch):
     from sedeploy.training.compare import status
     tmp_path = tmp_path / "cmp"
