@@ -92,14 +92,7 @@ def compare(base: TrainConfig, models: Sequence[str] = ("cnn", "se_cnn"), seeds:
         for cfg in todo:
             log(f"== {cfg.model}, seed {cfg.seed}{' (resuming ' + cfg.resume + ')' if cfg.resume else ''} ==")
             summaries[(cfg.model, cfg.seed)] = _run_one(cfg, progress)
-    runs = []
-    for seed in seeds:
-        for name in models:
-            s = summaries[(name, seed)]
-            runs.append({"model": name, "seed": seed, "test_acc": s["test_acc"], "val_acc": s["selected"]["val_acc"],
-                         "best_epoch": s["selected"]["epoch"], "epochs_run": (s.get("final") or {}).get("epoch"),
-                         "stopped_early": s.get("stopped_early", False), "params": s["params"],
-                         "seconds_per_epoch": s["seconds_per_epoch"]})
+    runs = [_run_row(name, seed, summaries[(name, seed)]) for seed in seeds for name in models]
     result = {"dataset": base.dataset, "epochs": base.epochs, "early_stop": base.early_stop, "seeds": list(seeds),
               "models": list(models), "selected_on": base.select_on,
               "recipe": {k: v for k, v in base.recipe().items() if k not in ("model", "seed")},
@@ -143,9 +136,7 @@ def status(base: TrainConfig, models: Sequence[str] = ("cnn", "se_cnn"), seeds: 
                            "seeds": list(seeds), "models": list(models), "selected_on": base.select_on,
                            "status": runs, "complete_seeds": complete}
     if complete:
-        part = [{"model": m, "seed": sd, "test_acc": done[(m, sd)]["test_acc"],
-                 "best_epoch": done[(m, sd)]["selected"]["epoch"],
-                 "epochs_run": (done[(m, sd)].get("final") or {}).get("epoch")} for sd in complete for m in models]
+        part = [_run_row(m, sd, done[(m, sd)]) for sd in complete for m in models]
         table = {**res, "seeds": complete, "runs": part, **summarize(part, models, complete)}
         res["partial"] = {k: table[k] for k in ("per_model", "paired")}
         if len(complete) < len(seeds):
@@ -156,13 +147,19 @@ def status(base: TrainConfig, models: Sequence[str] = ("cnn", "se_cnn"), seeds: 
     return res
 
 
+def _run_row(model: str, seed: int, s: Dict[str, Any]) -> Dict[str, Any]:
+    """A finished run's row of the comparison, from its summary.json."""
+    return {"model": model, "seed": seed, "test_acc": s["test_acc"], "val_acc": s["selected"]["val_acc"],
+            "best_epoch": s["selected"]["epoch"], "epochs_run": (s.get("final") or {}).get("epoch"),
+            "stopped_early": s.get("stopped_early", False), "params": s["params"],
+            "seconds_per_epoch": s["seconds_per_epoch"]}
+
+
 def _run_one(cfg: TrainConfig, progress: bool) -> Dict[str, Any]:
     """Train (or resume) one run; -> its summary as summary.json holds it."""
     from .loop import fit
-    r = fit(cfg, progress=progress, allow_finished=True)
-    return json.loads((Path(cfg.out) / "summary.json").read_text()) if (Path(cfg.out) / "summary.json").is_file() \
-        else {"test_acc": r.test_acc, "selected": r.selected, "params": r.params,
-              "seconds_per_epoch": r.seconds_per_epoch, "final": r.final}
+    fit(cfg, progress=progress, allow_finished=True)                  # one process: it writes summary.json
+    return json.loads((Path(cfg.out) / "summary.json").read_text())
 
 
 def _child(cfg: TrainConfig) -> Dict[str, Any]:
