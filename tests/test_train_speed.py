@@ -160,6 +160,9 @@ def test_early_stop_rule_waits_for_the_schedule():
     rows = [{"epoch": e, "lr": 1e-3 if e < 7 else 5e-4} for e in range(1, 17)]  # reduced at the end of epoch 7
     assert [e for e in range(1, 17) if stop_early(c, _state(rows, 3), e)] == list(range(9, 17))  # 7 + 1 + 1
     assert not any(stop_early(c, _state(rows, 8), e) for e in range(1, 17))     # best after it: wait for another
+    # a reduction at the end of the best epoch itself is not counted (the rule waits for one after the best:
+    # conservative, it never ends a run sooner than documented)
+    assert not any(stop_early(c, _state(rows, 7), e) for e in range(1, 17))
     assert not any(stop_early(TrainConfig(lr=1e-3), _state(rows, 1), e) for e in range(1, 17))  # no --early-stop
     assert [e for e in range(1, 17) if stop_early(TrainConfig(lr=1e-3, early_stop=6, patience=1), _state(rows, 1), e)] \
         == list(range(9, 17))                                                  # K = 6 epochs after the best at 1
@@ -255,12 +258,49 @@ def test_compare_reuses_a_run_that_stopped_early(fmnist_dir, tmp_path, monkeypat
     monkeypatch.setattr(loop, "fit", lambda *a, **k: pytest.fail("retrained a run that had stopped early"))
     again = compare(c, ("cnn",), seeds=(0,), progress=False, log=lambda m: None)
     assert again["runs"] == first["runs"]
-    # a run stopped by another rule (an older sedeploy's) is not finished: it is resumed
-    summary = tmp_path / "seed0" / "cnn" / "summary.json"
-    s = json.loads(summary.read_text())
-    summary.write_text(json.dumps({**s, "early_stop_rule": "no-gain"}))
+    # a saved run is judged by today's rule replayed over its history: under K = 2 it ends after epoch 4 too
+    # (reused); under K = 3 only after epoch 5, so the 4-epoch run has not finished
     from sedeploy.training.compare import finished_run
-    assert finished_run(dataclasses.replace(c, model="cnn", out=str(tmp_path / "seed0" / "cnn"))) is None
+    run = dataclasses.replace(c, model="cnn", out=str(tmp_path / "seed0" / "cnn"))
+    assert finished_run(run) is not None
+    assert finished_run(dataclasses.replace(run, early_stop=2)) is not None
+    assert finished_run(dataclasses.replace(run, early_stop=3)) is None
+    assert finished_run(dataclasses.replace(run, early_stop=None)) is None        # 8 epochs asked, 4 ran
+
+
+def test_a_run_past_the_early_stop_point_is_neither_reused_nor_resumed(fmnist_dir, tmp_path, monkeypatch):
+    """A run trained without --early-stop (or a longer K) that went past the epoch where the rule ends it
+    would select its epoch among more epochs than a run under the rule: compare must not mix them."""
+    _plant_evaluation(monkeypatch)
+    from sedeploy.training.compare import finished_run
+    c = cfg(fmnist_dir, tmp_path, model="cnn", epochs=6, patience=0, limit_train=128)
+    fit(c, progress=False)                                                    # 6 epochs, no rule
+    assert finished_run(c) is not None
+    ruled = dataclasses.replace(c, early_stop=1)                              # the rule ends it after epoch 4
+    assert finished_run(ruled) is None
+    with pytest.raises(UserError, match="past epoch 4 where --early-stop 1 ends"):
+        fit(dataclasses.replace(ruled, resume=str(tmp_path / "last.pt")), progress=False, allow_finished=True)
+    with pytest.raises(UserError, match="already run 6 epochs"):            # a shorter run is not the longer one
+        fit(dataclasses.replace(c, epochs=5, resume=str(tmp_path / "last.pt")), progress=False, allow_finished=True)
+    with pytest.raises(UserError, match="--models must be distinct"):
+        compare(c, ("cnn", "cnn"), seeds=(0,), progress=False, log=lambda m: None)
+
+
+def test_recipe_fields_added_later_match_their_old_value():
+    """A run written before --precision existed has no such key: it was fp32, and only fp32 matches it."""
+    from sedeploy.training.config import recipe_differences
+    now = TrainConfig(dataset="fashion-mnist").recipe()
+    old = {k: v for k, v in now.items() if k != "precision"}
+    assert recipe_differences(old, now) == []
+    assert recipe_differences(old, TrainConfig(dataset="fashion-mnist", precision="bf16").recipe()) == \
+        ["precision: 'fp32' in the checkpoint, 'bf16' now"]
+
+
+def test_bf16_and_cuda_fp16_are_refused_together_on_the_resolved_device():
+    from sedeploy.training.loop import check_precision
+    with pytest.raises(UserError, match="two choices"):               # --device auto that resolved to CUDA
+        check_precision(TrainConfig(precision="bf16", device="auto"), torch.device("cuda"))
+    check_precision(TrainConfig(precision="bf16", device="auto", amp=False), torch.device("cuda"))
 
 
 @pytest.mark.slow  # four small trainings: ~20-40 s on 2 cores

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -64,6 +65,8 @@ def compare(base: TrainConfig, models: Sequence[str] = ("cnn", "se_cnn"), seeds:
     bad = [m for m in models if m not in list_models()]
     if bad or len(models) < 1:
         raise UserError(f"unknown model {', '.join(bad) or '(none)'}; choose from: {', '.join(list_models())}")
+    if len(set(models)) != len(models):
+        raise UserError(f"--models must be distinct, got {','.join(models)}")
     if len(set(seeds)) != len(seeds) or not seeds:
         raise UserError(f"--seeds must be distinct integers, got {list(seeds)}")
     if jobs < 1:
@@ -87,6 +90,9 @@ def compare(base: TrainConfig, models: Sequence[str] = ("cnn", "se_cnn"), seeds:
                 cfg = dataclasses.replace(cfg, resume=str(last))
             todo.append(cfg)
     if jobs > 1 and len(todo) > 1:
+        if base.download and base.dataset != "folder":   # download once here, not by every process at once
+            from .data import load_dataset
+            load_dataset(base.dataset, base.data_dir, download=True, progress=progress)
         summaries.update(run_parallel(todo, jobs, log))
     else:
         for cfg in todo:
@@ -122,7 +128,7 @@ def status(base: TrainConfig, models: Sequence[str] = ("cnn", "se_cnn"), seeds: 
             except (OSError, json.JSONDecodeError, KeyError):
                 rows = []
             key = "val_acc" if base.select_on == "val" else "test_acc"
-            best = max(rows, key=lambda r: r[key], default=None)
+            best = max((r for r in rows if r.get(key) is not None), key=lambda r: r[key], default=None)
             state = "finished" if s is not None else "in progress" if rows else "not started"
             runs.append({"model": name, "seed": seed, "state": state, "epochs_done": len(rows),
                          "best_epoch": best["epoch"] if best else None, "best_selection_acc": best[key] if best else None,
@@ -195,7 +201,8 @@ def run_parallel(todo: List[TrainConfig], jobs: int, log: Callable[[str], None])
     done: Dict[tuple, Dict[str, Any]] = {}
     errors: List[str] = []
     # a fresh process per run: nothing (threads, compiler state, generators) carries from one run to the next
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as pool:
+    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}  # before 3.11: workers are reused
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), **fresh) as pool:
         futures = {}
         for cfg in todo:
             futures[pool.submit(_child, cfg)] = cfg
@@ -218,22 +225,27 @@ def run_parallel(todo: List[TrainConfig], jobs: int, log: Callable[[str], None])
 
 
 def finished_run(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
-    """summary.json of a completed run of exactly this recipe and length, else None."""
-    p = Path(cfg.out) / "summary.json"
+    """summary.json of a completed run of exactly this recipe, else None. Completed: it ran cfg.epochs, or the
+    epoch where today's --early-stop rule, replayed over its history, ends it (a run trained without the rule,
+    under another K or another rule counts only if it ends where this one would)."""
+    out = Path(cfg.out)
     try:
-        s = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
+        s = json.loads((out / "summary.json").read_text())
+        rows = json.loads((out / "history.json").read_text())["epochs"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return None
-    from .loop import EARLY_STOP_RULE
-    stopped = (s.get("stopped_early") and cfg.early_stop is not None and s.get("early_stop") == cfg.early_stop
-               and s.get("early_stop_rule") == EARLY_STOP_RULE)
-    if (s.get("final", {}).get("epoch") != cfg.epochs and not stopped) or s.get("recipe_changed"):
+    from .loop import early_stop_epoch
+    stop = early_stop_epoch(cfg, rows)
+    expected = stop if stop is not None and stop < cfg.epochs else cfg.epochs
+    ran = (s.get("final") or {}).get("epoch")
+    if ran != expected or len(rows) != ran or s.get("recipe_changed"):
         return None
     import torch
+    from .config import recipe_differences
     from .loop import data_fingerprint, make_data, resolve_device
     amp = cfg.amp and resolve_device(cfg.device).type == "cuda"
     now = cfg.recipe(1, amp, data_fingerprint(cfg, make_data(cfg, torch.device("cpu"))))  # same data, same split
-    return s if s.get("recipe") == now else None
+    return s if isinstance(s.get("recipe"), dict) and not recipe_differences(s["recipe"], now) else None
 
 
 def _fmt(v: Optional[float], spec: str = ".2f") -> str:

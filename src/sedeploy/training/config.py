@@ -118,9 +118,6 @@ def validate(cfg: TrainConfig) -> None:
         import torch
         if not torch.cuda.is_available():
             raise UserError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
-    if cfg.precision == "bf16" and cfg.amp and cfg.device == "cuda":
-        raise UserError("--precision bf16 and CUDA mixed precision (fp16) are two choices; pass --no-amp with "
-                        "--precision bf16, or drop --precision")
 
 
 def _choice(name: str, value: str, options) -> None:
@@ -128,10 +125,16 @@ def _choice(name: str, value: str, options) -> None:
         raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(options)}")
 
 
+# Recipe fields added after runs were written, with the value every run before them had: such a run's
+# recipe lacks the key and still matches a run that asks for that value.
+RECIPE_ADDED = {"precision": "fp32"}
+
+
 def recipe_differences(saved: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
     """['batch_size: 64 in the checkpoint, 32 now', ...] for every recipe field that differs."""
-    return [f"{k}: {_short(saved.get(k))} in the checkpoint, {_short(now[k])} now" for k in now
-            if saved.get(k) != now[k]]
+    def old(k: str) -> Any:
+        return saved[k] if k in saved else RECIPE_ADDED.get(k)
+    return [f"{k}: {_short(old(k))} in the checkpoint, {_short(now[k])} now" for k in now if old(k) != now[k]]
 
 
 def _short(v: Any) -> str:

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -163,9 +164,14 @@ def load_resume(cfg: TrainConfig, allow_finished: bool = False) -> Optional[Dict
     ck = load_checkpoint(cfg.resume)
     if "optimizer" not in ck:
         raise UserError(f"{cfg.resume} has no optimizer state (a best.pt?); resume from last.pt")
-    if ck["epoch"] >= cfg.epochs and not allow_finished:
+    if ck["epoch"] > cfg.epochs or (ck["epoch"] == cfg.epochs and not allow_finished):
         raise UserError(f"{cfg.resume} has already run {ck['epoch']} epochs; pass --epochs above {ck['epoch']} "
-                        f"to continue it")
+                        f"to continue it (or train a shorter run into another --out)")
+    past = early_stop_epoch(cfg, (ck.get("history") or {}).get("epochs", []))
+    if past is not None and past < ck["epoch"]:
+        raise UserError(f"{cfg.resume} ran to epoch {ck['epoch']}, past epoch {past} where --early-stop "
+                        f"{cfg.early_stop} ends this run, so its selected epoch could differ; train it again "
+                        f"into another --out, or resume it without --early-stop")
     return ck
 
 
@@ -349,7 +355,11 @@ def save(cfg: TrainConfig, st: State, data: Data, out: Path, d: Dist, epoch: int
 
 
 def check_precision(cfg: TrainConfig, device: torch.device) -> None:
-    """bf16 on a CPU only where it runs in hardware: elsewhere torch emulates it, slower than fp32."""
+    """bf16 on a CPU only where it runs in hardware: elsewhere torch emulates it, slower than fp32. On CUDA
+    (also reached through --device auto) bf16 and fp16 mixed precision exclude each other."""
+    if cfg.precision == "bf16" and cfg.amp and device.type == "cuda":
+        raise UserError("--precision bf16 and CUDA mixed precision (fp16) are two choices; pass --no-amp with "
+                        "--precision bf16, or drop --precision")
     if cfg.precision == "bf16" and device.type == "cpu":
         from ..core.hardware import cpu_name, has_bf16
         if not has_bf16():
@@ -375,6 +385,23 @@ def stop_early(cfg: TrainConfig, st: State, epoch: int) -> bool:
             return True
         lr = r["lr"]
     return False
+
+
+def early_stop_epoch(cfg: TrainConfig, rows: List[Dict[str, Any]]) -> Optional[int]:
+    """The epoch after which the --early-stop rule (stop_early, replayed over a saved history) ends the run,
+    or None when it does not within `rows` (or there is no --early-stop). A saved run is judged by today's
+    rule and K, whatever it was trained under."""
+    if not cfg.early_stop:
+        return None
+    key = "val_acc" if cfg.select_on == "val" else "test_acc"
+    replay = SimpleNamespace(best={"epoch": 0, "acc": -1.0}, history={"epochs": []})
+    for r in rows:
+        if r.get(key) is not None and r[key] > replay.best["acc"]:          # strictly better, as in _fit
+            replay.best = {"epoch": r["epoch"], "acc": r[key]}
+        replay.history["epochs"].append(r)
+        if stop_early(cfg, replay, r["epoch"]):
+            return r["epoch"]
+    return None
 
 
 def fit(cfg: TrainConfig, progress: bool = True, allow_finished: bool = False) -> TrainResult:

@@ -23,6 +23,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
+from queue import Empty
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -139,6 +140,7 @@ def _parallel_worker(args: Dict[str, Any], barrier, queue) -> None:
         barrier.wait(timeout=600)
         queue.put(("ok", r.time(args["batches"])))
     except Exception as e:  # noqa: BLE001 - reported by the parent as the row's status
+        barrier.abort()                                   # the others stop waiting for this one
         queue.put(("error", f"{type(e).__name__}: {e}"))
 
 
@@ -265,9 +267,21 @@ def _parallel_row(name: str, n: int, model: str, split: Split, augment: str, mea
              for i in range(n)]
     for p in procs:
         p.start()
-    results = [queue.get(timeout=1200) for _ in procs]
+    results = []
+    deadline = time.monotonic() + 1200
+    while len(results) < n and time.monotonic() < deadline:
+        try:
+            results.append(queue.get(timeout=1))
+        except Empty:                                      # a process that died without a word (memory?)
+            if not any(p.is_alive() for p in procs) and queue.empty():
+                break
     for p in procs:
         p.join(timeout=60)
+        if p.is_alive():
+            p.kill()
+    if len(results) < n:
+        codes = [p.exitcode for p in procs]
+        results.append(("error", f"{n - len(results)} of {n} processes gave no result (exit codes {codes})"))
     errors = [m for s, m in results if s != "ok"]
     label = f"{name} x{n}"
     if errors:
