@@ -396,13 +396,13 @@ def test_compare_runs(run_cli, fmnist_dir, tmp_path):
 
 
 def test_faithfulness_runs(run_cli, fm_onnx, fmnist_dir):
-    """`sedeploy faithfulness --model runs/fm/model.onnx --n 1000`, on 20 images (no best.pt beside it: no
+    """`sedeploy faithfulness --model runs/fm/model.onnx --n 1000`, on 10 images (no best.pt beside it: no
     Grad-CAM, said on stderr)."""
-    r = run_cli("faithfulness", "--model", fm_onnx, "--data-dir", fmnist_dir, "--n", "20", "--steps", "4", "--json")
+    r = run_cli("faithfulness", "--model", fm_onnx, "--data-dir", fmnist_dir, "--n", "10", "--steps", "4", "--json")
     assert r.code == 0, r.err
     res = json.loads(r.out)
-    assert res["images"] == 20 and {"head-cam", "se", "random"} <= set(res["methods"]) and "Grad-CAM" in r.err
-    r = run_cli("faithfulness", "--model", fm_onnx, "--data-dir", fmnist_dir, "--n", "20", "--steps", "4")
+    assert res["images"] == 10 and {"head-cam", "se", "random"} <= set(res["methods"]) and "Grad-CAM" in r.err
+    r = run_cli("faithfulness", "--model", fm_onnx, "--data-dir", fmnist_dir, "--n", "6", "--steps", "2")
     assert r.code == 0 and "| random |" in r.out, r.err
 
 

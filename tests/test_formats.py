@@ -133,7 +133,7 @@ def test_target_platform_follows_the_machine(machine, target):
     assert target_platform(machine) == target
 
 
-@pytest.mark.parametrize("break_it", ["drop se2", "shift logits"])
+@pytest.mark.parametrize("break_it", ["drop se2", pytest.param("shift logits", marks=pytest.mark.slow)])
 def test_a_failed_verification_installs_nothing(trained_fm, run_cli, tmp_path, monkeypatch, break_it):
     from sedeploy.export.formats import ort as ort_plugin
     real = ort_plugin.outputs

@@ -6,6 +6,7 @@ itself refuses them); a truncated .pte or one that sedeploy did not write is a o
 from __future__ import annotations
 
 import json
+from importlib.util import find_spec
 
 import numpy as np
 import pytest
@@ -17,7 +18,9 @@ from sedeploy.core import contract
 from sedeploy.core.parity import ATOL
 from sedeploy.export.exporter import ExportOptions, export_checkpoint
 
-pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed: pip install 'sedeploy[executorch]'")
+# looked up, not imported (~8 s) at collection; the whole module (conversions) is in `make test-slow`
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(find_spec("executorch") is None,
+                                                   reason="ExecuTorch is not installed: pip install 'sedeploy[executorch]'")]
 
 from sedeploy.export.formats.executorch import MAX_BATCH  # noqa: E402
 from sedeploy.runtime.runners import load_runner  # noqa: E402
@@ -93,7 +96,6 @@ def test_truncated_and_foreign_pte(et_set, run_cli, tmp_path):
                                   "cuda"), "--provider cpu")
 
 
-@pytest.mark.slow
 def test_rgb_48_model_with_a_fixed_batch(tmp_path):
     """The non-default size and channel count, exported with --batch 2 (a static graph: the base runner pads)."""
     from sedeploy.runtime.predictor import Predictor
@@ -112,7 +114,6 @@ def test_rgb_48_model_with_a_fixed_batch(tmp_path):
         assert q.outputs["feature_map"].shape == (32, 12, 12) and q.top[0].label == p.top[0].label
 
 
-@pytest.mark.slow
 def test_int8_passes_the_gate_and_runs(trained_fm, fmnist_dir, tmp_path, run_cli):
     man = export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path),
                             ExportOptions(formats=("onnx", "executorch"), int8=True, calib=128, int8_eval=200,
