@@ -80,7 +80,7 @@ edge: install
 	$(PY) scripts/edge_table.py $(DEMO)/edge $(DEMO)/edge-bench.json
 
 # The suite without the tests marked slow (~4-5 min on 2 cores); test-slow: those (the LiteRT and ExecuTorch format tests, int8 of each format,
-# the LiteRT and ExecuTorch format tests, arm64 emulation, multi-process training, the demo's commands, real Triton, the browser bundle); CI runs both.
+# arm64 emulation, multi-process training, the demo's commands, real Triton, the browser bundle); CI runs both.
 test: install
 	$(VENV)/bin/pytest -q -m "not slow"
 
