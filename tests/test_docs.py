@@ -331,7 +331,7 @@ def test_makefile_demo_runs_on_tiny_data(run_cli, fmnist_dir, tmp_path, monkeypa
 
 
 def test_bench_train_runs(run_cli, fmnist_dir):
-    """README: `sedeploy bench-train --rgb`; BENCHMARKS: `bench-train --augment light` (tiny sizes, no
+    """BENCHMARKS 2: `sedeploy bench-train --rgb`; README and BENCHMARKS 15: `bench-train --augment light` (tiny sizes, no
     compilation: the compiled rows are timed by test_bench_train_compiled_row, slow)."""
     r = run_cli("bench-train", "--rgb", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir, "--batches", "2",
                 "--batch-size", "8", "--workers", "0", "--device", "cpu", "--steps", "bf16", "--rounds", "2",

@@ -256,8 +256,9 @@ def format_table(res: Dict[str, Any]) -> str:
     sel = "validation" if res["selected_on"] == "val" else "test"
     length = f"{res['epochs']} epochs"
     if res.get("early_stop"):
-        length = (f"up to {res['epochs']} epochs, stopped after {res['early_stop']} epochs without a {sel} "
-                  f"accuracy gain")
+        length = (f"up to {res['epochs']} epochs, stopped by --early-stop {res['early_stop']} ({res['early_stop']} "
+                  f"epochs without a {sel} accuracy gain, including a learning-rate reduction and the schedule's "
+                  f"patience + 1 epochs after it)")
     lines = [f"{res['dataset']}, {length}, seeds {', '.join(map(str, res['seeds']))}; "
              f"best.pt chosen on {sel} accuracy, scored on the test set", "",
              "| model | seeds | test acc mean (%) | sd | per seed |", "|---|---:|---:|---:|---|"]
@@ -324,7 +325,8 @@ def plot_curves(res: Dict[str, Any], out: Path, path: Path) -> Path:
             if best and best["best_epoch"] in xs:
                 ax.plot([best["best_epoch"]], [ys[xs.index(best["best_epoch"])]], "o", color=colours[i % len(colours)],
                         ms=4)
-    stop = f"; stop after {res['early_stop']} epochs without a gain" if res.get("early_stop") else ""
+    stop = (f"; --early-stop {res['early_stop']}: {res['early_stop']} epochs without a gain, an LR cut and patience + 1 "
+            f"after it" if res.get("early_stop") else "")
     ax.set(xlabel="epoch", ylabel=f"{'validation' if key == 'val_acc' else 'test'} accuracy (%)")
     ax.set_title(f"{res['dataset']}, {len(res['seeds'])} seed(s) per model\ndot: the selected epoch{stop}",
                  fontsize=10)
