@@ -325,7 +325,7 @@ def plot_curves(res: Dict[str, Any], out: Path, path: Path) -> Path:
             if best and best["best_epoch"] in xs:
                 ax.plot([best["best_epoch"]], [ys[xs.index(best["best_epoch"])]], "o", color=colours[i % len(colours)],
                         ms=4)
-    stop = (f"; --early-stop {res['early_stop']}: {res['early_stop']} epochs without a gain, an LR cut and patience + 1 "
+    stop = (f"\n--early-stop {res['early_stop']}: {res['early_stop']} epochs without a gain, an LR cut and patience + 1 "
             f"after it" if res.get("early_stop") else "")
     ax.set(xlabel="epoch", ylabel=f"{'validation' if key == 'val_acc' else 'test'} accuracy (%)")
     ax.set_title(f"{res['dataset']}, {len(res['seeds'])} seed(s) per model\ndot: the selected epoch{stop}",
