@@ -252,13 +252,16 @@ def _fmt(v: Optional[float], spec: str = ".2f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
+def _rule(k: int) -> str:
+    """The --early-stop rule in words (loop.stop_early), for the table and the curves."""
+    return f"--early-stop {k}: {k} epochs without a gain, an LR cut and patience + 1 after it"
+
+
 def format_table(res: Dict[str, Any]) -> str:
     sel = "validation" if res["selected_on"] == "val" else "test"
     length = f"{res['epochs']} epochs"
     if res.get("early_stop"):
-        length = (f"up to {res['epochs']} epochs, stopped by --early-stop {res['early_stop']} ({res['early_stop']} "
-                  f"epochs without a {sel} accuracy gain, including a learning-rate reduction and the schedule's "
-                  f"patience + 1 epochs after it)")
+        length = f"up to {res['epochs']} epochs, stopped by {_rule(res['early_stop'])}"
     lines = [f"{res['dataset']}, {length}, seeds {', '.join(map(str, res['seeds']))}; "
              f"best.pt chosen on {sel} accuracy, scored on the test set", "",
              "| model | seeds | test acc mean (%) | sd | per seed |", "|---|---:|---:|---:|---|"]
@@ -325,8 +328,7 @@ def plot_curves(res: Dict[str, Any], out: Path, path: Path) -> Path:
             if best and best["best_epoch"] in xs:
                 ax.plot([best["best_epoch"]], [ys[xs.index(best["best_epoch"])]], "o", color=colours[i % len(colours)],
                         ms=4)
-    stop = (f"\n--early-stop {res['early_stop']}: {res['early_stop']} epochs without a gain, an LR cut and patience + 1 "
-            f"after it" if res.get("early_stop") else "")
+    stop = f"\n{_rule(res['early_stop'])}" if res.get("early_stop") else ""
     ax.set(xlabel="epoch", ylabel=f"{'validation' if key == 'val_acc' else 'test'} accuracy (%)")
     ax.set_title(f"{res['dataset']}, {len(res['seeds'])} seed(s) per model\ndot: the selected epoch{stop}",
                  fontsize=10)

@@ -367,7 +367,7 @@ def check_precision(cfg: TrainConfig, device: torch.device) -> None:
                             f"would be emulated and slower than fp32; train with --precision fp32")
 
 
-EARLY_STOP_RULE = "lr-drop-then-patience"  # recorded in summary.json: runs stopped by another rule are not reused
+EARLY_STOP_RULE = "lr-drop-then-patience"  # recorded in summary.json, for the reader (reuse replays the rule)
 
 
 def stop_early(cfg: TrainConfig, st: State, epoch: int) -> bool:
