@@ -39,8 +39,18 @@ def native_plugin(scramble_int8: bool) -> types.ModuleType:
         return [p]
 
     def build_int8(ctx, calib):
+        import onnx
         seen["calib"] = calib.shape
-        return [quantize_int8(ctx.built["fakeq"][0], ctx.tmp / fm.int8_file(NATIVE, ctx.stem), calib)]
+        seen["builds"] = seen.get("builds", 0) + 1
+        q = quantize_int8(ctx.built["fakeq"][0], ctx.tmp / fm.int8_file(NATIVE, ctx.stem), calib)
+        key = "sedeploy.unsure"             # as a real plug-in, the file carries ctx.metadata's 'unsure' value
+        m = onnx.load(str(q))
+        props = [(x.key, x.value) for x in m.metadata_props if x.key != key]
+        del m.metadata_props[:]
+        for k, v in props + [(key, ctx.metadata(ctx.opset)[key])]:
+            m.metadata_props.add(key=k, value=v)
+        onnx.save(m, str(q))
+        return [q]
 
     def outputs(ctx, paths, x):
         out = run_onnx(paths[0], x)
@@ -76,6 +86,14 @@ def test_native_int8_is_gated_against_its_own_fp32(register, trained_fm, fmnist_
     assert man["formats"]["fakeq"]["int8"] == "model.int8.fake.onnx" and man["formats"]["fakeq"]["verified"]
     assert {f["format"] for f in man["files"]} == {"fakeq", "fakeq-int8"}
     assert man["int8_gate"] is None                              # the ONNX graph's own gate did not run
+    # its own 'unsure' threshold (set on its outputs for the held-out images): without a restamp function
+    # the plug-in builds its int8 file a second time with it inside
+    from sedeploy.runtime.predictor import Predictor
+    from sedeploy.runtime.unsure import unsure
+    spec8 = Predictor(str(tmp_path / "model.int8.fake.onnx"), "cpu").info.meta["unsure"]
+    spec32 = Predictor(str(tmp_path / "model.fake.onnx"), "cpu").info.meta["unsure"]
+    assert plugin.seen["builds"] == 2 and "fakeq int8 model" in spec8["calibrated_on"]
+    assert spec8["threshold"] != spec32["threshold"] and man["unsure"]["variants"] == {"fakeq-int8": spec8["threshold"]}
 
 
 def test_a_bad_native_quantizer_is_refused_and_nothing_written(register, trained_fm, fmnist_dir, tmp_path):

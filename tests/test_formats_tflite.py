@@ -152,6 +152,9 @@ def test_int8_through_the_gate_run_and_bench(trained_fm, fmnist_dir, run_cli, tm
     assert gate["agreement"] >= 98 and gate["drop"] <= 1 and gate["se_max_abs"] <= 0.1
     r = load_runner("litert", tmp_path / "model.int8.tflite")
     assert r.record["precision"] == "int8" and r.batch_sizes == list(SIZES)
+    spec8 = r.info.meta["unsure"]                           # its own threshold, stamped into the record in place
+    assert "tflite int8 model" in spec8["calibrated_on"] and man["unsure"]["variants"]["tflite-int8"] == spec8["threshold"]
+    assert (tmp_path / "model.int8.tflite").read_bytes().count(b'calibrated_on') == 1   # no orphaned old record
     (inp,) = r.sigs[4][1].get_input_details().values()
     assert inp["dtype"] == np.int8                             # static int8 I/O: the runner (de)quantizes
     x = np.random.default_rng(0).standard_normal((3, 1, 32, 32)).astype(np.float32)

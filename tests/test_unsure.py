@@ -127,3 +127,113 @@ def test_serve_answers_carry_the_flag(fm_onnx):
         p = r.json()["parameters"]
         assert json.loads(p["unsure"]) == [True, True] and len(json.loads(p["ood_score"])) == 2
         assert "unsure" not in {o["name"] for o in r.json()["outputs"]}
+
+
+def test_threshold_lies_between_scores_not_on_one():
+    """Halfway between the last rejected and the first accepted score: a few ulps of another runtime's
+    arithmetic cannot flip a calibration image; all accepted at --unsure-accept 1."""
+    s = np.random.default_rng(0).permutation(200).astype(float)   # 0..199
+    t = U.threshold_for(s, 0.8)                    # np.quantile(s, 0.2, method="lower") = 39: 0..38 rejected
+    assert t == 38.5 and (s >= t).mean() == 0.805
+    tied = np.array([1.0, 1.0, 1.0, 2.0])
+    assert U.threshold_for(tied, 0.5) < 1.0        # ties at the boundary: all accepted, as the quantile would
+    t1 = U.threshold_for(np.array([-208.504429, -100.0, -50.0]), 1.0)
+    assert t1 < -208.504429 * (1 + 1e-6)                           # below the lowest by a margin
+    one = U.threshold_for(np.array([7.0]), 1.0)
+    assert one < 7.0 and 7.0 * (1 - 1e-7) >= one
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError):
+            U.threshold_for(s, bad)
+
+
+def test_a_score_that_is_not_a_number_is_unsure():
+    out, y = _outputs(50, 0)
+    spec = U.calibrate("maha", out, y, 4, out)
+    out["feature_map"] = out["feature_map"].copy()
+    out["feature_map"][0] = np.nan
+    scores, flags = U.unsure(out, spec)
+    assert np.isnan(scores[0]) and flags[0]
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda s: "maha", "is a str"),
+    (lambda s: {**s, "kind": "foo"}, "names the score 'foo'"),
+    (lambda s: {k: v for k, v in s.items() if k != "threshold"}, "no finite threshold"),
+    (lambda s: {**s, "threshold": "1"}, "no finite threshold"),
+    (lambda s: {**s, "version": 2}, "version 2"),
+    (lambda s: {**s, "params": {**s["params"], "precision": [[1.0]]}}, "do not fit"),
+    (lambda s: {**s, "params": {"means": "x"}}, "missing or not numbers"),
+])
+def test_a_damaged_spec_is_refused_when_the_model_loads(fm_onnx, run_cli, tmp_path, change, needle):
+    """An untrusted model's unsure metadata is checked once, at load: a one-line error naming it for infer
+    (and serve, which loads through the same describe), never an internal error mid-request."""
+    import onnx
+    from PIL import Image
+    from conftest import assert_one_line_error
+    m = onnx.load(str(fm_onnx))
+    key = contract.META_PREFIX + "unsure"
+    spec = json.loads(next(p.value for p in m.metadata_props if p.key == key))
+    keep = [(p.key, p.value) for p in m.metadata_props if p.key != key]
+    del m.metadata_props[:]
+    for k, v in keep + [(key, json.dumps(change(spec)))]:
+        m.metadata_props.add(key=k, value=v)
+    bad = tmp_path / "bad.onnx"
+    onnx.save(m, str(bad))
+    Image.new("L", (32, 32), 128).save(tmp_path / "x.png")
+    assert_one_line_error(run_cli("infer", tmp_path / "x.png", "--model", bad), "'unsure' metadata", needle,
+                          "re-export")
+
+
+def test_check_spec_reads_cos_se_outputs():
+    spec = {"version": 1, "kind": "cos_se", "threshold": 0.5, "params": {"output": "se3", "means": [[1.0, 0.0]]}}
+    assert U.check_spec(spec, {"logits": ["b", 4], "se3": ["b", 2]}) is None
+    assert "lacks" in U.check_spec({**spec, "params": {**spec["params"], "output": "se9"}},
+                                   {"logits": ["b", 4], "se3": ["b", 2]})
+    assert "do not fit" in U.check_spec(spec, {"logits": ["b", 4], "se3": ["b", 5]})
+
+
+def test_variants_carry_their_own_threshold(trained_fm, fmnist_dir, tmp_path):
+    """int8 and fp16 move the scores: each variant's threshold is set again on its own outputs for the same
+    held-out images, so each accepts the share the fp32 model accepts there (before: fp32's threshold)."""
+    import onnxruntime as ort
+    from sedeploy.core.arrays import load_arrays
+    from sedeploy.core.datasets import normalize_batch
+    from sedeploy.export.exporter import ExportOptions, export_checkpoint
+    man = export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path),
+                            ExportOptions(formats=("onnx",), int8=True, half=True, calib=64, data_dir=str(fmnist_dir),
+                                          int8_min_agreement=0, int8_max_drop=100, int8_se_atol=1),
+                            log=lambda s: None)
+    specs, shares = {}, {}
+    for name in ("model.onnx", "model.int8.onnx", "model.fp16.onnx"):
+        sess = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        meta = contract.decode_metadata(sess.get_modelmeta().custom_metadata_map)
+        specs[name] = meta["unsure"]
+        _, x, _ = load_arrays(meta["dataset"], str(fmnist_dir), "test")
+        xn = normalize_batch(x[np.random.default_rng(0).permutation(len(x))[:2000]], meta["mean"], meta["std"])
+        outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": xn})))
+        shares[name] = float((~U.unsure(outs, specs[name])[1]).mean())
+    n = 200                                                        # the test images the tiny data set has
+    expected = (n - int(np.floor(0.05 * (n - 1)))) / n             # the lower quantile's share: 191 of 200
+    assert shares == {name: expected for name in shares}, shares
+    assert specs["model.int8.onnx"]["threshold"] != specs["model.onnx"]["threshold"]
+    assert "int8 model" in specs["model.int8.onnx"]["calibrated_on"]
+    assert man["unsure"]["variants"] == {"int8": specs["model.int8.onnx"]["threshold"],
+                                         "fp16": specs["model.fp16.onnx"]["threshold"]}
+
+
+def test_a_nan_input_is_unsure_and_its_score_is_json_null(fm_onnx):
+    """A NaN tensor (OIP binary data can carry one): unsure, and the score null in JSON (NaN is not JSON)."""
+    from sedeploy.runtime.predictor import Predictor
+    from sedeploy.serve.model import ServedModel
+    pred = Predictor(str(fm_onnx), "cpu")
+    x = np.random.default_rng(0).normal(0, 1, (2, *pred.info.input_size)).astype(np.float32)
+    x[1] = np.nan
+    outs = pred.run(x)
+    d = [p.to_dict() for p in pred.predictions(["a", "b"], [None, None], outs, 3)]
+    assert d[1]["unsure"] is True and d[1]["ood_score"] is None
+    json.dumps(d, allow_nan=False)
+    served = ServedModel.__new__(ServedModel)
+    served.predictor = pred
+    params = served.unsure_parameters(outs)
+    assert json.loads(params["unsure"])[1] is True and json.loads(params["ood_score"])[1] is None
+    json.loads(params["ood_score"], parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))

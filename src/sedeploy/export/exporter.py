@@ -86,6 +86,9 @@ def validate_options(opts: ExportOptions) -> ExportOptions:
         if derived and "onnx" not in opts.formats:
             raise UserError(f"--int8 for {', '.join(derived)} derives from the ONNX int8 graph; include onnx "
                             f"in --formats")
+    if not 0 < opts.unsure_accept <= 1:                     # NaN fails this too (click's FloatRange lets it by)
+        raise UserError(f"--unsure-accept is the share of held-out images to accept, in (0, 1]; got "
+                        f"{opts.unsure_accept}")
     if opts.int8 and opts.calib <= 0:
         raise UserError(f"--calib must be positive, got {opts.calib}")
     if opts.int8 and opts.int8_eval <= 0:
@@ -150,6 +153,9 @@ class Job:
     nodes: Dict[str, int] = field(default_factory=dict)
     gate: Dict[str, object] = field(default_factory=dict)
     unsure: Optional[dict] = None                            # the calibrated 'unsure' score (metadata + export.json)
+    unsure_inputs: Optional[np.ndarray] = None               # the held-out images its threshold was set on (normalized)
+    unsure_variant: Optional[dict] = None                    # while a variant is stamped: its own spec (threshold)
+    variant_specs: Dict[str, Optional[dict]] = field(default_factory=dict)   # variant -> its spec (export.json)
 
 
 def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: ExportOptions = ExportOptions(),
@@ -235,11 +241,50 @@ def calibrate_unsure(job: Job, wrapper: torch.nn.Module, log: Callable[[str], No
     rng = np.random.default_rng(0)
     tr = rng.permutation(len(xtr))[:opts.unsure_n]
     te = rng.permutation(len(xte))[:opts.unsure_n]
-    run = lambda u8: run_torch(wrapper, normalize_batch(u8, ckpt["mean"], ckpt["std"]), job.names)
-    spec = unsure.calibrate(opts.unsure_kind, run(xtr[tr]), ytr[tr], len(ckpt["classes"]), run(xte[te]),
-                            accept=opts.unsure_accept, calibrated_on=f"{len(tr)} train / {len(te)} test images")
-    log(f"unsure: {spec['kind']} threshold {spec['threshold']:.4g} accepts {opts.unsure_accept:.0%} of held-out images")
+    norm = lambda u8: normalize_batch(u8, ckpt["mean"], ckpt["std"])
+    job.unsure_inputs = norm(xte[te])
+    held_out = run_torch(wrapper, job.unsure_inputs, job.names)
+    spec = unsure.calibrate(opts.unsure_kind, run_torch(wrapper, norm(xtr[tr]), job.names), ytr[tr],
+                            len(ckpt["classes"]), held_out, accept=opts.unsure_accept,
+                            calibrated_on=f"{len(tr)} train / {len(te)} test images")
+    got = float((unsure_score(spec, held_out) >= spec["threshold"]).mean())
+    log(f"unsure: {spec['kind']} threshold {spec['threshold']:.4g} accepts {got:.1%} of {len(te)} held-out images "
+        f"(asked: {opts.unsure_accept:.1%})")
+    if len(te) < 200:
+        log(f"unsure: warning: {len(te)} held-out images set the threshold; with fewer than 200 the accepted share "
+            f"on new images can differ by several points")
     return spec
+
+
+def variant_unsure(job: Job, outputs: Dict[str, np.ndarray], what: str) -> Optional[dict]:
+    """The 'unsure' spec for a variant (int8, fp16): the same score, its threshold set again on the variant's
+    own outputs for the same held-out images, so that it accepts the same share (quantization moves the
+    scores: the fp32 threshold would flag in-distribution images)."""
+    from ..runtime import unsure
+    if job.unsure is None:
+        return None
+    spec = job.unsure
+    t = unsure.threshold_for(unsure.score(spec["kind"], spec["params"], outputs), spec["accept"])
+    return {**spec, "threshold": t, "calibrated_on": f"{spec['calibrated_on']}; threshold on the {what} model"}
+
+
+def unsure_score(spec: dict, outputs: Dict[str, np.ndarray]) -> np.ndarray:
+    from ..runtime import unsure
+    return unsure.score(spec["kind"], spec["params"], outputs)
+
+
+def _stamp_onnx(path: Path, spec: Optional[dict]) -> None:
+    """An ONNX variant's sedeploy.unsure property set to its own spec (the file is rewritten in place)."""
+    import onnx
+    if spec is None:
+        return
+    model = onnx.load(str(path))
+    key = contract.META_PREFIX + "unsure"
+    props = [(p.key, p.value) for p in model.metadata_props if p.key != key]
+    del model.metadata_props[:]
+    for k, v in props + [(key, json.dumps(spec))]:
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
 
 
 def build_artifacts(job: Job, wrapper: torch.nn.Module, x: np.ndarray
@@ -248,7 +293,7 @@ def build_artifacts(job: Job, wrapper: torch.nn.Module, x: np.ndarray
     in its own runtime on x; -> (outputs by parity-table label, files by format)."""
     opts = job.opts
     meta = lambda opset: contract.encode_metadata(build_metadata(job.ckpt, job.model, job.names, job.sha, opset,
-                                                                       unsure=job.unsure))
+                                                                       unsure=job.unsure_variant or job.unsure))
     ctx = job.ctx = BuildContext(wrapper, torch.from_numpy(x[:opts.batch] if opts.batch else x[:2]), job.tmp,
                                  opts.stem, job.names, meta, opts.opset, opts.batch, opts.simplify,
                                  batch_sizes=tuple(opts.tflite_batch_sizes), web_runtime=opts.web_runtime,
@@ -311,7 +356,9 @@ def write_manifest(job: Job, staged: Staged, rows: List, batch_desc: str) -> dic
         "nodes": nodes, "verification": {"batch": batch_desc, "atol": ATOL, "rtol": RTOL,
                                          "rows": [r.to_dict() for r in rows]},
         "int8_gate": job.gate or None,
-        "unsure": None if job.unsure is None else {k: v for k, v in job.unsure.items() if k != "params"},
+        "unsure": None if job.unsure is None else {
+            **{k: v for k, v in job.unsure.items() if k != "params"},
+            "variants": {name: spec["threshold"] for name, spec in job.variant_specs.items() if spec}},
         "overhead": job.overhead,
         "timings_s": {k: round(v, 4) for k, v in job.timings.items()},
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
@@ -365,6 +412,9 @@ def _variants(job: Job, built: Dict[str, List[Path]], reference: Dict[str, np.nd
             job.timings["int8"] = time.perf_counter() - t
             check_onnx(q, "int8")
             _check_contract(reference, run_onnx(q, x), "int8")
+            if job.unsure is not None:
+                job.variant_specs["int8"] = variant_unsure(job, onnx_runs(q, opts.batch)(job.unsure_inputs), "int8")
+                _stamp_onnx(q, job.variant_specs["int8"])                # model.int8.ort is converted from q
             job.gate.update(int8_gate(onnx_runs(fp32, opts.batch), onnx_runs(q, opts.batch), ckpt, opts, log))
             out["int8"] = [q]
             out.update(_derived_int8(job, q, x, log))
@@ -375,6 +425,9 @@ def _variants(job: Job, built: Dict[str, List[Path]], reference: Dict[str, np.nd
         job.timings["fp16"] = time.perf_counter() - t
         check_onnx(h, "fp16")
         got, how = _run_fp16(h, x)
+        if job.unsure is not None:
+            job.variant_specs["fp16"] = variant_unsure(job, _run_fp16(h, job.unsure_inputs)[0], "fp16")
+            _stamp_onnx(h, job.variant_specs["fp16"])
         _check_contract(reference, got, "fp16")
         rows = compare(reference, got, f"fp16 ({how})", atol=FP16_ATOL, rtol=FP16_RTOL)
         log(format_table(rows))
@@ -429,6 +482,20 @@ def _native_int8(job: Job, calib: np.ndarray, reference: Dict[str, np.ndarray], 
         run32 = lambda xs, p=plugin, f=fp32_paths: next(iter(p.outputs(ctx, f, xs).values()))
         run8 = lambda xs, p=plugin, f=paths: next(iter(p.outputs(ctx, f, xs).values()))
         _check_contract(reference, run8(x), f"{name} int8")
+        if job.unsure is not None:                  # its own threshold, stamped into the file (or built again)
+            spec = job.unsure_variant = variant_unsure(job, run8(job.unsure_inputs), f"{name} int8")
+            try:
+                restamp = getattr(plugin, "restamp", None)
+                rebuilt = restamp(ctx, paths) if restamp else plugin.build_int8(ctx, calib)
+            finally:
+                job.unsure_variant = None
+            if [p.name for p in rebuilt] != [p.name for p in paths]:
+                raise UserError(f"{name} int8: the stamped files differ from the built ones; nothing was written")
+            got = float((unsure_score(spec, run8(job.unsure_inputs)) >= spec["threshold"]).mean())
+            if abs(got - spec["accept"]) > max(0.01, 2 / len(job.unsure_inputs)):    # a rebuild must be the same model
+                raise UserError(f"{name} int8 built again for its 'unsure' threshold accepts {got:.1%} of the "
+                                f"held-out images, not {spec['accept']:.1%}; nothing was written")
+            job.variant_specs[f"{name}-int8"] = spec
         gate = int8_gate(run32, run8, job.ckpt, job.opts, log, what=f"{name} int8")
         ctx.facts.setdefault(name, {})["int8_gate"] = gate
         ctx.facts[name]["int8"] = paths[0].name

@@ -74,6 +74,10 @@ def describe(props: Dict[str, str], inputs: Sequence[Tensor], outputs: Sequence[
         raise UserError(f"{path}: input shape {shape} does not match its metadata input_size {[c, h, w]}")
     if len(meta["classes"]) != outputs[graph_outputs.index(contract.LOGITS)][1][-1]:
         raise UserError(f"{path}: {len(meta['classes'])} class names but the logits have another width")
+    from .unsure import check_spec
+    problem = check_spec(meta.get("unsure"), {name: list(shape) for name, shape in outputs})
+    if problem:
+        raise UserError(f"{path}: its 'unsure' metadata {problem}; re-export it with `sedeploy export`")
     return ModelInfo(path=path, meta=meta, classes=list(meta["classes"]), mean=list(meta["mean"]),
                      std=list(meta["std"]), input_size=[c, h, w], input_name=input_name, output_names=graph_outputs,
                      se_outputs=[n for n in meta.get("se_outputs", []) if n in graph_outputs],

@@ -53,10 +53,12 @@ class Prediction:
     ood_score: Optional[float] = None     # its score (higher = more like the training data)
 
     def to_dict(self) -> dict:
-        d = {"image": self.image, "top": [{"label": t.label, "index": t.index, "prob": round(t.prob, 6)}
+        d = {"image": self.image, "top": [{"label": t.label, "index": t.index,      # JSON has no NaN: null
+                                           "prob": round(t.prob, 6) if np.isfinite(t.prob) else None}
                                           for t in self.top]}
         if self.unsure is not None:
-            d["unsure"], d["ood_score"] = self.unsure, round(self.ood_score, 6)
+            d["unsure"] = self.unsure
+            d["ood_score"] = round(self.ood_score, 6) if np.isfinite(self.ood_score) else None   # JSON has no NaN
         return d
 
 

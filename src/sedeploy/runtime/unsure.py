@@ -64,7 +64,48 @@ def unsure(outputs: Dict[str, np.ndarray], spec: Optional[Dict]) -> Tuple[Option
     if not spec:
         return None, None
     s = score(spec["kind"], spec.get("params") or {}, outputs)
-    return s, s < float(spec["threshold"])
+    return s, ~(s >= float(spec["threshold"]))          # a score that is not a number (NaN input) is unsure
+
+
+def check_spec(spec: object, outputs: Dict[str, list]) -> Optional[str]:
+    """What is wrong with a `sedeploy.unsure` metadata value for a graph with these outputs (name -> shape,
+    batch first), or None when it can be used. The value comes from a model file: untrusted."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        return f"is a {type(spec).__name__}, not an object"
+    if spec.get("version") != SPEC_VERSION:
+        return f"has version {spec.get('version')!r}; this sedeploy reads version {SPEC_VERSION}"
+    kind, params, t = spec.get("kind"), spec.get("params") or {}, spec.get("threshold")
+    if kind not in KINDS:
+        return f"names the score {kind!r}; known: {', '.join(KINDS)}"
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t):
+        return f"has no finite threshold ({t!r})"
+    if not isinstance(params, dict):
+        return "has params that are not an object"
+    def fits(name: str, d: int) -> bool:          # the output has an axis of d channels (any layout)
+        dims = (outputs.get(name) or [])[1:]
+        return not all(isinstance(v, int) for v in dims) or d in dims
+    try:
+        if kind == "maha":
+            if "feature_map" not in outputs:
+                return "needs the feature_map output, which the graph lacks"
+            means = np.asarray(params["means"], dtype=np.float64)
+            prec = np.asarray(params["precision"], dtype=np.float64)
+            d = means.shape[1] if means.ndim == 2 else -1
+            if d < 1 or prec.shape != (d, d) or not fits("feature_map", d):
+                return (f"has means {list(means.shape)} and precision {list(prec.shape)} that do not fit the "
+                        f"feature map {outputs['feature_map']}")
+        elif kind == "cos_se":
+            out = params.get("output")
+            if out not in outputs:
+                return f"reads the output {out!r}, which the graph lacks"
+            means = np.asarray(params["means"], dtype=np.float64)
+            if means.ndim != 2 or not fits(out, means.shape[1]):
+                return f"has means {list(means.shape)} that do not fit output {out!r}"
+    except (KeyError, TypeError, ValueError):
+        return f"has {kind} params that are missing or not numbers"
+    return None
 
 
 def fit_params(kind: str, outputs: Dict[str, np.ndarray], labels: np.ndarray, num_classes: int,
@@ -90,10 +131,21 @@ def fit_params(kind: str, outputs: Dict[str, np.ndarray], labels: np.ndarray, nu
 
 
 def threshold_for(scores: np.ndarray, accept: float) -> float:
-    """Threshold that accepts (score >= t) the share `accept` of these in-distribution scores."""
-    if not 0 < accept <= 1:
+    """Threshold that accepts (score >= t) the share `accept` of these in-distribution scores.
+
+    It lies halfway between the lowest accepted score and the highest rejected one (below the lowest by
+    half the next gap when all are accepted), not on a score: another runtime's arithmetic (a few ulps
+    apart) must not flip an image the calibration accepted."""
+    if not 0 < accept <= 1:          # NaN fails this too
         raise ValueError(f"accept is a share in (0, 1], got {accept}")
-    return float(np.quantile(np.asarray(scores, dtype=np.float64), 1 - accept, method="lower"))
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    s = s[np.isfinite(s)]
+    if not len(s):
+        raise ValueError("no finite score to calibrate on")
+    k = int(np.floor((1 - accept) * (len(s) - 1) + 1e-9))   # np.quantile(..., method="lower")'s index
+    lo = s[k - 1] if k > 0 else s[0] - (s[1] - s[0] if len(s) > 1 else 0.0)
+    t = (lo + s[k]) / 2
+    return float(min(t, s[k] - 1e-6 * max(1.0, abs(s[k]))))   # a margin even when scores tie
 
 
 def calibrate(kind: str, fit_outputs: Dict[str, np.ndarray], fit_labels: np.ndarray, num_classes: int,

@@ -78,14 +78,11 @@ class ServedModel:
         from ..runtime.unsure import unsure
         info = getattr(self.predictor, "info", None)
         spec = info.meta.get("unsure") if info is not None else None
-        try:
-            scores, flags = unsure(outs, spec)
-        except (KeyError, ValueError):
-            return {}
+        scores, flags = unsure(outs, spec)              # the spec was checked when the model was loaded
         if scores is None:
             return {}
-        return {"unsure": json.dumps([bool(f) for f in flags]),
-                "ood_score": json.dumps([round(float(v), 6) for v in scores])}
+        return {"unsure": json.dumps([bool(f) for f in flags]),       # JSON has no NaN: a non-finite score is null
+                "ood_score": json.dumps([round(float(v), 6) if np.isfinite(v) else None for v in scores])}
 
     @property
     def name(self) -> str:

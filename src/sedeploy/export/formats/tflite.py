@@ -107,6 +107,18 @@ def build(ctx: BuildContext) -> List[Path]:
     return [path]
 
 
+def restamp(ctx: BuildContext, paths: List[Path]) -> List[Path]:
+    """The .tflite with its record's metadata replaced by ctx.metadata's (a variant's own 'unsure'
+    threshold): the graph is untouched."""
+    from ...runtime.runners.litert import embed_record, read_record
+    for path in paths:
+        buf = path.read_bytes()
+        record = read_record(buf, path)
+        record["metadata"] = ctx.metadata(None)
+        path.write_bytes(embed_record(buf, record))
+    return paths
+
+
 def build_int8(ctx: BuildContext, calib: np.ndarray) -> List[Path]:
     """Static int8 (PT2E): the module exported with a dynamic batch, observers inserted by litert-torch's
     PT2EQuantizer (per-channel symmetric weights, int8 activations), calibrated on `calib`

@@ -85,9 +85,15 @@ def embed_record(buf: bytes, record: Dict[str, Any]) -> bytes:
                         "sedeploy's metadata")
     entry = schema.BufferT()
     entry.data = np.frombuffer(json.dumps(record).encode(), np.uint8)
-    model.buffers.append(entry)
+    earlier = [m for m in (model.metadata or []) if m.name == RECORD_NAME.encode()]
     md = schema.MetadataT()
-    md.name, md.buffer = RECORD_NAME, len(model.buffers) - 1
+    md.name = RECORD_NAME
+    if earlier:                                   # the earlier record's buffer is reused: no orphaned bytes
+        md.buffer = earlier[0].buffer
+        model.buffers[md.buffer] = entry
+    else:
+        model.buffers.append(entry)
+        md.buffer = len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if m.name != RECORD_NAME.encode()] + [md]
     b = flatbuffers.Builder(len(buf) + 4096)
     b.Finish(model.Pack(b), file_identifier=FILE_ID)

@@ -38,5 +38,6 @@ export function judge(outputs, meta) {
   const spec = meta && meta.unsure;
   if (!spec) return null;
   const s = score(spec.kind, spec.params || {}, outputs);
-  return { unsure: s < Number(spec.threshold), ood_score: s };
+  // a score that is not a number (NaN outputs) is unsure, as in runtime/unsure.py; JSON has no NaN: null
+  return { unsure: !(s >= Number(spec.threshold)), ood_score: Number.isFinite(s) ? s : null };
 }
