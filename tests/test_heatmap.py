@@ -150,3 +150,13 @@ def test_map_kind_choice_and_errors():
     with pytest.raises(UserError, match="heatmap kind"):
         hm.explain(outs, info({}, []), kind="nope")
     assert hm.explain(outs, info({"head_linear": head}, []), kind=None)["method"] == "head-cam"
+
+
+def test_heatmap_names_never_collide():
+    """a/0.png, b/0.png and c/0_2.png: three different names (b's renamed 0_2 must not be c's own 0_2)."""
+    from sedeploy.runtime.infer import InferRun
+    run = InferRun.__new__(InferRun)
+    InferRun.__init__(run, None, None, None, [], [])
+    names = [run._stem(p) for p in ("a/0.png", "b/0.png", "c/0_2.png", "d/0.png", "e/0_2.jpg", "f/x.png")]
+    assert names == ["0", "0_2", "0_2_2", "0_3", "0_2_3", "x"]
+    assert len(set(names)) == len(names)

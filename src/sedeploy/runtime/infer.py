@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union, Set
 
 from ..core.decode import ImageError
 from .options import InferOptions
@@ -34,7 +34,8 @@ class InferRun:
         self.options, self.predictor, self.outdir = options, predictor, outdir
         self.paths = paths            # the images to run, files, folders and globs expanded
         self.failures = failures      # inputs that named no image (an empty folder, a glob without matches)
-        self._stems: Dict[str, int] = {}
+        self._stems: Dict[str, int] = {}     # stem -> how many of it were renamed
+        self._taken: Set[str] = set()         # every name handed out
 
     def results(self) -> Iterator[Union[InferResult, ImageError]]:
         """One InferResult or ImageError per path, in input order; closing it stops the decoding threads."""
@@ -61,8 +62,14 @@ class InferRun:
     def _stem(self, image: str) -> str:
         """photo.png -> photo; a second photo.jpg (another folder) -> photo_2, so none overwrites another."""
         stem = Path(image).stem
-        self._stems[stem] = self._stems.get(stem, 0) + 1
-        return stem if self._stems[stem] == 1 else f"{stem}_{self._stems[stem]}"
+        n = self._stems.get(stem, 0)
+        name = stem
+        while name in self._taken:             # a/0.png, b/0.png, c/0_2.png: the third is 0_2_2, not b's 0_2
+            n += 1
+            name = f"{stem}_{n + 1}"
+        self._stems[stem] = n
+        self._taken.add(name)
+        return name
 
 
 def start_infer(options: InferOptions, images: Sequence[str]) -> InferRun:
