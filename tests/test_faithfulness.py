@@ -166,3 +166,33 @@ def test_order_pixels_ranks_descending_with_random_ties():
     assert rank[0, -1, -1] == 0 and rank[0, 0, 0] == 19
     ties = [fa.order_pixels(np.zeros((1, 2, 2)), np.random.default_rng(s))[0, 0, 0] for s in range(8)]
     assert len(set(ties)) > 1                                                      # not broken by position
+
+
+def test_asked_kinds_the_model_cannot_give_are_errors(planted, run_cli, tmp_path):
+    """--kinds se on a model without SE outputs is an error (not an empty table); a checkpoint that is not
+    the one the model was exported from is refused by its sha256."""
+    import onnx
+    from conftest import assert_one_line_error
+    m = onnx.load(str(planted))
+    meta = contract.decode_metadata({p.key: p.value for p in m.metadata_props})
+    no_se = {**meta, "se_outputs": [], "checkpoint_sha256": "0" * 64}
+    del m.metadata_props[:]
+    for k, v in contract.encode_metadata(no_se).items():
+        m.metadata_props.add(key=k, value=v)
+    path = tmp_path / "no_se.onnx"
+    onnx.save(m, str(path))
+    assert_one_line_error(run_cli("faithfulness", "--model", path, "--n", "4", "--kinds", "se"),
+                          "no SE outputs", "drop se from --kinds")
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"not the checkpoint")
+    assert_one_line_error(run_cli("faithfulness", "--model", path, "--n", "4", "--kinds", "gradcam",
+                                  "--ckpt", other), "is not the checkpoint", "--ckpt")
+
+
+def test_default_kinds_on_an_older_export_without_a_checkpoint(planted):
+    """No head_linear in the metadata and no best.pt beside it: the maps that need them are left out, said
+    once; the others are measured (before: an error telling to drop gradcam, which was already dropped)."""
+    logs = []
+    res = fa.evaluate(str(planted), None, "planted", None, n=8, steps=2, log=logs.append)
+    assert set(res["methods"]) == {"se", "spatial-mean", "random"}
+    assert any("no gradcam, head-cam, head-gradcam" in m for m in logs), logs

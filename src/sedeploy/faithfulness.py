@@ -157,7 +157,11 @@ def gradcam(ckpt_path: Path, x: np.ndarray, k: np.ndarray) -> np.ndarray:
     out = []
     for i in range(0, len(x), 256):
         with torch.enable_grad():
-            f = model.forward_explain(torch.from_numpy(x[i:i + 256]))[2].detach().requires_grad_(True)
+            try:
+                f = model.forward_explain(torch.from_numpy(x[i:i + 256]))[2].detach().requires_grad_(True)
+            except RuntimeError as e:       # a checkpoint of another shape (an export without its sha256)
+                raise UserError(f"{ckpt_path} does not fit these images ({str(e).splitlines()[0][:120]}); pass "
+                                f"the checkpoint the model was exported from with --ckpt") from None
             logits = model.head(model.blocks[-1].pool(f))                     # pool(x) * w == pool(x * w)
             logits.gather(1, torch.from_numpy(k[i:i + 256])[:, None]).sum().backward()
         a = torch.relu((f.grad.mean((2, 3), keepdim=True) * f).sum(1)).detach().numpy()
@@ -212,15 +216,26 @@ def evaluate(model: Optional[str] = None, ckpt: Optional[str] = None, dataset: O
     if unknown:
         raise UserError(f"unknown map kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
     if "se" in kinds and not info.se_outputs:
+        if explicit:
+            raise UserError(f"{info.path} has no SE outputs (a model without SE blocks): drop se from --kinds")
         kinds.remove("se")
     ckpt_path = Path(ckpt) if ckpt else Path(info.path).parent / "best.pt"
+    heads = [k for k in kinds if k.startswith("head")]
     if not explicit and not ckpt_path.exists():
-        kinds.remove("gradcam")
-        log(f"(no Grad-CAM: no checkpoint at {ckpt_path}; pass --ckpt runs/x/best.pt for it)")
+        dropped = ["gradcam"] + ([] if info.meta.get("head_linear") else heads)
+        kinds = [k for k in kinds if k not in dropped]
+        log(f"(no {', '.join(dropped)}: no checkpoint at {ckpt_path}"
+            f"{'' if info.meta.get('head_linear') else ' and no head_linear in this older export'}; "
+            f"pass --ckpt runs/x/best.pt for them)")
     needs_ckpt = "gradcam" in kinds or (any(k.startswith("head") for k in kinds) and not info.meta.get("head_linear"))
     if needs_ckpt and not ckpt_path.exists():
         raise UserError(f"Grad-CAM and head maps of older exports need the checkpoint; {ckpt_path} does not "
                         f"exist: pass --ckpt runs/x/best.pt, or --kinds without gradcam")
+    if needs_ckpt and info.meta.get("checkpoint_sha256"):
+        from .core.io import file_sha256
+        if file_sha256(ckpt_path) != info.meta["checkpoint_sha256"]:
+            raise UserError(f"{ckpt_path} is not the checkpoint {info.path} was exported from (another sha256); "
+                            f"pass that checkpoint with --ckpt, or export this one again")
     if any(k.startswith("head") for k in kinds) and not info.meta.get("head_linear"):
         info.meta["head_linear"] = head_linear_from_checkpoint(ckpt_path)
         log(f"(head_linear read from {ckpt_path}: this export predates the metadata key)")
