@@ -325,3 +325,10 @@ def test_compare_status_reports_without_training(fmnist_dir, tmp_path, monkeypat
     longer = status(cfg(fmnist_dir, tmp_path, limit_train=200, epochs=3), ("cnn",), seeds=(0,), log=lambda m: None)
     assert longer["status"][0]["state"] == "in progress" and longer["status"][0]["epochs_done"] == 1
     assert longer["complete_seeds"] == [] and "partial" not in longer
+    # another recipe: status says so, compare refuses before training with a fix it has (no --allow-recipe-change)
+    other = cfg(fmnist_dir, tmp_path, limit_train=200, lr=0.01)
+    st = status(other, ("cnn",), seeds=(0,), log=lambda m: None)["status"][0]["state"]
+    assert st.startswith("another recipe (") and "lr" in st, st
+    with pytest.raises(UserError, match=r"started with another recipe \(.*lr.*\); run compare with the options it "
+                                        r"was started with, or choose another --out"):
+        compare(other, ("cnn",), seeds=(0,), progress=False, log=lambda m: None)

@@ -87,6 +87,10 @@ def compare(base: TrainConfig, models: Sequence[str] = ("cnn", "se_cnn"), seeds:
                 continue
             last = Path(cfg.out) / "last.pt"
             if last.is_file():
+                diffs = recipe_mismatch(cfg)     # before any run starts: compare has no --allow-recipe-change
+                if diffs:
+                    raise UserError(f"{cfg.out} was started with another recipe ({'; '.join(diffs)}); run compare "
+                                    f"with the options it was started with, or choose another --out")
                 cfg = dataclasses.replace(cfg, resume=str(last))
             todo.append(cfg)
     if jobs > 1 and len(todo) > 1:
@@ -129,7 +133,13 @@ def status(base: TrainConfig, models: Sequence[str] = ("cnn", "se_cnn"), seeds: 
                 rows = []
             key = "val_acc" if base.select_on == "val" else "test_acc"
             best = max((r for r in rows if r.get(key) is not None), key=lambda r: r[key], default=None)
-            state = "finished" if s is not None else "in progress" if rows else "not started"
+            if s is not None:
+                state = "finished"
+            elif rows or (Path(cfg.out) / "last.pt").is_file():
+                diffs = recipe_mismatch(cfg)
+                state = f"another recipe ({'; '.join(diffs)})" if diffs else "in progress"
+            else:
+                state = "not started"
             runs.append({"model": name, "seed": seed, "state": state, "epochs_done": len(rows),
                          "best_epoch": best["epoch"] if best else None, "best_selection_acc": best[key] if best else None,
                          "test_acc": s["test_acc"] if s else None})
@@ -240,12 +250,30 @@ def finished_run(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
     ran = (s.get("final") or {}).get("epoch")
     if ran != expected or len(rows) != ran or s.get("recipe_changed"):
         return None
-    import torch
     from .config import recipe_differences
+    return s if isinstance(s.get("recipe"), dict) and not recipe_differences(s["recipe"], _recipe_now(cfg)) else None
+
+
+def _recipe_now(cfg: TrainConfig) -> Dict[str, Any]:
+    """The recipe a run of cfg records (the data fingerprint included: same data, same split)."""
+    import torch
     from .loop import data_fingerprint, make_data, resolve_device
     amp = cfg.amp and resolve_device(cfg.device).type == "cuda"
-    now = cfg.recipe(1, amp, data_fingerprint(cfg, make_data(cfg, torch.device("cpu"))))  # same data, same split
-    return s if isinstance(s.get("recipe"), dict) and not recipe_differences(s["recipe"], now) else None
+    return cfg.recipe(1, amp, data_fingerprint(cfg, make_data(cfg, torch.device("cpu"))))
+
+
+def recipe_mismatch(cfg: TrainConfig) -> List[str]:
+    """How the unfinished run in cfg.out (its last.pt) was trained differently from cfg; [] when it was not,
+    or when there is no last.pt to resume."""
+    last = Path(cfg.out) / "last.pt"
+    if not last.is_file():
+        return []
+    from ..checkpoint import load_checkpoint
+    from .config import recipe_differences
+    saved = load_checkpoint(last).get("recipe")
+    if not isinstance(saved, dict):
+        return ["no recipe recorded (written by an older sedeploy)"]
+    return recipe_differences(saved, _recipe_now(cfg))
 
 
 def _fmt(v: Optional[float], spec: str = ".2f") -> str:
