@@ -19,7 +19,8 @@ def test_train_quick_json(run_cli, fmnist_dir, tmp_path):
     r = run_cli("train", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir, "--epochs", "1",
                 "--limit-train", "128", "--limit-test", "64", "--out", tmp_path, "--no-progress", "--json")
     assert r.code == 0, r.err
-    s = json.loads(r.out[r.out.index("{"):])
+    s = json.loads(r.out)                        # stdout is the JSON alone: the epoch lines went to stderr
+    assert "train loss" in r.err and "params" in r.err
     hist = json.loads((tmp_path / "history.json").read_text())["epochs"]
     assert s["params"] == 1_150_026 and s["selected"]["split"] == "val" and s["selected"]["epoch"] == 1
     assert s["test_acc"] == hist[0]["test_acc"] and s["selected"]["val_acc"] == hist[0]["val_acc"]
@@ -92,3 +93,11 @@ def test_internal_error_exits_3_not_1(run_cli, monkeypatch, fmnist_dir, tmp_path
     monkeypatch.setattr(loop, "fit", boom)
     r = run_cli("train", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir, "--out", tmp_path)
     assert_one_line_error(r, "RuntimeError", "simulated bug", "--debug", code=3)
+
+
+def test_bench_train_bad_options_are_one_line_errors(run_cli):
+    import torch
+    if not torch.cuda.is_available():
+        assert_one_line_error(run_cli("bench-train", "--device", "cuda"), "--device cuda", "no CUDA GPU")
+    r = run_cli("bench-train", "--workers", "-1")
+    assert r.code == 2 and "--workers" in r.err and "Traceback" not in r.err

@@ -7,6 +7,7 @@ no traceback unless --debug; an unexpected crash exits 3, apart from "some image
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -63,6 +64,17 @@ def cli(debug: bool) -> None:
 
 def _dump_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@contextlib.contextmanager
+def _json_only(as_json: bool):
+    """With --json, stdout carries the JSON alone: whatever the work prints (a training loop's epoch lines,
+    a folder loader's summary) goes to stderr while it runs."""
+    if not as_json:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 # ---------------------------------------------------------------- train
@@ -200,7 +212,8 @@ def train(**kw) -> None:
       torchrun --nproc_per_node 2 -m sedeploy train --dataset fashion-mnist   # data-parallel
     """
     from .training.loop import fit
-    r = fit(_train_config(kw), progress=not kw["no_progress"])
+    with _json_only(kw["as_json"]):
+        r = fit(_train_config(kw), progress=not kw["no_progress"])
     summary = {"out": str(r.out), "selected": r.selected, "test_acc": r.test_acc, "final": r.final,
                "params": r.params, "seconds_per_epoch": r.seconds_per_epoch}
     if kw["as_json"]:
@@ -242,14 +255,16 @@ def compare(**kw) -> None:
     seeds = _int_list(kw["seeds"], "--seeds")
     log = (lambda m: click.echo(m, err=True)) if kw["as_json"] else click.echo
     if kw["show_status"]:
-        res = status(_train_config(kw), models, seeds, log=log)
+        with _json_only(kw["as_json"]):
+            res = status(_train_config(kw), models, seeds, log=log)
         if kw["as_json"]:
             _dump_json(res)
         elif res.get("partial"):
             click.echo(f"seeds finished: {', '.join(map(str, res['complete_seeds']))}")
             click.echo(format_table({**res, **res["partial"], "seeds": res["complete_seeds"], "runs": []}))
         return
-    res = run_compare(_train_config(kw), models, seeds, progress=not kw["no_progress"], log=log, jobs=kw["jobs"])
+    with _json_only(kw["as_json"]):
+        res = run_compare(_train_config(kw), models, seeds, progress=not kw["no_progress"], log=log, jobs=kw["jobs"])
     if kw["as_json"]:
         _dump_json(res)
     else:
@@ -262,15 +277,16 @@ def compare(**kw) -> None:
 @click.option("--model", "model", type=LazyChoice(_models), default="se_cnn", show_default=True)
 @click.option("--augment", type=LazyChoice(_augments), default="reference", show_default=True,
               help="Augmentation for every row.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--batches", type=int, default=60, show_default=True, help="Timed batches per row and round.")
-@click.option("--rounds", type=int, default=3, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batches", type=click.IntRange(min=1), default=60, show_default=True, help="Timed batches per row and round.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Interleaved rounds over all rows; the median is reported.")
 @click.option("--steps", default="compile,bf16,compile+bf16", show_default=True,
               help="Step configurations beside plain fast (comma-separated; '' for none).")
 @click.option("--parallel", type=click.IntRange(min=0), default=None,
               help="Also run N one-thread processes at once per fast row [the cores on CPU; 0 or 1: off].")
-@click.option("--workers", type=int, default=2, show_default=True, help="DataLoader workers (reference).")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="DataLoader workers (reference).")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
 @click.option("--rgb", is_flag=True, help="Replicate grey images to 3 channels (CIFAR-shaped input).")
 @click.option("--json", "as_json", is_flag=True)
@@ -291,7 +307,8 @@ def bench_train(as_json: bool, steps: str, **kw) -> None:
     """
     from .training.speed import bench_pipelines
     step_list = tuple(s.strip() for s in steps.split(",") if s.strip())
-    res = bench_pipelines(steps=step_list, log=lambda m: click.echo(m, err=True), **kw)
+    with _json_only(as_json):
+        res = bench_pipelines(steps=step_list, log=lambda m: click.echo(m, err=True), **kw)
     if as_json:
         _dump_json(res)
         return
@@ -613,7 +630,8 @@ def _int_list(value: str, what: str) -> tuple:
     try:
         return tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise UserError(f"{what} must be comma-separated integers, e.g. 1,8,64; got {value!r}") from None
+        raise UserError(f"{what} must be comma-separated integers, e.g. {'0,1,2' if what == '--seeds' else '1,8,64'}; "
+                        f"got {value!r}") from None
 
 
 @cli.command(context_settings=CONTEXT)

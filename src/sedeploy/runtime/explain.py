@@ -102,7 +102,7 @@ def attention(kind: str, outputs: Dict[str, np.ndarray], info: ModelInfo) -> np.
     head = head_weights(info.meta)
     if head is None:
         raise UserError(f"{info.path} has no head_linear metadata; re-export it with this sedeploy "
-                        f"or use --heatmap-kind se")
+                        f"or use --heatmap-kind {'se' if info.se_outputs else 'spatial-mean'}")
     g, pool = head
     k = int(np.argmax(outputs["logits"]))
     fn = {"head-gradcam": head_gradcam_attention, "head-cam": head_cam_attention}[kind]

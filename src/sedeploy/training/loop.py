@@ -41,6 +41,8 @@ __all__ = ["TrainConfig", "TrainResult", "fit", "evaluate"]
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
     return torch.device(name)
 
 

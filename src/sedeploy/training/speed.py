@@ -190,7 +190,7 @@ def bench_pipelines(dataset: str = "fashion-mnist", data_dir: Optional[str] = No
     need = (batches + WARMUP) * batch_size
     if len(split.labels) < need:
         raise UserError(f"{dataset} has {len(split.labels)} images, fewer than the {need} the run needs; "
-                        f"lower --batches")
+                        f"lower --batches or --batch-size (warm-up takes {WARMUP} batches)")
     split = Split(split.images[:need], split.labels[:need])          # cycled: every round draws a new order
     classes = len(info.classes)
     bf16_ok = dev.type == "cuda" or has_bf16()
