@@ -387,7 +387,7 @@ def test_compare_runs(run_cli, fmnist_dir, tmp_path):
                 "--limit-train", "200", "--limit-test", "100", "--seeds", "0,1", "--out", tmp_path, "--no-progress",
                 "--json")
     assert r.code == 0, r.err
-    res = json.loads(r.out[r.out.index("{"):])
+    res = json.loads(r.out)                                  # stdout is the JSON alone
     assert all((tmp_path / f"comparison.{ext}").exists() for ext in ("md", "json", "png"))   # as the README says
     for seed in (0, 1):
         for m in ("cnn", "se_cnn"):

@@ -195,4 +195,4 @@ def test_default_kinds_on_an_older_export_without_a_checkpoint(planted):
     logs = []
     res = fa.evaluate(str(planted), None, "planted", None, n=8, steps=2, log=logs.append)
     assert set(res["methods"]) == {"se", "spatial-mean", "random"}
-    assert any("no gradcam, head-cam, head-gradcam" in m for m in logs), logs
+    assert any("no Grad-CAM, head-cam, head-gradcam" in m for m in logs), logs

@@ -89,7 +89,6 @@ def test_native_int8_is_gated_against_its_own_fp32(register, trained_fm, fmnist_
     # its own 'unsure' threshold (set on its outputs for the held-out images): without a restamp function
     # the plug-in builds its int8 file a second time with it inside
     from sedeploy.runtime.predictor import Predictor
-    from sedeploy.runtime.unsure import unsure
     spec8 = Predictor(str(tmp_path / "model.int8.fake.onnx"), "cpu").info.meta["unsure"]
     spec32 = Predictor(str(tmp_path / "model.fake.onnx"), "cpu").info.meta["unsure"]
     assert plugin.seen["builds"] == 2 and "fakeq int8 model" in spec8["calibrated_on"]

@@ -224,7 +224,7 @@ def evaluate(model: Optional[str] = None, ckpt: Optional[str] = None, dataset: O
     if not explicit and not ckpt_path.exists():
         dropped = ["gradcam"] + ([] if info.meta.get("head_linear") else heads)
         kinds = [k for k in kinds if k not in dropped]
-        log(f"(no {', '.join(dropped)}: no checkpoint at {ckpt_path}"
+        log(f"(no {', '.join({'gradcam': 'Grad-CAM'}.get(d, d) for d in dropped)}: no checkpoint at {ckpt_path}"
             f"{'' if info.meta.get('head_linear') else ' and no head_linear in this older export'}; "
             f"pass --ckpt runs/x/best.pt for them)")
     needs_ckpt = "gradcam" in kinds or (any(k.startswith("head") for k in kinds) and not info.meta.get("head_linear"))
