@@ -160,3 +160,22 @@ def test_heatmap_names_never_collide():
     names = [run._stem(p) for p in ("a/0.png", "b/0.png", "c/0_2.png", "d/0.png", "e/0_2.jpg", "f/x.png")]
     assert names == ["0", "0_2", "0_2_2", "0_3", "0_2_3", "x"]
     assert len(set(names)) == len(names)
+
+
+def test_a_kind_the_model_cannot_draw_is_refused_before_the_folder_is_made(fm_onnx, run_cli, tmp_path):
+    import onnx
+    from PIL import Image
+
+    from conftest import assert_one_line_error
+    from sedeploy.core import contract
+    m = onnx.load(str(fm_onnx))                               # an older export: no head_linear
+    keep = [p for p in m.metadata_props if p.key != contract.META_PREFIX + "head_linear"]
+    del m.metadata_props[:]
+    m.metadata_props.extend(keep)
+    old = tmp_path / "old.onnx"
+    onnx.save(m, str(old))
+    Image.new("L", (32, 32), 90).save(tmp_path / "x.png")
+    r = run_cli("infer", tmp_path / "x.png", "--model", old, "--heatmaps", tmp_path / "heat", "--heatmap-kind",
+                "head-cam")
+    assert_one_line_error(r, "no head_linear", "--heatmap-kind se")
+    assert not (tmp_path / "heat").exists()

@@ -92,18 +92,13 @@ def head_cam_attention(fmap: np.ndarray, g: np.ndarray, pool: int) -> np.ndarray
 
 def attention(kind: str, outputs: Dict[str, np.ndarray], info: ModelInfo) -> np.ndarray:
     """One image's outputs (batch axis removed) -> the (h, w) map of `kind` (one of KINDS)."""
+    check_kind(kind, info)
     fmap = outputs[info.feature_map]
     if kind == "se":
-        if not info.se_outputs:
-            raise UserError(f"{info.path} has no SE outputs; use --heatmap-kind spatial-mean")
         return se_attention(fmap, outputs[info.se_outputs[-1]])
     if kind == "spatial-mean":
         return spatial_mean_attention(fmap)
-    head = head_weights(info.meta)
-    if head is None:
-        raise UserError(f"{info.path} has no head_linear metadata; re-export it with this sedeploy "
-                        f"or use --heatmap-kind {'se' if info.se_outputs else 'spatial-mean'}")
-    g, pool = head
+    g, pool = head_weights(info.meta)
     k = int(np.argmax(outputs["logits"]))
     fn = {"head-gradcam": head_gradcam_attention, "head-cam": head_cam_attention}[kind]
     return fn(fmap, g[k], pool)
@@ -127,6 +122,16 @@ def colormap(a: np.ndarray) -> np.ndarray:
     g = np.clip(1.5 - np.abs(4 * a - 2), 0, 1)
     b = np.clip(1.5 - np.abs(4 * a - 1), 0, 1)
     return (np.concatenate([r, g, b], -1) * 255).astype(np.uint8)
+
+
+def check_kind(kind: Optional[str], info: ModelInfo) -> None:
+    """The model can draw maps of `kind` (None: the default, always): UserError naming the fix otherwise.
+    Checked before any image runs or any folder is made, and again per map."""
+    if kind == "se" and not info.se_outputs:
+        raise UserError(f"{info.path} has no SE outputs; use --heatmap-kind spatial-mean")
+    if kind in ("head-cam", "head-gradcam") and head_weights(info.meta) is None:
+        raise UserError(f"{info.path} has no head_linear metadata; re-export it with this sedeploy "
+                        f"or use --heatmap-kind {'se' if info.se_outputs else 'spatial-mean'}")
 
 
 def require_feature_map(info: ModelInfo) -> None:

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 from ..core.decode import BACKGROUNDS
 from ..core.errors import UserError
 from ..core.io import ensure_writable_dir
-from .explain import require_feature_map
+from .explain import check_kind, require_feature_map
 from .model import ModelInfo
 from .precision import check_precision
 from .runners import runner_class
@@ -111,9 +111,9 @@ class InferOptions:
         model that can explain (a feature_map output)."""
         if not self.heatmaps:
             return None
-        outdir = ensure_writable_dir(self.heatmaps, "heatmap directory", option="--heatmaps")
         require_feature_map(info)
-        return outdir
+        check_kind(self.heatmap_kind, info)              # before the folder is made: a refusal leaves none
+        return ensure_writable_dir(self.heatmaps, "heatmap directory", option="--heatmaps")
 
 
 def check_run(topk: int, batch_size: int) -> None:
