@@ -159,6 +159,7 @@ def test_heatmap_names_never_collide():
     InferRun.__init__(run, None, None, None, [], [])
     names = [run._stem(p) for p in ("a/0.png", "b/0.png", "c/0_2.png", "d/0.png", "e/0_2.jpg", "f/x.png")]
     assert names == ["0", "0_2", "0_2_2", "0_3", "0_2_3", "x"]
+    assert run._stem("g/X.png") == "X_2"                    # one file with x on a case-blind file system
     assert len(set(names)) == len(names)
 
 

@@ -144,6 +144,13 @@ def test_threshold_lies_between_scores_not_on_one():
     for bad in (0.0, 1.5, float("nan")):
         with pytest.raises(ValueError):
             U.threshold_for(s, bad)
+    assert U.threshold_for(np.arange(11.0), 0.9) == 0.5     # 1 - 0.9 = 0.0999...: one of 11 rejected, as asked
+    # a score that is not a number ranks lowest (rejected) within n: 1 NaN + 19 finite at 0.9 -> the NaN
+    # is the one rejected, not a finite score beside it (n counted without it: 2 of 20 rejected)
+    mixed = np.concatenate([[np.nan], np.arange(19.0)])
+    assert U.threshold_for(mixed, 0.9) == -0.5
+    with pytest.raises(ValueError, match="3 of 20 scores are not finite"):    # 85 % at most can be accepted
+        U.threshold_for(np.concatenate([[np.nan, np.nan, -np.inf], np.arange(17.0)]), 0.9)
 
 
 def test_a_score_that_is_not_a_number_is_unsure():
@@ -163,6 +170,9 @@ def test_a_score_that_is_not_a_number_is_unsure():
     (lambda s: {**s, "version": 2}, "version 2"),
     (lambda s: {**s, "params": {**s["params"], "precision": [[1.0]]}}, "do not fit"),
     (lambda s: {**s, "params": {"means": "x"}}, "missing or not numbers"),
+    (lambda s: {**s, "params": {**s["params"], "means": [[None] * len(s["params"]["means"][0])]
+                                + s["params"]["means"][1:]}}, "not finite"),
+    (lambda s: {**s, "params": {"means": [[0.0] * 4] * 10, "precision": [[1.0] * 4] * 4}}, "do not fit"),
 ])
 def test_a_damaged_spec_is_refused_when_the_model_loads(fm_onnx, run_cli, tmp_path, change, needle):
     """An untrusted model's unsure metadata is checked once, at load: a one-line error naming it for infer
@@ -190,6 +200,8 @@ def test_check_spec_reads_cos_se_outputs():
     assert "lacks" in U.check_spec({**spec, "params": {**spec["params"], "output": "se9"}},
                                    {"logits": ["b", 4], "se3": ["b", 2]})
     assert "do not fit" in U.check_spec(spec, {"logits": ["b", 4], "se3": ["b", 5]})
+    # the channel axis, not any axis: means of width 2 do not fit a (b, 64, 2, 2) output
+    assert "do not fit" in U.check_spec(spec, {"logits": ["b", 4], "se3": ["b", 64, 2, 2]})
 
 
 def test_variants_carry_their_own_threshold(trained_fm, fmnist_dir, tmp_path):
@@ -200,11 +212,11 @@ def test_variants_carry_their_own_threshold(trained_fm, fmnist_dir, tmp_path):
     from sedeploy.core.datasets import normalize_batch
     from sedeploy.export.exporter import ExportOptions, export_checkpoint
     man = export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path),
-                            ExportOptions(formats=("onnx",), int8=True, half=True, calib=64, data_dir=str(fmnist_dir),
+                            ExportOptions(formats=("onnx", "ort"), int8=True, half=True, calib=64, data_dir=str(fmnist_dir),
                                           int8_min_agreement=0, int8_max_drop=100, int8_se_atol=1),
                             log=lambda s: None)
     specs, shares = {}, {}
-    for name in ("model.onnx", "model.int8.onnx", "model.fp16.onnx"):
+    for name in ("model.onnx", "model.int8.onnx", "model.fp16.onnx", "model.int8.ort"):
         sess = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
         meta = contract.decode_metadata(sess.get_modelmeta().custom_metadata_map)
         specs[name] = meta["unsure"]
@@ -217,7 +229,9 @@ def test_variants_carry_their_own_threshold(trained_fm, fmnist_dir, tmp_path):
     assert shares == {name: expected for name in shares}, shares
     assert specs["model.int8.onnx"]["threshold"] != specs["model.onnx"]["threshold"]
     assert "int8 model" in specs["model.int8.onnx"]["calibrated_on"]
+    assert specs["model.int8.ort"] == specs["model.int8.onnx"]      # converted from the stamped int8 graph
     assert man["unsure"]["variants"] == {"int8": specs["model.int8.onnx"]["threshold"],
+                                         "ort-int8": specs["model.int8.onnx"]["threshold"],
                                          "fp16": specs["model.fp16.onnx"]["threshold"]}
 
 

@@ -64,11 +64,11 @@ class InferRun:
         stem = Path(image).stem
         n = self._stems.get(stem, 0)
         name = stem
-        while name in self._taken:             # a/0.png, b/0.png, c/0_2.png: the third is 0_2_2, not b's 0_2
-            n += 1
+        while name.lower() in self._taken:     # a/0.png, b/0.png, c/0_2.png: the third is 0_2_2, not b's 0_2
+            n += 1                             # (case-blind: A.png and a.png are one file on macOS, Windows)
             name = f"{stem}_{n + 1}"
         self._stems[stem] = n
-        self._taken.add(name)
+        self._taken.add(name.lower())
         return name
 
 

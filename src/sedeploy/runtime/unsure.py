@@ -83,15 +83,17 @@ def check_spec(spec: object, outputs: Dict[str, list]) -> Optional[str]:
         return f"has no finite threshold ({t!r})"
     if not isinstance(params, dict):
         return "has params that are not an object"
-    def fits(name: str, d: int) -> bool:          # the output has an axis of d channels (any layout)
-        dims = (outputs.get(name) or [])[1:]
-        return not all(isinstance(v, int) for v in dims) or d in dims
+    def fits(name: str, d: int) -> bool:          # the channel axis (after the batch), which _pooled reads
+        shape = outputs.get(name) or []
+        return len(shape) < 2 or not isinstance(shape[1], int) or shape[1] == d
     try:
         if kind == "maha":
             if "feature_map" not in outputs:
                 return "needs the feature_map output, which the graph lacks"
             means = np.asarray(params["means"], dtype=np.float64)
             prec = np.asarray(params["precision"], dtype=np.float64)
+            if not (np.isfinite(means).all() and np.isfinite(prec).all()):
+                return "has maha params that are not finite numbers"
             d = means.shape[1] if means.ndim == 2 else -1
             if d < 1 or prec.shape != (d, d) or not fits("feature_map", d):
                 return (f"has means {list(means.shape)} and precision {list(prec.shape)} that do not fit the "
@@ -101,6 +103,8 @@ def check_spec(spec: object, outputs: Dict[str, list]) -> Optional[str]:
             if out not in outputs:
                 return f"reads the output {out!r}, which the graph lacks"
             means = np.asarray(params["means"], dtype=np.float64)
+            if not np.isfinite(means).all():
+                return "has cos_se means that are not finite numbers"
             if means.ndim != 2 or not fits(out, means.shape[1]):
                 return f"has means {list(means.shape)} that do not fit output {out!r}"
     except (KeyError, TypeError, ValueError):
@@ -138,12 +142,18 @@ def threshold_for(scores: np.ndarray, accept: float) -> float:
     apart) must not flip an image the calibration accepted."""
     if not 0 < accept <= 1:          # NaN fails this too
         raise ValueError(f"accept is a share in (0, 1], got {accept}")
-    s = np.sort(np.asarray(scores, dtype=np.float64))
-    s = s[np.isfinite(s)]
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    s = np.sort(np.where(np.isnan(s), -np.inf, s))        # a score that is not a number ranks lowest: rejected
     if not len(s):
-        raise ValueError("no finite score to calibrate on")
-    k = int(np.floor((1 - accept) * (len(s) - 1) + 1e-9))   # np.quantile(..., method="lower")'s index
-    lo = s[k - 1] if k > 0 else s[0] - (s[1] - s[0] if len(s) > 1 else 0.0)
+        raise ValueError("no score to calibrate on")
+    # the lower quantile's index over all n (np.quantile(s, 1 - accept, method="lower")), 1e-9 against float
+    # error (1 - 0.9 = 0.0999...: 11 scores at 0.9 reject one, as asked, not none)
+    k = int(np.floor((1 - accept) * (len(s) - 1) + 1e-9))
+    if not np.isfinite(s[k]):
+        raise ValueError(f"{int((~np.isfinite(s)).sum())} of {len(s)} scores are not finite numbers: no threshold "
+                         f"accepts {accept:.0%} of them")
+    above = s[k + 1] - s[k] if k + 1 < len(s) and np.isfinite(s[k + 1]) else 0.0
+    lo = s[k - 1] if k > 0 and np.isfinite(s[k - 1]) else s[k] - above
     t = (lo + s[k]) / 2
     return float(min(t, s[k] - 1e-6 * max(1.0, abs(s[k]))))   # a margin even when scores tie
 

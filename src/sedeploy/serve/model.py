@@ -74,7 +74,7 @@ class ServedModel:
     def unsure_parameters(self, outs: Dict[str, np.ndarray]) -> Dict[str, Any]:
         """OIP response parameters for the 'unsure' score (runtime/unsure.py), one value per batch item:
         {"unsure": "[true,false]", "ood_score": "[1.5,-3]"} (JSON text: parameter values are scalars);
-        {} for a model without the calibrated score or without the outputs it reads."""
+        {} for a model without the calibrated score (a damaged one was refused when the model loaded)."""
         from ..runtime.unsure import unsure
         info = getattr(self.predictor, "info", None)
         spec = info.meta.get("unsure") if info is not None else None
