@@ -154,6 +154,8 @@ def test_cnn_heatmap_fallback(run_cli, tmp_path):
     # no SE outputs: channels ranked by spatial mean; the map is head-cam (a cnn export carries head_linear too)
     assert rec["heatmaps"]["method"] == "head-cam" and "spatial_mean" in rec["heatmaps"]["top_channels"]
     assert (tmp_path / "h" / "g_heatmap.png").exists() and not (tmp_path / "h" / "g_se.png").exists()
+    r = run_cli("infer", tmp_path / "g.png", "--model", tmp_path / "model.onnx", "--heatmaps", tmp_path / "h")
+    assert r.code == 0 and "(*_heatmap.png, *_channels.png)" in r.err, r.err    # the summary names no *_se.png
 
 
 def test_providers(fm_export):

@@ -121,8 +121,8 @@ def summary(run: InferRun, emit: InferOutput, wall: float, as_json: bool) -> Non
     """Heatmap folder, images/s with the model's share of the time, failures: stderr."""
     predictor = run.predictor
     if run.outdir is not None and not as_json:
-        click.echo(f"heatmaps for {emit.ok} image(s) in {run.outdir}/ (*_heatmap.png, *_channels.png, *_se.png)",
-                   err=True)
+        files = "*_heatmap.png, *_channels.png" + (", *_se.png" if predictor.info.se_outputs else "")
+        click.echo(f"heatmaps for {emit.ok} image(s) in {run.outdir}/ ({files})", err=True)
     if len(run.paths) > 1:
         click.echo(f"{emit.ok} image(s) in {wall:.2f} s ({emit.ok / wall:.0f} images/s, start-up included; "
                    f"the model {100 * predictor.model_seconds / wall:.0f} % of the time, decoding on "
