@@ -270,7 +270,10 @@ def recipe_mismatch(cfg: TrainConfig) -> List[str]:
         return []
     from ..checkpoint import load_checkpoint
     from .config import recipe_differences
-    saved = load_checkpoint(last).get("recipe")
+    try:
+        saved = load_checkpoint(last).get("recipe")
+    except UserError:                       # a damaged last.pt: its own run fails and is reported, the others train
+        return []
     if not isinstance(saved, dict):
         return ["no recipe recorded (written by an older sedeploy)"]
     return recipe_differences(saved, _recipe_now(cfg))
