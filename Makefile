@@ -79,7 +79,7 @@ edge: install
 	  --save-json $(DEMO)/edge-bench.json
 	$(PY) scripts/edge_table.py $(DEMO)/edge $(DEMO)/edge-bench.json
 
-# The suite without the tests marked slow (~5.5 min on 2 cores; test-slow ~7 min); test-slow: those (the LiteRT and ExecuTorch format tests, int8 of each format,
+# The suite without the tests marked slow (5-6 min on 2 cores; test-slow ~8 min); test-slow: those (the LiteRT and ExecuTorch format tests, int8 of each format,
 # arm64 emulation, multi-process training, the demo's commands, real Triton, the browser bundle); CI runs both.
 test: install
 	$(VENV)/bin/pytest -q -m "not slow"
