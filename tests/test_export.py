@@ -294,9 +294,9 @@ def test_int8_gate_accuracy_drop_and_unlabelled(trained_fm, fmnist_dir, tmp_path
     opts = dict(formats=("onnx",), int8=True, calib=64, data_dir=str(fmnist_dir), int8_min_agreement=0,
                 int8_se_atol=1)
     with pytest.raises(UserError, match=r"points below fp32 .* --int8-max-drop 0"):
-        export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path / "a"), ExportOptions(**opts, int8_max_drop=0),
-                          log=lambda s: None)
-    assert not (tmp_path / "a").exists()                    # not even an empty folder is left behind
+        export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path / "a" / "b" / "c"),
+                          ExportOptions(**opts, int8_max_drop=0), log=lambda s: None)
+    assert not (tmp_path / "a").exists()                    # not even an empty folder (or its new parents) is left
     monkeypatch.setattr(q, "calibration_images", real)
     real_load = ds.load_arrays
     monkeypatch.setattr(ds, "load_arrays", lambda name, data_dir=None, split="test", native=False, ref=None:

@@ -163,7 +163,9 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
     """Run the whole export; returns the manifest (also written as export.json)."""
     opts = validate_options(opts)
     t_start = time.perf_counter()
-    out_existed = Path(out_dir).exists() if out_dir else True
+    # the folders this export creates (--out and any missing parents): a failure removes those left empty
+    created = [d for d in (Path(out_dir).absolute(), *Path(out_dir).absolute().parents) if not d.exists()] \
+        if out_dir else []
     job = plan(Path(ckpt_path), out_dir, opts, log)
     job.tmp = stage_dir(job.out)
     try:
@@ -182,8 +184,9 @@ def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: Expor
         install(job, staged)
     except BaseException:
         release_dir(job.tmp)
-        if not out_existed and not any(job.out.iterdir()):
-            job.out.rmdir()                                   # a failed export leaves no empty folder behind
+        for d in created:                                     # a failed export leaves no empty folder behind
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
         raise
     release_dir(job.tmp)
     report(job, manifest, log)
