@@ -155,7 +155,7 @@ class Job:
     unsure: Optional[dict] = None                            # the calibrated 'unsure' score (metadata + export.json)
     unsure_inputs: Optional[np.ndarray] = None               # the held-out images its threshold was set on (normalized)
     unsure_variant: Optional[dict] = None                    # while a variant is stamped: its own spec (threshold)
-    variant_specs: Dict[str, Optional[dict]] = field(default_factory=dict)   # variant -> its spec (export.json)
+    variant_specs: Dict[str, dict] = field(default_factory=dict)   # variant -> its own spec (export.json)
 
 
 def export_checkpoint(ckpt_path: str, out_dir: Optional[str] = None, opts: ExportOptions = ExportOptions(),
@@ -260,15 +260,13 @@ def calibrate_unsure(job: Job, wrapper: torch.nn.Module, log: Callable[[str], No
 
 
 def variant_unsure(job: Job, outputs: Dict[str, np.ndarray], what: str,
-                   log: Callable[[str], None] = lambda m: None) -> Optional[dict]:
+                   log: Callable[[str], None] = lambda m: None) -> dict:
     """The 'unsure' spec for a variant (int8, fp16): the same score, its threshold set again on the variant's
     own outputs for the same held-out images, so that it accepts the same share (quantization moves the
     scores: the fp32 threshold would flag in-distribution images)."""
     from ..runtime import unsure
-    if job.unsure is None:
-        return None
     spec = job.unsure
-    scores = unsure.score(spec["kind"], spec["params"], outputs)
+    scores = unsure_score(spec, outputs)
     try:
         t = unsure.threshold_for(scores, spec["accept"])
     except ValueError as e:
@@ -283,11 +281,9 @@ def unsure_score(spec: dict, outputs: Dict[str, np.ndarray]) -> np.ndarray:
     return unsure.score(spec["kind"], spec["params"], outputs)
 
 
-def _stamp_onnx(path: Path, spec: Optional[dict]) -> None:
+def _stamp_onnx(path: Path, spec: dict) -> None:
     """An ONNX variant's sedeploy.unsure property set to its own spec (the file is rewritten in place)."""
     import onnx
-    if spec is None:
-        return
     model = onnx.load(str(path))
     key = contract.META_PREFIX + "unsure"
     props = [(p.key, p.value) for p in model.metadata_props if p.key != key]
@@ -368,7 +364,7 @@ def write_manifest(job: Job, staged: Staged, rows: List, batch_desc: str) -> dic
         "int8_gate": job.gate or None,
         "unsure": None if job.unsure is None else {
             **{k: v for k, v in job.unsure.items() if k != "params"},
-            "variants": {name: spec["threshold"] for name, spec in job.variant_specs.items() if spec}},
+            "variants": {name: spec["threshold"] for name, spec in job.variant_specs.items()}},
         "overhead": job.overhead,
         "timings_s": {k: round(v, 4) for k, v in job.timings.items()},
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},

@@ -269,14 +269,12 @@ def recipe_mismatch(cfg: TrainConfig) -> List[str]:
     if not last.is_file():
         return []
     from ..checkpoint import load_checkpoint
-    from .config import recipe_differences
+    from .loop import saved_recipe_differences
     try:
-        saved = load_checkpoint(last).get("recipe")
+        ck = load_checkpoint(last)
     except UserError:                       # a damaged last.pt: its own run fails and is reported, the others train
         return []
-    if not isinstance(saved, dict):
-        return ["no recipe recorded (written by an older sedeploy)"]
-    return recipe_differences(saved, _recipe_now(cfg))
+    return saved_recipe_differences(ck, _recipe_now(cfg))
 
 
 def _fmt(v: Optional[float], spec: str = ".2f") -> str:

@@ -177,15 +177,19 @@ def load_resume(cfg: TrainConfig, allow_finished: bool = False) -> Optional[Dict
     return ck
 
 
+def saved_recipe_differences(ck: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
+    """How a checkpoint's recorded recipe differs from `now` ([] when it does not)."""
+    saved = ck.get("recipe")
+    if not isinstance(saved, dict):
+        return ["no recipe recorded (written by an older sedeploy)"]
+    return recipe_differences(saved, now)
+
+
 def check_recipe(cfg: TrainConfig, ck: Optional[Dict[str, Any]], now: Dict[str, Any]) -> bool:
     """Refuse a resume whose recipe differs, unless allow_recipe_change; -> True when it differs."""
     if ck is None:
         return False
-    saved = ck.get("recipe")
-    if saved is None:
-        diffs = ["no recipe recorded (written by an older sedeploy)"]
-    else:
-        diffs = recipe_differences(saved, now)
+    diffs = saved_recipe_differences(ck, now)
     if diffs and not cfg.allow_recipe_change:
         raise UserError(f"{cfg.resume} was trained with another recipe ({'; '.join(diffs)}); pass the same "
                         f"options, or --allow-recipe-change to resume anyway (not an exact resume)")
