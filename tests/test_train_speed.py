@@ -2,6 +2,9 @@
 the eager one, early stopping, compare resuming unfinished runs and running them in parallel processes."""
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -314,8 +317,13 @@ def test_compare_status_reports_without_training(fmnist_dir, tmp_path, monkeypat
     import sedeploy.training.loop as loop
     monkeypatch.setattr(loop, "fit", lambda *a, **k: pytest.fail("status trained"))
     (tmp_path / "curves.png").unlink()
+    import sedeploy.training.data as data
+    loads = []
+    for mod in (data, loop):                  # every way a recipe check could read the dataset, counted
+        monkeypatch.setattr(mod, "load_dataset", lambda *a, _f=data.load_dataset, **k: loads.append(a) or _f(*a, **k))
     logs = []
     res = status(c, ("cnn", "se_cnn"), seeds=(0, 1, 2), log=logs.append)       # seed 2: never started
+    assert len(loads) == 1, loads                                  # read once for the four runs' recipe checks
     states = {(r["model"], r["seed"]): r["state"] for r in res["status"]}
     assert states == {("cnn", 0): "finished", ("se_cnn", 0): "finished", ("cnn", 1): "finished",
                       ("se_cnn", 1): "finished", ("cnn", 2): "not started", ("se_cnn", 2): "not started"}
@@ -332,3 +340,15 @@ def test_compare_status_reports_without_training(fmnist_dir, tmp_path, monkeypat
     with pytest.raises(UserError, match=r"started with another recipe \(.*lr.*\); run compare with the options it "
                                         r"was started with, or choose another --out"):
         compare(other, ("cnn",), seeds=(0,), progress=False, log=lambda m: None)
+
+
+def test_bench_train_breakdown_keeps_the_profilers_own_log_off_stderr():
+    """torch's profiler (kineto) wrote 'profiler_start' / 'profiler_stop' and, without a GPU, a failed GPU count
+    to stderr between bench-train's lines; a fresh process, since kineto reads its log level once."""
+    code = ("import torch\nfrom sedeploy.training.speed import breakdown\n"
+            "r = breakdown(lambda x, y: torch.ones(64, 64) @ torch.ones(64, 64), iter([(0, 0)] * 4), n=3)\n"
+            "print(r['steps'], r['gemm_share'] > 0)\n")
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0 and p.stdout.split() == ["3", "True"], p.stderr
+    assert "profiler_start" not in p.stderr and "profiler_stop" not in p.stderr and "DeviceCount" not in p.stderr, p.stderr

@@ -207,10 +207,11 @@ def data_fingerprint(cfg: TrainConfig, data: "Data") -> Dict[str, Any]:
 
 
 def make_data(cfg: TrainConfig, device: torch.device, d: Dist = Dist(), progress: bool = False,
-              out: Optional[Path] = None) -> Data:
-    """Load the dataset (a folder: index, split, decode cache), subset it, hold out the validation split."""
-    info, splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, folder=folder_options(cfg),
-                                progress=progress and d.main, log=lambda m: _log(m, d))
+              out: Optional[Path] = None, loaded: Optional[Tuple[Any, Dict[str, Any]]] = None) -> Data:
+    """Load the dataset (a folder: index, split, decode cache), subset it, hold out the validation split.
+    loaded: load_dataset's (info, splits) for cfg, when the caller has them already."""
+    info, splits = loaded or load_dataset(cfg.dataset, cfg.data_dir, cfg.download, folder=folder_options(cfg),
+                                          progress=progress and d.main, log=lambda m: _log(m, d))
     ref = write_data_files(info, out) if out is not None and d.main else None   # a folder's split.json, skipped.json
     train = subset(splits["train"], cfg.limit_train, cfg.seed)
     test = subset(splits["test"], cfg.limit_test, cfg.seed + 1)

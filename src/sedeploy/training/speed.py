@@ -116,6 +116,9 @@ def gemm_rate(dtype: torch.dtype, device: torch.device, n: int = 1024, seconds: 
 
 def breakdown(step: Callable, batches: Iterator, n: int = 10) -> Dict[str, float]:
     """Share of the step's time in convolutions/matmuls, from torch's profiler (self CPU time)."""
+    # kineto (the profiler's C++ side) logs its start and stop, and on a CPU-only machine a failed GPU
+    # count, to stderr; read once, at the profiler's first use. KINETO_LOG_LEVEL set by the user wins.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
