@@ -39,11 +39,11 @@ def main() -> int:
     out = Path(a.out)
     base = TrainConfig(model=a.model, dataset="fashion-mnist", epochs=a.epochs, limit_train=a.limit_train,
                        log_every=0, threads=1)
-    todo, done = [], {}
+    todo, done, loads = [], {}, {}
     for seed in seeds:
         for prec in ("fp32", "bf16"):
             c = dataclasses.replace(base, seed=seed, precision=prec, out=str(out / f"seed{seed}" / prec))
-            s = finished_run(c)
+            s = finished_run(c, loads)
             if s is not None:
                 done[(prec, seed)] = s
             else:

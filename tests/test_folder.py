@@ -440,3 +440,21 @@ def test_train_export_infer_bench_on_a_folder(tmp_path, run_cli):
     data = load_data(resolve_model(bcfg), bcfg)
     assert data.desc == f"{len(split['splits']['test'])} folder test images" and data.x_test.shape[1:] == (3, 48, 48)
     assert data.y_test.tolist() == [label for _, label in split["splits"]["test"]]
+
+
+def test_compare_reads_a_folder_once_per_split_not_once_per_run(tmp_path):
+    """compare's recipe checks share one load per distinct split of the data: a folder's split follows the
+    seed, so two seeds are two loads, and each run's fingerprint is the one it gets when loaded alone."""
+    import dataclasses
+    from sedeploy.training import TrainConfig
+    from sedeploy.training.compare import _recipe_now
+    root = class_folder(tmp_path / "imgs", n=12)
+    base = TrainConfig(dataset="folder", data_dir=str(root), cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "r"))
+    runs = [dataclasses.replace(base, model=m, seed=s) for s in (0, 1) for m in ("cnn", "se_cnn")]
+    loads: dict = {}
+    shared = [_recipe_now(c, loads)["data"] for c in runs]
+    assert len(loads) == 2                                   # per seed, not per run
+    assert shared == [_recipe_now(c)["data"] for c in runs]  # as each run alone would see its data
+    (_, s0), (_, s1) = list(loads.values())                        # and the seeds' splits do differ
+    assert s0["train"].images.shape == s1["train"].images.shape
+    assert not np.array_equal(s0["train"].images.numpy(), s1["train"].images.numpy())

@@ -318,9 +318,9 @@ def test_compare_status_reports_without_training(fmnist_dir, tmp_path, monkeypat
     monkeypatch.setattr(loop, "fit", lambda *a, **k: pytest.fail("status trained"))
     (tmp_path / "curves.png").unlink()
     import sedeploy.training.data as data
-    loads = []
+    loads, read = [], data.load_dataset
     for mod in (data, loop):                  # every way a recipe check could read the dataset, counted
-        monkeypatch.setattr(mod, "load_dataset", lambda *a, _f=data.load_dataset, **k: loads.append(a) or _f(*a, **k))
+        monkeypatch.setattr(mod, "load_dataset", lambda *a, **k: loads.append(a) or read(*a, **k))
     logs = []
     res = status(c, ("cnn", "se_cnn"), seeds=(0, 1, 2), log=logs.append)       # seed 2: never started
     assert len(loads) == 1, loads                                  # read once for the four runs' recipe checks
@@ -347,8 +347,8 @@ def test_bench_train_breakdown_keeps_the_profilers_own_log_off_stderr():
     to stderr between bench-train's lines; a fresh process, since kineto reads its log level once."""
     code = ("import torch\nfrom sedeploy.training.speed import breakdown\n"
             "r = breakdown(lambda x, y: torch.ones(64, 64) @ torch.ones(64, 64), iter([(0, 0)] * 4), n=3)\n"
-            "print(r['steps'], r['gemm_share'] > 0)\n")
+            "import os\nprint(r['steps'], r['gemm_share'] > 0, 'KINETO_LOG_LEVEL' in os.environ)\n")
     env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert p.returncode == 0 and p.stdout.split() == ["3", "True"], p.stderr
+    assert p.returncode == 0 and p.stdout.split() == ["3", "True", "False"], p.stderr   # our level taken back
     assert "profiler_start" not in p.stderr and "profiler_stop" not in p.stderr and "DeviceCount" not in p.stderr, p.stderr

@@ -117,15 +117,22 @@ def gemm_rate(dtype: torch.dtype, device: torch.device, n: int = 1024, seconds: 
 def breakdown(step: Callable, batches: Iterator, n: int = 10) -> Dict[str, float]:
     """Share of the step's time in convolutions/matmuls, from torch's profiler (self CPU time)."""
     # kineto (the profiler's C++ side) logs its start and stop, and on a CPU-only machine a failed GPU
-    # count, to stderr; read once, at the profiler's first use. KINETO_LOG_LEVEL set by the user wins.
-    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    # count, to stderr; it reads its level at the profiler's first use in a process. KINETO_LOG_LEVEL set by
+    # the user wins; ours is taken back after, for whatever else in the process profiles.
+    quiet = "KINETO_LOG_LEVEL" not in os.environ
+    if quiet:
+        os.environ["KINETO_LOG_LEVEL"] = "6"
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            x, y = next(batches)
-            step(x, y)
-        wall = time.perf_counter() - t0
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                x, y = next(batches)
+                step(x, y)
+            wall = time.perf_counter() - t0
+    finally:
+        if quiet:
+            os.environ.pop("KINETO_LOG_LEVEL", None)
     ev = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in ev)
     gemm = sum(e.self_cpu_time_total for e in ev if e.key in GEMM_OPS)
