@@ -1,12 +1,14 @@
 """Which out-of-distribution score ('unsure') separates Fashion-MNIST from images the model does not know?
 
-Runs an exported ONNX model (all outputs: logits, se1..3, feature_map) with onnxruntime, fits each score of
-sedeploy.runtime.unsure on training images, and reports per OOD set AUROC and FAR@95%TPR (the share of OOD
-images accepted at the threshold that accepts 95 % of the in-distribution test images). Offline OOD sets:
-uniform noise, linear gradients, random shapes, crops of the two photographs of sklearn's load_sample_images,
-sklearn's 1,797 8x8 digits upscaled. CPU only.
+Runs an exported ONNX model (all outputs: logits, se1..3, feature_map) with onnxruntime and, for each score of
+sedeploy.runtime.unsure, does what `sedeploy export` does for the one it ships: fits the parameters on images the
+run trained on and sets the threshold on the run's validation images (export.exporter.unsure_images: the same
+images, drawn again from the checkpoint's recipe). Reports per OOD set AUROC (the unseen test images against the
+set) and FAR, the share of the set accepted at that threshold; and the share of test images it accepts. Offline
+OOD sets: uniform noise, linear gradients, random shapes, crops of the two photographs of sklearn's
+load_sample_images, sklearn's 1,797 8x8 digits upscaled (scikit-learn: `pip install scikit-learn`). CPU only.
 
-  python scripts/unsure_bench.py --model demo/run/model.onnx --json /tmp/unsure/bench.json
+  python scripts/unsure_bench.py --ckpt demo/run/best.pt --model demo/run/model.onnx --json /tmp/unsure/bench.json
 """
 import argparse
 import json
@@ -17,7 +19,8 @@ import onnxruntime as ort
 from PIL import Image, ImageDraw
 
 from sedeploy.core import contract
-from sedeploy.core.datasets import fmnist_dirs, read_fmnist
+from sedeploy.core.arrays import load_arrays
+from sedeploy.core.datasets import normalize_batch
 from sedeploy.runtime import unsure as U
 
 
@@ -63,47 +66,54 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="an exported model.onnx with all outputs")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--fit", type=int, default=5000, help="training images the parameters are fitted on")
+    ap.add_argument("--ckpt", required=True, help="the checkpoint the model was exported from (its recipe gives "
+                    "the images it trained on and the validation images it held out)")
+    ap.add_argument("--n", type=int, default=2000, help="training images fitted on / validation images calibrated on "
+                    "(export's default)")
     ap.add_argument("--n-ood", type=int, default=500)
     ap.add_argument("--accept", type=float, default=0.95)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
+    from sedeploy.checkpoint import load_checkpoint
+    from sedeploy.export.exporter import unsure_images
     sess = ort.InferenceSession(a.model, providers=["CPUExecutionProvider"])
     meta = contract.decode_metadata(sess.get_modelmeta().custom_metadata_map)
     c, h, w = meta["input_size"]
-    mean, std = np.float32(meta["mean"][0]), np.float32(meta["std"][0])
     names = [o.name for o in sess.get_outputs()]
 
     def run(u8: np.ndarray) -> dict:
         outs = {k: [] for k in names}
         for i in range(0, len(u8), 256):
-            x = ((u8[i:i + 256].reshape(-1, 1, h, w).astype(np.float32) / 255) - mean) / std
+            x = normalize_batch(u8[i:i + 256].reshape(-1, c, h, w), meta["mean"], meta["std"])
             for k, v in zip(names, sess.run(None, {contract.INPUT_NAME: x})):
                 outs[k].append(v)
         return {k: np.concatenate(v) for k, v in outs.items()}
 
-    dirs = fmnist_dirs(None if a.data_dir is None else __import__("pathlib").Path(a.data_dir))
-    xtr, ytr, _ = read_fmnist(dirs, "train", h)
-    xte, _, _ = read_fmnist(dirs, "test", h)
-    rng = np.random.default_rng(0)
-    idx = rng.choice(len(xtr) - 10000, a.fit, replace=False) + 10000    # the demo trains on a 20,000 subset
-    fit, val = run(xtr[idx]), run(xte)
-    sets = {k: run(v) for k, v in ood_sets(h, a.n_ood).items()}
-    rows = []
+    xfit, yfit, xval, what = unsure_images(load_checkpoint(a.ckpt), a.data_dir, a.n)
+    _, xte, _ = load_arrays(meta["dataset"], a.data_dir, "test", ref=meta.get("data"))
+    fit, val, test = run(xfit), run(xval), run(xte)
+    sets = {k: run(v[:, None] if v.ndim == 3 else v) for k, v in ood_sets(h, a.n_ood).items()}
+    rows, thresholds = [], {}
     for kind in U.KINDS:
-        params = U.fit_params(kind, fit, ytr[idx], len(meta["classes"]))
-        ids = U.score(kind, params, val)
+        spec = U.calibrate(kind, fit, yfit, len(meta["classes"]), val, accept=a.accept)
+        thresholds[kind] = spec["threshold"]
+        ids = U.score(kind, spec["params"], test)
         for name, o in sets.items():
-            s = U.score(kind, params, o)
+            s = U.score(kind, spec["params"], o)
             rows.append({"score": kind, "ood": name, "n": len(s), "auroc": round(U.auroc(ids, s), 4),
-                         "far": round(U.far_at(ids, s, a.accept), 4)})
-    print(f"{'score':8} " + " ".join(f"{n:>16}" for n in sets) + "    (AUROC / FAR@95%TPR)")
+                         "far": round(float((s >= spec["threshold"]).mean()), 4),
+                         "test_accepted": round(float((ids >= spec["threshold"]).mean()), 4)})
+    print(f"fitted on {len(xfit)} training images, threshold on {len(xval)} {what} images; "
+          f"in-distribution: {len(xte)} test images", file=sys.stderr)
+    print(f"{'score':8} " + " ".join(f"{n:>16}" for n in sets) + "   test accepted    (AUROC / FAR)")
     for kind in U.KINDS:
         cells = [next(r for r in rows if r["score"] == kind and r["ood"] == n) for n in sets]
-        print(f"{kind:8} " + " ".join(f"{r['auroc']:>7.3f} / {r['far']:>6.3f}" for r in cells))
+        print(f"{kind:8} " + " ".join(f"{r['auroc']:>7.3f} / {r['far']:>6.3f}" for r in cells)
+              + f"   {cells[0]['test_accepted']:>12.3f}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"model": a.model, "accept": a.accept, "fit": a.fit, "rows": rows}, f, indent=1)
+            json.dump({"model": a.model, "ckpt": a.ckpt, "accept": a.accept, "fit": len(xfit), "calibrated_on":
+                       f"{len(xval)} {what} images", "test": len(xte), "thresholds": thresholds, "rows": rows}, f, indent=1)
     return 0
 
 

@@ -128,9 +128,11 @@ def assert_parity(ref: dict, got: dict, atol: float, rtol: float = 0.0, what: st
 
 
 @pytest.fixture(scope="session")
-def fm_onnx(trained_fm, tmp_path_factory) -> Path:
-    """The tiny trained se_cnn exported to ONNX (dynamic batch, SE + feature map outputs)."""
+def fm_onnx(trained_fm, fmnist_dir, tmp_path_factory) -> Path:
+    """The tiny trained se_cnn exported to ONNX (dynamic batch, SE + feature map outputs), its 'unsure'
+    threshold calibrated on the synthetic data it was trained on (never on whatever is installed)."""
     from sedeploy.export.exporter import ExportOptions, export_checkpoint
     d = tmp_path_factory.mktemp("fm_onnx")
-    export_checkpoint(str(trained_fm / "best.pt"), str(d), ExportOptions(formats=("onnx",)), log=lambda s: None)
+    export_checkpoint(str(trained_fm / "best.pt"), str(d), ExportOptions(formats=("onnx",), data_dir=str(fmnist_dir)),
+                      log=lambda s: None)
     return d / "model.onnx"

@@ -61,8 +61,22 @@ def test_metadata_key_round_trips():
     assert contract.decode_metadata(enc)["unsure"] == spec
 
 
-def test_export_stores_a_calibrated_score(fm_onnx):
-    """The exporter's metadata carries the score; its threshold accepts ~95 % of test images, flags noise."""
+def _validation_images(run_dir, fmnist_dir):
+    """The validation images the tiny run selected on, drawn again from its recipe (sedeploy.splits)."""
+    import torch
+    from sedeploy.checkpoint import load_checkpoint
+    from sedeploy.core.arrays import load_arrays
+    from sedeploy.splits import run_split
+    ck = load_checkpoint(str(run_dir / "best.pt"))
+    _, x, y = load_arrays("fashion-mnist", str(fmnist_dir), "train")
+    trained, val = run_split(ck["recipe"], torch.from_numpy(y.astype(np.int64)))
+    return x[val.numpy()], x[trained.numpy()]
+
+
+def test_export_stores_a_calibrated_score(fm_onnx, trained_fm, fmnist_dir):
+    """The exporter's metadata carries the score; its threshold is set on the run's validation images (the
+    ones it selected best.pt on, never trained on): it accepts the stated share of exactly those, about as
+    many unseen test images, and flags noise."""
     import onnxruntime as ort
     from sedeploy.core.arrays import load_arrays
     from sedeploy.core.datasets import normalize_batch
@@ -73,60 +87,127 @@ def test_export_stores_a_calibrated_score(fm_onnx):
     manifest = json.loads((fm_onnx.parent / "export.json").read_text())
     assert manifest["unsure"]["threshold"] == spec["threshold"]
     names = [o.name for o in sess.get_outputs()]
-    run = lambda x: dict(zip(names, sess.run(None, {contract.INPUT_NAME: x})))
-    # the test images the exporter found (the same lookup as int8 calibration), 2000 of them calibrated on
-    _, x, _ = load_arrays(meta["dataset"], None, "test", ref=meta.get("data"))
-    x = x[np.random.default_rng(1).permutation(len(x))[:1000]]
-    _, flags = U.unsure(run(normalize_batch(x, meta["mean"], meta["std"])), spec)
-    assert abs((~flags).mean() - 0.95) < 0.03             # 1000 images, binomial sd ~0.007
+    run = lambda x: dict(zip(names, sess.run(None, {contract.INPUT_NAME: normalize_batch(x, meta["mean"], meta["std"])})))
+    val, trained = _validation_images(trained_fm, fmnist_dir)
+    n = len(val)                                                       # 10 % of 800, rounded per class
+    assert 75 <= n <= 85 and spec["calibrated_on"] == f"{len(trained)} training / {n} validation images"
+    expected = (n - int(np.floor(0.05 * (n - 1)))) / n                 # the lower quantile's share: 77 of 81
+    assert (~U.unsure(run(val), spec)[1]).mean() == expected
+    _, xte, _ = load_arrays("fashion-mnist", str(fmnist_dir), "test")
+    # 200 unseen test images: binomial sd ~1.5 points, plus the threshold's own error from ~80 images (~2.4)
+    assert abs((~U.unsure(run(xte), spec)[1]).mean() - 0.95) < 0.10
     noise = np.random.default_rng(0).normal(0, 2, (64, *meta["input_size"])).astype(np.float32)
-    assert U.unsure(run(noise), spec)[1].mean() > 0.8
+    assert U.unsure(dict(zip(names, sess.run(None, {contract.INPUT_NAME: noise}))), spec)[1].mean() > 0.8
 
 
-def test_infer_text_and_json_carry_the_flag(fm_onnx, run_cli, tmp_path):
-    """Noise is flagged in `sedeploy infer` (text and JSON); the same model without the key: no flag, same top-k."""
+def test_export_refuses_validation_images_from_other_data(trained_fm, tmp_path):
+    """Another copy of the data (other labels) cannot give the run's validation split: the export says so and
+    ships no flag rather than a threshold set on images the run may have trained on."""
+    from conftest import learnable_images, write_idx
+    from sedeploy.export.exporter import ExportOptions, export_checkpoint
+    other = tmp_path / "other"
+    other.mkdir()
+    for split, n, seed in (("train", 800, 7), ("t10k", 200, 8)):
+        x, y = learnable_images(n, 28, 1, seed)
+        write_idx(other / f"{split}-images-idx3-ubyte", x)
+        write_idx(other / f"{split}-labels-idx1-ubyte", y)
+    logs = []
+    man = export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path / "out"),
+                            ExportOptions(formats=("onnx",), data_dir=str(other)), log=logs.append)
+    assert man["unsure"] is None
+    assert any("not calibrated" in m and "--data-dir" in m for m in logs), logs
+
+
+def test_a_run_without_validation_is_calibrated_on_test_images(fmnist_dir, tmp_path):
+    """--select-on test holds out no validation split: the threshold is set on test images, and says so."""
+    from sedeploy.export.exporter import ExportOptions, export_checkpoint
+    from sedeploy.training import TrainConfig, fit
+    fit(TrainConfig(model="cnn", dataset="fashion-mnist", data_dir=str(fmnist_dir), epochs=1, out=str(tmp_path / "r"),
+                    select_on="test", limit_train=300, log_every=0), progress=False)
+    logs = []
+    man = export_checkpoint(str(tmp_path / "r" / "best.pt"), str(tmp_path / "out"),
+                            ExportOptions(formats=("onnx",), data_dir=str(fmnist_dir)), log=logs.append)
+    assert man["unsure"]["calibrated_on"] == "300 training / 200 test images"
+    assert any("set on test images" in m for m in logs), logs
+
+
+def _strip_unsure(model, dest):
+    """A copy of the model without the unsure key: an artifact exported before the flag existed."""
     import onnx
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(tmp_path / f"noise{i}.png")
-    res = run_cli("infer", str(tmp_path), "--model", str(fm_onnx), "--topk", "3", "--json")
-    assert res.code == 0, res.err
-    recs = [json.loads(line) for line in res.out.splitlines()]
-    assert all(r["unsure"] is True and isinstance(r["ood_score"], float) for r in recs)
-    text = run_cli("infer", str(tmp_path), "--model", str(fm_onnx), "--topk", "3")
-    assert text.out.count("(unsure)") == 3
-    m = onnx.load(str(fm_onnx))                            # an old artifact: the key removed
+    m = onnx.load(str(model))
     keep = [p for p in m.metadata_props if p.key != contract.META_PREFIX + "unsure"]
     del m.metadata_props[:]
     m.metadata_props.extend(keep)
-    old = tmp_path / "old.onnx"
-    onnx.save(m, str(old))
-    res_old = run_cli("infer", str(tmp_path), "--model", str(old), "--topk", "3", "--json")
-    assert res_old.code == 0, res_old.err
-    olds = [json.loads(line) for line in res_old.out.splitlines()]
-    assert all("unsure" not in r and "ood_score" not in r for r in olds)
-    assert [r["top"] for r in olds] == [r["top"] for r in recs]     # the flag never changes top-k
+    onnx.save(m, str(dest))
+    return dest
 
 
-def test_serve_answers_carry_the_flag(fm_onnx):
-    """The image route's JSON has unsure / ood_score; the OIP infer response has them as parameters."""
-    import io
+def _pngs(folder, fmnist_dir, n_known=12, n_noise=3):
+    """n_known unseen test images of the synthetic set (known_*.png, native 28x28) and n_noise of uniform noise."""
     from PIL import Image
+    from sedeploy.core.datasets import fmnist_dirs, read_fmnist
+    folder.mkdir(exist_ok=True)
+    x, _, _ = read_fmnist(fmnist_dirs(fmnist_dir), "test", None)
+    for i in range(n_known):
+        Image.fromarray(x[i, 0]).save(folder / f"known_{i:02d}.png")
+    rng = np.random.default_rng(0)
+    for i in range(n_noise):
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(folder / f"noise{i}.png")
+    return folder
+
+
+def test_infer_text_and_json_carry_the_flag(fm_onnx, fmnist_dir, run_cli, tmp_path):
+    """`sedeploy infer` (text and JSON): noise is flagged, images like the training data mostly are not (the
+    threshold accepts ~95 % of them); the same model without the key: no flag, the same top-k."""
+    folder = _pngs(tmp_path / "in", fmnist_dir)
+    res = run_cli("infer", str(folder), "--model", str(fm_onnx), "--topk", "3", "--json")
+    assert res.code == 0, res.err
+    recs = {r["image"].rsplit("/", 1)[-1]: r for r in map(json.loads, res.out.splitlines())}
+    assert all(isinstance(r["ood_score"], float) and isinstance(r["unsure"], bool) for r in recs.values())
+    assert all(recs[f"noise{i}.png"]["unsure"] is True for i in range(3))
+    known = [r["unsure"] for k, r in recs.items() if k.startswith("known_")]
+    assert len(known) == 12 and sum(known) <= 3, known          # ~0.6 expected at 95 %; 4 or more: P < 0.3 %
+    text = run_cli("infer", str(folder), "--model", str(fm_onnx), "--topk", "3")
+    assert text.out.count("(unsure)") == 3 + sum(known)
+    old = _strip_unsure(fm_onnx, tmp_path / "old.onnx")
+    res_old = run_cli("infer", str(folder), "--model", str(old), "--topk", "3", "--json")
+    assert res_old.code == 0, res_old.err
+    olds = {r["image"].rsplit("/", 1)[-1]: r for r in map(json.loads, res_old.out.splitlines())}
+    assert all("unsure" not in r and "ood_score" not in r for r in olds.values())
+    assert {k: r["top"] for k, r in olds.items()} == {k: r["top"] for k, r in recs.items()}   # flag never changes top-k
+
+
+def test_serve_answers_carry_the_flag(fm_onnx, fmnist_dir, tmp_path):
+    """The image route's JSON has unsure / ood_score (noise: unsure; images like the training data: mostly
+    not), the same top-k as the model without the key; OIP infer responses carry them as parameters."""
     from support.app import app_client
-    with app_client(fm_onnx) as c:
-        buf = io.BytesIO()
-        Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)).save(buf, "PNG")
-        r = c.post("/v2/models/fm/classify?topk=3", content=buf.getvalue())
-        assert r.status_code == 200, r.text
-        assert r.json()["unsure"] is True and isinstance(r.json()["ood_score"], float)
-        x = np.random.default_rng(1).normal(0, 2, (2, 1, 32, 32)).astype(np.float32)
-        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
-        r = c.post("/v2/models/fm/infer", json=body)
-        assert r.status_code == 200, r.text
-        p = r.json()["parameters"]
-        assert json.loads(p["unsure"]) == [True, True] and len(json.loads(p["ood_score"])) == 2
-        assert "unsure" not in {o["name"] for o in r.json()["outputs"]}
+    folder = _pngs(tmp_path / "in", fmnist_dir, n_known=10, n_noise=1)
+    files = sorted(folder.iterdir())
+
+    def classify(model):
+        with app_client(model) as c:
+            out = {}
+            for f in files:
+                r = c.post("/v2/models/fm/classify?topk=3", content=f.read_bytes())
+                assert r.status_code == 200, r.text
+                out[f.name] = r.json()
+            x = np.random.default_rng(1).normal(0, 2, (2, 1, 32, 32)).astype(np.float32)
+            body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+            r = c.post("/v2/models/fm/infer", json=body)
+            assert r.status_code == 200, r.text
+            return out, r.json()
+
+    got, oip = classify(fm_onnx)
+    assert got["noise0.png"]["unsure"] is True and isinstance(got["noise0.png"]["ood_score"], float)
+    known = [r["unsure"] for k, r in got.items() if k.startswith("known_")]
+    assert sum(known) <= 3, known
+    p = oip["parameters"]
+    assert json.loads(p["unsure"]) == [True, True] and len(json.loads(p["ood_score"])) == 2
+    assert "unsure" not in {o["name"] for o in oip["outputs"]}
+    plain, oip_plain = classify(_strip_unsure(fm_onnx, tmp_path / "old.onnx"))
+    assert all("unsure" not in r for r in plain.values()) and "unsure" not in (oip_plain.get("parameters") or {})
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("unsure", "ood_score")}
+    assert {k: strip(r) for k, r in got.items()} == plain                         # the flag never changes the answer
 
 
 def test_threshold_lies_between_scores_not_on_one():
@@ -208,7 +289,6 @@ def test_variants_carry_their_own_threshold(trained_fm, fmnist_dir, tmp_path):
     """int8 and fp16 move the scores: each variant's threshold is set again on its own outputs for the same
     held-out images, so each accepts the share the fp32 model accepts there (before: fp32's threshold)."""
     import onnxruntime as ort
-    from sedeploy.core.arrays import load_arrays
     from sedeploy.core.datasets import normalize_batch
     from sedeploy.export.exporter import ExportOptions, export_checkpoint
     man = export_checkpoint(str(trained_fm / "best.pt"), str(tmp_path),
@@ -216,16 +296,16 @@ def test_variants_carry_their_own_threshold(trained_fm, fmnist_dir, tmp_path):
                                           int8_min_agreement=0, int8_max_drop=100, int8_se_atol=1),
                             log=lambda s: None)
     specs, shares = {}, {}
+    val, _ = _validation_images(trained_fm, fmnist_dir)                # the held-out images thresholds are set on
     for name in ("model.onnx", "model.int8.onnx", "model.fp16.onnx", "model.int8.ort"):
         sess = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
         meta = contract.decode_metadata(sess.get_modelmeta().custom_metadata_map)
         specs[name] = meta["unsure"]
-        _, x, _ = load_arrays(meta["dataset"], str(fmnist_dir), "test")
-        xn = normalize_batch(x[np.random.default_rng(0).permutation(len(x))[:2000]], meta["mean"], meta["std"])
+        xn = normalize_batch(val, meta["mean"], meta["std"])
         outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": xn})))
         shares[name] = float((~U.unsure(outs, specs[name])[1]).mean())
-    n = 200                                                        # the test images the tiny data set has
-    expected = (n - int(np.floor(0.05 * (n - 1)))) / n             # the lower quantile's share: 191 of 200
+    n = len(val)
+    expected = (n - int(np.floor(0.05 * (n - 1)))) / n             # the lower quantile's share: 77 of 81
     assert shares == {name: expected for name in shares}, shares
     assert specs["model.int8.onnx"]["threshold"] != specs["model.onnx"]["threshold"]
     assert "int8 model" in specs["model.int8.onnx"]["calibrated_on"]
@@ -251,3 +331,62 @@ def test_a_nan_input_is_unsure_and_its_score_is_json_null(fm_onnx):
     params = served.unsure_parameters(outs)
     assert json.loads(params["unsure"])[1] is True and json.loads(params["ood_score"])[1] is None
     json.loads(params["ood_score"], parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+
+
+def test_unsure_accept_option(trained_fm, fmnist_dir, run_cli, tmp_path):
+    """--unsure-accept sets the share of validation images accepted; values outside (0, 1] (NaN included) are a
+    one-line error; with no images on disk the export ships no flag and says why."""
+    from conftest import assert_one_line_error
+    ck = trained_fm / "best.pt"
+    for bad in ("nan", "0", "1.5"):
+        assert_one_line_error(run_cli("export", "--ckpt", ck, "--out", tmp_path / bad, "--formats", "onnx",
+                                      "--data-dir", fmnist_dir, "--unsure-accept", bad), "--unsure-accept")
+        assert not (tmp_path / bad).exists()
+    r = run_cli("export", "--ckpt", ck, "--out", tmp_path / "a80", "--formats", "onnx", "--data-dir", fmnist_dir,
+                "--unsure-accept", "0.8", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["unsure"]["accept"] == 0.8
+    import onnxruntime as ort
+    from sedeploy.core.datasets import normalize_batch
+    sess = ort.InferenceSession(str(tmp_path / "a80" / "model.onnx"), providers=["CPUExecutionProvider"])
+    meta = contract.decode_metadata(sess.get_modelmeta().custom_metadata_map)
+    spec = meta["unsure"]
+    assert spec["accept"] == 0.8
+    val, _ = _validation_images(trained_fm, fmnist_dir)
+    outs = dict(zip([o.name for o in sess.get_outputs()],
+                    sess.run(None, {"input": normalize_batch(val, meta["mean"], meta["std"])})))
+    n = len(val)
+    assert (~U.unsure(outs, spec)[1]).mean() == (n - int(np.floor(0.2 * (n - 1)))) / n    # 65 of 81
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    r = run_cli("export", "--ckpt", ck, "--out", tmp_path / "nd", "--formats", "onnx", "--data-dir", empty, "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["unsure"] is None and "unsure: not calibrated" in r.err
+
+
+def test_unsure_bench_script(trained_fm, fm_onnx, fmnist_dir, tmp_path):
+    """scripts/unsure_bench.py (BENCHMARKS 13): every score on every OOD set, thresholds set as export sets its own
+    (the maha row's threshold equal to the exported one), AUROC in [0, 1], noise told apart by maha."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "b.json"
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    r = subprocess.run([sys.executable, str(root / "scripts" / "unsure_bench.py"), "--ckpt", str(trained_fm / "best.pt"),
+                        "--model", str(fm_onnx), "--data-dir", str(fmnist_dir), "--n-ood", "40", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=str(tmp_path), env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    sets = {"noise", "gradients", "shapes", "photos", "digits"}
+    assert {(x["score"], x["ood"]) for x in res["rows"]} == {(k, s) for k in U.KINDS for s in sets}
+    assert res["calibrated_on"].endswith("validation images") and res["test"] == 200
+    assert all(0 <= x["auroc"] <= 1 and 0 <= x["far"] <= 1 for x in res["rows"])
+    maha = {x["ood"]: x for x in res["rows"] if x["score"] == "maha"}
+    assert maha["noise"]["auroc"] > 0.9 and abs(maha["noise"]["test_accepted"] - 0.95) < 0.10
+    import onnxruntime as ort
+    shipped = contract.decode_metadata(ort.InferenceSession(str(fm_onnx), providers=["CPUExecutionProvider"])
+                                       .get_modelmeta().custom_metadata_map)["unsure"]["threshold"]
+    assert res["thresholds"]["maha"] == pytest.approx(shipped, rel=1e-4)     # onnxruntime here, torch at export
+    assert "maha" in r.stdout and "digits" in r.stdout

@@ -396,7 +396,7 @@ def _parse_batch(value: str) -> Optional[int]:
               help="Without labelled test images, gate int8 on agreement with fp32 alone (else refused).")
 @click.option("--data-dir", default=None, help="Dataset root for int8 calibration and verification images.")
 @click.option("--unsure-accept", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
-              help="'unsure' threshold: share of held-out in-distribution images accepted (the rest are flagged).")
+              help="'unsure' threshold: share of the run's validation images accepted (the rest are flagged; test images when it held out none).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def export(ckpt: str, out: Optional[str], formats: str, opset: int, batch: str, batch_sizes: str,
            web_runtime: Optional[str], web_webgpu: bool, no_simplify: bool,

@@ -61,7 +61,7 @@ class ExportOptions:
     int8_allow_unlabelled: bool = False  # gate on agreement alone when no labelled test images are on disk
     unsure_accept: float = 0.95         # 'unsure' threshold: share of held-out in-distribution images accepted
     unsure_kind: str = "maha"           # out-of-distribution score (runtime/unsure.py KINDS; BENCHMARKS chose maha)
-    unsure_n: int = 2000                # training images the score is fitted on / held-out images it is calibrated on
+    unsure_n: int = 2000                # training images the score is fitted on / validation images it is calibrated on
     overhead: bool = False              # measure the latency cost of the extra outputs (into export.json)
 
 
@@ -228,33 +228,76 @@ def plan(ckpt_path: Path, out_dir: Optional[str], opts: ExportOptions, log: Call
     return Job(ckpt_path, ckpt, model, opts, out, manifest_path, names, file_sha256(ckpt_path))
 
 
-def calibrate_unsure(job: Job, wrapper: torch.nn.Module, log: Callable[[str], None]) -> Optional[dict]:
-    """The 'unsure' score (runtime/unsure.py): parameters fitted on training images, threshold on held-out
-    test images so that opts.unsure_accept of them are accepted. No data on disk: None (no flag), logged."""
+def unsure_images(ckpt: dict, data_dir: Optional[str] = None, n: int = 2000
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """-> (fit images, their labels, held-out images, what the held-out ones are) for the 'unsure' score:
+    the validation images the run selected best.pt on and never trained on, found again from the
+    checkpoint's recipe (sedeploy.splits: the draw training made); the score's parameters are fitted on
+    images it trained on. A run with no validation split (--select-on test), or a checkpoint without a
+    recipe, is calibrated on test images instead, and says so. Raises UserError when the images are
+    not on disk or do not fit the model. n: at most this many of each (a seeded draw)."""
+    import torch
     from ..core.arrays import load_arrays
+    from ..splits import labels_sha256, run_split
+    rng = np.random.default_rng(0)
+    pick = lambda idx: np.sort(rng.permutation(idx)[:n])
+    _, xtr, ytr = load_arrays(ckpt["dataset"], data_dir, "train", ref=ckpt.get("data"))
+    if list(xtr.shape[1:]) != list(ckpt["input_size"]):
+        raise UserError(f"training images are {list(xtr.shape[1:])}, the model takes {ckpt['input_size']}")
+    recipe = ckpt.get("recipe") or ckpt.get("train_config")
+    own_val = None
+    if ckpt["dataset"] == "folder" and isinstance(recipe, dict) and recipe.get("select_on", "val") == "val":
+        try:                                                    # a folder may bring its own validation split
+            _, xv, _ = load_arrays("folder", data_dir, "val", ref=ckpt.get("data"))
+            own_val = xv if len(xv) else None
+        except UserError:
+            own_val = None
+    if isinstance(recipe, dict):
+        trained, val = run_split(recipe, torch.from_numpy(ytr.astype(np.int64)))
+        trained = trained.numpy()
+        if own_val is not None:                                 # trained on all of train (--limit-train's subset)
+            fit = pick(run_split({**recipe, "select_on": "test"}, torch.from_numpy(ytr.astype(np.int64)))[0].numpy())
+            return xtr[fit], ytr[fit], own_val[pick(np.arange(len(own_val)))], "validation"
+        if val is not None and len(val):
+            want = (recipe.get("data") or {}).get("labels_sha256")
+            if want and labels_sha256(ytr[trained], ytr[val.numpy()]) != want:
+                raise UserError("the training images on disk are not the ones this run drew its validation split "
+                                "from (their labels differ from the checkpoint's); pass --data-dir with that copy")
+            fit, held = pick(trained), pick(val.numpy())
+            return xtr[fit], ytr[fit], xtr[held], "validation"
+    else:
+        trained = np.arange(len(ytr))
+    _, xte, _ = load_arrays(ckpt["dataset"], data_dir, "test", ref=ckpt.get("data"))
+    fit = pick(trained)
+    return xtr[fit], ytr[fit], xte[pick(np.arange(len(xte)))], "test"
+
+
+def calibrate_unsure(job: Job, wrapper: torch.nn.Module, log: Callable[[str], None]) -> Optional[dict]:
+    """The 'unsure' score (runtime/unsure.py): parameters fitted on images the run trained on, threshold
+    on its validation images (unsure_images) so that opts.unsure_accept of them are accepted. No data on
+    disk: None (no flag), logged."""
     from ..core.datasets import normalize_batch
     from ..runtime import unsure
     opts, ckpt = job.opts, job.ckpt
     try:
-        _, xtr, ytr = load_arrays(ckpt["dataset"], opts.data_dir, "train", ref=ckpt.get("data"))
-        _, xte, _ = load_arrays(ckpt["dataset"], opts.data_dir, "test", ref=ckpt.get("data"))
+        xfit, yfit, xheld, what = unsure_images(ckpt, opts.data_dir, opts.unsure_n)
     except UserError as e:
         log(f"unsure: not calibrated ({e})")
         return None
-    rng = np.random.default_rng(0)
-    tr = rng.permutation(len(xtr))[:opts.unsure_n]
-    te = rng.permutation(len(xte))[:opts.unsure_n]
+    if what == "test":
+        log("unsure: the run held out no validation split (or the checkpoint has no recipe): the threshold is "
+            "set on test images")
     norm = lambda u8: normalize_batch(u8, ckpt["mean"], ckpt["std"])
-    job.unsure_inputs = norm(xte[te])
+    job.unsure_inputs = norm(xheld)
     held_out = run_torch(wrapper, job.unsure_inputs, job.names)
-    spec = unsure.calibrate(opts.unsure_kind, run_torch(wrapper, norm(xtr[tr]), job.names), ytr[tr],
+    spec = unsure.calibrate(opts.unsure_kind, run_torch(wrapper, norm(xfit), job.names), yfit,
                             len(ckpt["classes"]), held_out, accept=opts.unsure_accept,
-                            calibrated_on=f"{len(tr)} train / {len(te)} test images")
+                            calibrated_on=f"{len(xfit)} training / {len(xheld)} {what} images")
     got = float((unsure_score(spec, held_out) >= spec["threshold"]).mean())
-    log(f"unsure: {spec['kind']} threshold {spec['threshold']:.4g} accepts {got:.1%} of {len(te)} held-out images "
+    log(f"unsure: {spec['kind']} threshold {spec['threshold']:.4g} accepts {got:.1%} of {len(xheld)} {what} images "
         f"(asked: {opts.unsure_accept:.1%})")
-    if len(te) < 200:
-        log(f"unsure: warning: {len(te)} held-out images set the threshold; with fewer than 200 the accepted share "
+    if len(xheld) < 200:
+        log(f"unsure: warning: {len(xheld)} held-out images set the threshold; with fewer than 200 the accepted share "
             f"on new images can differ by several points")
     return spec
 

@@ -23,6 +23,7 @@ import torch
 from ..core.datasets import (DATASETS, DatasetInfo, find_idx, IDX_FILES, dataset_info, fmnist_dirs, read_cifar, read_fmnist)
 from ..core.errors import UserError
 from ..core.io import atomic_write_text
+from ..splits import stratified_indices, subset_indices
 
 
 @dataclass
@@ -90,32 +91,15 @@ def _load_fmnist(data_dir: Optional[Path], download: bool, splits) -> Tuple[Data
 
 
 def subset(split: Split, limit: Optional[int], seed: int = 0) -> Split:
-    """A seeded random subset of `limit` samples (all when limit is None or larger)."""
-    if not limit or limit >= len(split.labels):
-        return split
-    idx = torch.randperm(len(split.labels), generator=torch.Generator().manual_seed(seed))[:limit]
-    return Split(split.images[idx], split.labels[idx])
+    """A seeded random subset of `limit` samples (all when limit is None or larger); splits.subset_indices."""
+    idx = subset_indices(len(split.labels), limit, seed)
+    return split if idx is None else Split(split.images[idx], split.labels[idx])
 
 
 def stratified_split(split: Split, fraction: float, seed: int) -> Tuple[Split, Split]:
-    """-> (rest, held_out): `fraction` of every class held out, chosen by seed (same on every rank).
-
-    Each class keeps at least one sample on each side when it has two or more, so a small class
-    cannot vanish from either part.
-    """
-    g = torch.Generator().manual_seed(seed * 7_919 + 104_729)
-    labels = split.labels.cpu()
-    held = []
-    for c in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        k = int(round(fraction * len(idx)))
-        k = min(max(k, 1), len(idx) - 1) if len(idx) >= 2 else 0
-        held.append(idx[:k])
-    held_idx = torch.sort(torch.cat(held)).values if held else torch.zeros(0, dtype=torch.int64)
-    keep = torch.ones(len(labels), dtype=torch.bool)
-    keep[held_idx] = False
-    rest_idx = torch.nonzero(keep).flatten()
+    """-> (rest, held_out): `fraction` of every class held out, chosen by seed (same on every rank;
+    splits.stratified_indices, which export uses to find a run's validation images again)."""
+    rest_idx, held_idx = stratified_indices(split.labels, fraction, seed)
     return (Split(split.images[rest_idx], split.labels[rest_idx]),
             Split(split.images[held_idx], split.labels[held_idx]))
 

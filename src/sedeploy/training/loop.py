@@ -28,6 +28,7 @@ from ..checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from ..core.errors import UserError
 from ..core.io import atomic_write_text, ensure_writable_dir
 from ..models import count_parameters, create_model, model_config
+from ..splits import labels_sha256
 from .augment import AUGMENT_PRESETS, BatchAugment, PILDataset, reference_transform
 from .config import TrainConfig, recipe_differences, validate
 from .data import Split, folder_options, load_dataset, stratified_split, subset, write_data_files
@@ -198,12 +199,9 @@ def check_recipe(cfg: TrainConfig, ck: Optional[Dict[str, Any]], now: Dict[str, 
 
 def data_fingerprint(cfg: TrainConfig, data: "Data") -> Dict[str, Any]:
     """Sizes and a hash of the labels that steer training: another copy or subset of the data differs."""
-    import hashlib
     steer = [data.train] + ([data.val] if data.val is not None else [data.test])
-    h = hashlib.sha256()
-    for sp in steer:
-        h.update(sp.labels.cpu().numpy().astype("int64").tobytes())
-    return {"n_train": len(data.train.labels), "n_select": len(steer[1].labels), "labels_sha256": h.hexdigest()[:16]}
+    return {"n_train": len(data.train.labels), "n_select": len(steer[1].labels),
+            "labels_sha256": labels_sha256(*(sp.labels for sp in steer))}
 
 
 def make_data(cfg: TrainConfig, device: torch.device, d: Dist = Dist(), progress: bool = False,
