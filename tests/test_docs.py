@@ -395,15 +395,21 @@ def test_compare_runs(run_cli, fmnist_dir, tmp_path):
     assert json.loads((tmp_path / "comparison.json").read_text()) == res
 
 
-def test_faithfulness_runs(run_cli, fm_onnx, fmnist_dir):
+def test_faithfulness_runs(run_cli, fm_onnx, fmnist_dir, trained_fm):
     """`sedeploy faithfulness --model runs/fm/model.onnx --n 1000`, on 10 images (no best.pt beside it: no
-    Grad-CAM, said on stderr)."""
+    Grad-CAM, said on stderr); with --ckpt, Grad-CAM's row and its paired columns."""
     r = run_cli("faithfulness", "--model", fm_onnx, "--data-dir", fmnist_dir, "--n", "10", "--steps", "4", "--json")
     assert r.code == 0, r.err
     res = json.loads(r.out)
     assert res["images"] == 10 and {"head-cam", "se", "random"} <= set(res["methods"]) and "Grad-CAM" in r.err
     r = run_cli("faithfulness", "--model", fm_onnx, "--data-dir", fmnist_dir, "--n", "6", "--steps", "2")
     assert r.code == 0 and "| random |" in r.out, r.err
+    r = run_cli("faithfulness", "--model", fm_onnx, "--ckpt", trained_fm / "best.pt", "--data-dir", fmnist_dir,
+                "--n", "6", "--steps", "2", "--json")
+    assert r.code == 0, r.err
+    res = json.loads(r.out)
+    assert "gradcam" in res["methods"] and "Grad-CAM" not in r.err
+    assert {"vs_gradcam", "vs_spatial-mean"} <= set(res["paired"]["head-cam"])
 
 
 def test_serve_starts_answers_and_stops(fm_onnx):

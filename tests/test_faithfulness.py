@@ -196,3 +196,49 @@ def test_default_kinds_on_an_older_export_without_a_checkpoint(planted):
     res = fa.evaluate(str(planted), None, "planted", None, n=8, steps=2, log=logs.append)
     assert set(res["methods"]) == {"se", "spatial-mean", "random"}
     assert any("no Grad-CAM, head-cam, head-gradcam" in m for m in logs), logs
+
+
+def test_gradcam_equals_finite_differences(tmp_path):
+    """Grad-CAM on the PyTorch model (the 'vs Grad-CAM' column): alpha_c = mean over h, w of d logit_k / d F_c,
+    taken here without autograd: d logit / d pooled map by central finite differences through the model's own
+    head (Linear, ReLU, Linear), routed by numpy to each 2x2 window's first maximum (max-pool's subgradient, as
+    torch takes it); map = relu(sum_c alpha_c F_c) / its max. Also: the asked class is used, and batches past 256
+    images give what the images give alone."""
+    torch = pytest.importorskip("torch")
+    import copy
+    from sedeploy.checkpoint import make_checkpoint, save_checkpoint
+    from sedeploy.faithfulness import gradcam
+    from sedeploy.models.registry import create_model
+    torch.manual_seed(0)
+    cfg = {"in_channels": 1, "input_size": 16, "num_classes": 3, "widths": [4, 8], "hidden": 16}
+    model = create_model("se_cnn", **cfg).eval()
+    ck = tmp_path / "best.pt"
+    save_checkpoint(make_checkpoint(model, "se_cnn", cfg, classes=["a", "b", "c"], mean=[0.5], std=[0.25],
+                                    input_size=[1, 16, 16], dataset="planted", epoch=1, metrics={}), ck)
+    x = np.random.default_rng(0).normal(0, 1, (260, 1, 16, 16)).astype(np.float32)
+    k = np.arange(260) % 3
+    got = gradcam(ck, x, k)
+    assert got.shape == (260, 8, 8) and got.dtype == np.float32          # the last block, before its pool
+    head = copy.deepcopy(model.head).double()                          # float64 for the differences
+    for j in (0, 1, 257):
+        with torch.no_grad():
+            f = model.forward_explain(torch.from_numpy(x[j:j + 1]))[2][0].double().numpy()     # (8, 8, 8)
+            win = f.reshape(8, 4, 2, 4, 2).transpose(0, 1, 3, 2, 4).reshape(8, 4, 4, 4)       # (c, i, j, window)
+            p = win.max(-1)
+            logit = lambda q: float(head(torch.from_numpy(q)[None])[0, int(k[j])])
+            dp = np.zeros_like(p)
+            for idx in np.ndindex(*p.shape):
+                up, dn = p.copy(), p.copy()
+                up[idx] += 1e-6
+                dn[idx] -= 1e-6
+                dp[idx] = (logit(up) - logit(dn)) / 2e-6
+        first = win.argmax(-1)                                              # the first maximum of each window
+        grad = np.zeros_like(win)
+        np.put_along_axis(grad, first[..., None], dp[..., None], -1)
+        grad = grad.reshape(8, 4, 4, 2, 2).transpose(0, 1, 3, 2, 4).reshape(8, 8, 8)
+        ref = np.maximum((grad.mean((1, 2))[:, None, None] * f).sum(0), 0)
+        ref = ref / ref.max() if ref.max() > 0 else ref
+        np.testing.assert_allclose(got[j], ref, atol=1e-4)
+    other = gradcam(ck, x[:3], (k[:3] + 1) % 3)                       # another class: another map
+    assert not np.allclose(other, got[:3], atol=1e-3)
+    np.testing.assert_allclose(gradcam(ck, x[257:258], k[257:258]), got[257:258], atol=1e-6)
