@@ -15,6 +15,7 @@ from sedeploy.core.hardware import has_bf16
 from sedeploy.models import create_model
 from sedeploy.training import TrainConfig, fit
 from sedeploy.training.compare import compare
+from sedeploy.training.loop import autocast_dtype
 
 needs_bf16 = pytest.mark.skipif(not has_bf16(), reason="this CPU runs bf16 only emulated (no AVX512-BF16/AMX)")
 
@@ -108,6 +109,12 @@ def test_bf16_training_run_learns_and_saves_fp32(fmnist_dir, tmp_path):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.02)
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=0.1)
     assert r16.history["epochs"][1]["train_loss"] < r16.history["epochs"][0]["train_loss"] * 0.8
+    # and bf16 did run: fp32 training here is deterministic (same seeds, same losses to the last bit), so
+    # losses equal to fp32's would mean --precision bf16 was ignored
+    again = fit(cfg(fmnist_dir, tmp_path / "fp32b", epochs=1, limit_train=500), progress=False)
+    assert again.history["epochs"][0]["train_loss"] == r32.history["epochs"][0]["train_loss"]
+    assert r16.history["epochs"][0]["train_loss"] != r32.history["epochs"][0]["train_loss"]
+    assert autocast_dtype(cfg(fmnist_dir, tmp_path, precision="bf16"), torch.device("cpu"), False) == torch.bfloat16
     assert r16.selected["val_acc"] > 25                            # learns: 10 classes, chance 10 %
     assert json.loads((tmp_path / "bf16" / "summary.json").read_text())["recipe"]["precision"] == "bf16"
 
