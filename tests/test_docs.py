@@ -346,6 +346,7 @@ def test_bench_train_runs(run_cli, fmnist_dir):
     # the step's FLOPs as torch counts them: forward + backward ~ 3x the forward's 2 x MACs
     assert 40e6 < res["flops_per_image"] < 100e6
     assert res["gemm_gflops"]["fp32"] > 1 and 0 < res["breakdown"]["gemm_share"] < 1
+    assert 0 < res["breakdown"]["data_share"] < 1 and all(x["warmup_s"] > 0 for x in res["rows"])
     for x in res["rows"]:
         assert x["gflops"] == pytest.approx(res["flops_per_image"] * x["images_per_s"] / 1e9)
         assert x["gemm_share"] == pytest.approx(x["gflops"] / res["gemm_gflops"][x["gemm_rate"]])
@@ -357,6 +358,7 @@ def test_bench_train_runs(run_cli, fmnist_dir):
     lines = r.out.splitlines()
     assert [ln.split(":")[0].strip() for ln in lines[:3]] == ["reference", "reference+cl", "fast"]
     assert lines[3].startswith("breakdown (fast, fp32, eager):") and lines[-1].startswith("speed-up:")
+    assert "data path" in lines[3] and "warm-up" in lines[2]
     r = run_cli("bench-train", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir, "--steps", "fp8")
     assert_one_line_error(r, "unknown step configuration fp8", "compile, bf16, compile+bf16")
 

@@ -318,11 +318,12 @@ def bench_train(as_json: bool, steps: str, **kw) -> None:
             continue
         click.echo(f"{r['pipeline']:>22}: {r['images_per_s']:8.0f} img/s  {r['x_fast']:5.2f}x fast  "
                    f"{r['gflops']:6.1f} GFLOP/s = {100 * r['gemm_share']:5.1f}% of {r['gemm_rate']} GEMM  "
-                   f"(min {r['min']:.0f}, max {r['max']:.0f})")
+                   f"(min {r['min']:.0f}, max {r['max']:.0f})"
+                   + (f"  warm-up {r['warmup_s']:.1f} s" if r.get("warmup_s") is not None else ""))
     b = res["breakdown"]
     bound = f"{b['bound_images_per_s']:.0f}" if b.get("bound_images_per_s") else "n/a"
     click.echo(f"breakdown (fast, fp32, eager): {100 * b['gemm_share']:.0f}% of the step in convolutions/GEMMs; "
-               f"with the rest free: {bound} img/s")
+               f"with the rest free: {bound} img/s; data path {100 * b['data_share']:.1f}% of the wall time")
     rates = ", ".join(f"{k} {v:.0f}" for k, v in res["gemm_gflops"].items())
     click.echo(f"GEMM GFLOP/s: {rates}; training step {res['flops_per_image'] / 1e6:.1f} MFLOP/image")
     for n in res["notes"]:

@@ -115,7 +115,8 @@ def gemm_rate(dtype: torch.dtype, device: torch.device, n: int = 1024, seconds: 
 
 
 def breakdown(step: Callable, batches: Iterator, n: int = 10) -> Dict[str, float]:
-    """Share of the step's time in convolutions/matmuls, from torch's profiler (self CPU time)."""
+    """Share of the step's time in convolutions/matmuls, from torch's profiler (self CPU time), and the
+    share of the wall time spent getting the batch (gathering, augmenting, normalizing: the data path)."""
     # kineto (the profiler's C++ side) logs its start and stop, and on a CPU-only machine a failed GPU
     # count, to stderr; it reads its level at the profiler's first use in a process. KINETO_LOG_LEVEL set by
     # the user wins; ours is taken back after, for whatever else in the process profiles.
@@ -125,9 +126,11 @@ def breakdown(step: Callable, batches: Iterator, n: int = 10) -> Dict[str, float
     from torch.profiler import ProfilerActivity, profile
     try:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            t0 = time.perf_counter()
+            t0, data = time.perf_counter(), 0.0
             for _ in range(n):
+                t1 = time.perf_counter()
                 x, y = next(batches)
+                data += time.perf_counter() - t1
                 step(x, y)
             wall = time.perf_counter() - t0
     finally:
@@ -137,7 +140,7 @@ def breakdown(step: Callable, batches: Iterator, n: int = 10) -> Dict[str, float
     total = sum(e.self_cpu_time_total for e in ev)
     gemm = sum(e.self_cpu_time_total for e in ev if e.key in GEMM_OPS)
     share = gemm / total if total else 0.0
-    return {"gemm_share": share, "steps": n, "wall_s": wall}
+    return {"gemm_share": share, "steps": n, "wall_s": wall, "data_share": data / wall if wall else 0.0}
 
 
 def _parallel_worker(args: Dict[str, Any], barrier, queue) -> None:
@@ -210,11 +213,13 @@ def bench_pipelines(dataset: str = "fashion-mnist", data_dir: Optional[str] = No
     configs = [("reference", False, False), ("reference+cl", False, False), ("fast", False, False)]
     configs += [(f"fast+{s}", "bf16" in s, "compile" in s) for s in steps if bf16_ok or "bf16" not in s]
 
-    runners = []
+    runners, warmup_s = [], {}
     for name, bf16, compiled in configs:
         log(f"preparing {name}{' (compiling)' if compiled else ''}")
         r = _runner(name, model, split, augment, mean, std, classes, batch_size, dev, bf16, compiled, workers=workers)
+        t0 = time.perf_counter()
         r.time(WARMUP)                                  # compiles, warms oneDNN's kernel cache and the workers
+        warmup_s[name] = time.perf_counter() - t0
         runners.append(r)
     times: Dict[str, List[float]] = {r.name: [] for r in runners}
     for k in range(rounds):
@@ -225,7 +230,8 @@ def bench_pipelines(dataset: str = "fashion-mnist", data_dir: Optional[str] = No
     rates = {"fp32": gemm_rate(torch.float32, dev)}
     if bf16_ok:
         rates["bf16"] = gemm_rate(torch.bfloat16, dev)
-    rows = [_row(r.name, times[r.name], batches, flops, rates, r.bf16) for r in runners]
+    rows = [{**_row(r.name, times[r.name], batches, flops, rates, r.bf16), "warmup_s": warmup_s[r.name]}
+            for r in runners]                           # warm-up: WARMUP steps, torch.compile's compilation included
     fast = next(r for r in runners if r.name == "fast")
     br = breakdown(fast.step, fast.batches)
     fast_ips = rows[2]["images_per_s"]
