@@ -137,7 +137,7 @@ def test_page_preprocessing_gives_the_runtimes_tensor_and_heatmap(page, web_set)
         assert got["unsure"] == bool(flags[0]) and abs(got["ood_score"] - scores[0]) <= 1e-4 * max(1, abs(scores[0]))
 
 
-def test_a_file_picked_in_the_page_shows_infers_top1_offline(page, web_set, tmp_path, run_cli):
+def test_a_file_picked_in_the_page_shows_infers_top1_offline(page, web_set, fmnist_dir, tmp_path, run_cli):
     from sedeploy.core.arrays import load_arrays
     try:
         img = load_arrays("fashion-mnist", split="test", native=True)[1][0, 0]
@@ -155,6 +155,19 @@ def test_a_file_picked_in_the_page_shows_infers_top1_offline(page, web_set, tmp_
            for li in d.find_elements(By.CSS_SELECTOR, "#top li.cls")]
     assert top[0][0] == want[0]["label"] and abs(top[0][1] - want[0]["prob"]) < 1e-4
     assert d.execute_script("const c = document.getElementById('heatmap'); return c.width > 0 && c.height > 0")
+    # the 'unsure' line shows exactly when infer flags the image: this one, then one that infer accepts
+    assert d.find_element(By.ID, "unsure").is_displayed() is json.loads(r.out.splitlines()[0])["unsure"]
+    from sedeploy.core.datasets import fmnist_dirs, read_fmnist
+    xs = read_fmnist(fmnist_dirs(fmnist_dir), "test", None)[0]
+    for i in range(20):
+        Image.fromarray(xs[i, 0]).save(tmp_path / f"known{i}.png")
+        rk = run_cli("infer", tmp_path / f"known{i}.png", "--model", web_set / "model.onnx", "--json")
+        if json.loads(rk.out.splitlines()[0])["unsure"] is False:
+            break
+    d.execute_script("document.body.dataset.state = ''")
+    d.find_element(By.ID, "file").send_keys(str(tmp_path / f"known{i}.png"))
+    WebDriverWait(d, 30).until(lambda d: d.execute_script("return document.body.dataset.state") == "done")
+    assert not d.find_element(By.ID, "unsure").is_displayed()
     # everything came from the loopback server: the page's own resource list and the server's log agree
     urls = d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert urls and all(u.startswith(page.server.url) or u.startswith("blob:") for u in urls), urls
