@@ -350,6 +350,7 @@ def test_bench_train_runs(run_cli, fmnist_dir):
     for x in res["rows"]:
         assert x["gflops"] == pytest.approx(res["flops_per_image"] * x["images_per_s"] / 1e9)
         assert x["gemm_share"] == pytest.approx(x["gflops"] / res["gemm_gflops"][x["gemm_rate"]])
+        assert x["sgemm_share"] == pytest.approx(x["gflops"] / res["gemm_gflops"]["fp32"])
     assert (not bf16) == any("bf16 rows skipped" in n for n in res["notes"])
     r = run_cli("bench-train", "--augment", "light", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir,
                 "--batches", "1", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--steps", "",

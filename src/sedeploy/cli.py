@@ -296,8 +296,10 @@ def bench_train(as_json: bool, steps: str, **kw) -> None:
     Rows: the reference PIL/DataLoader pipeline (NCHW, then channels-last), sedeploy's batch
     pipeline (fast), the fast step compiled and/or in bf16 (where the CPU runs bf16), and N
     one-thread processes at once. Each row: median images/s of interleaved rounds, GFLOP/s and the
-    share of the matrix-multiply rate measured in the same run. The breakdown line says what share of
-    the eager fp32 step is convolution/GEMM time and the images/s if everything else took no time.
+    share of the matrix-multiply rate measured in the same run (bf16 rows: of the bf16 rate, and of
+    SGEMM's), and its warm-up time (compilation included). The breakdown line says what share of the
+    eager fp32 step is convolution/GEMM time, the images/s if everything else took no time, and the
+    data path's share of the wall time.
 
     \b
     Examples:
@@ -317,7 +319,8 @@ def bench_train(as_json: bool, steps: str, **kw) -> None:
             click.echo(f"{r['pipeline']:>22}: failed: {r.get('status')}")
             continue
         click.echo(f"{r['pipeline']:>22}: {r['images_per_s']:8.0f} img/s  {r['x_fast']:5.2f}x fast  "
-                   f"{r['gflops']:6.1f} GFLOP/s = {100 * r['gemm_share']:5.1f}% of {r['gemm_rate']} GEMM  "
+                   f"{r['gflops']:6.1f} GFLOP/s = {100 * r['gemm_share']:5.1f}% of {r['gemm_rate']} GEMM"
+                   + (f" ({100 * r['sgemm_share']:.1f}% of SGEMM)" if r["gemm_rate"] != "fp32" else "") + "  "
                    f"(min {r['min']:.0f}, max {r['max']:.0f})"
                    + (f"  warm-up {r['warmup_s']:.1f} s" if r.get("warmup_s") is not None else ""))
     b = res["breakdown"]

@@ -261,12 +261,13 @@ def bench_pipelines(dataset: str = "fashion-mnist", data_dir: Optional[str] = No
 
 def _row(name: str, ips: List[float], batches: int, flops: float, rates: Dict[str, float],
          bf16: bool) -> Dict[str, Any]:
-    """Median images/s of the rounds, its arithmetic rate and share of the measured GEMM rate."""
+    """Median images/s of the rounds, its arithmetic rate, its share of the measured GEMM rate of its own
+    precision (bf16 rows: the bf16 GEMM rate) and of the fp32 SGEMM rate (every row: one yardstick)."""
     med = statistics.median(ips)
     rate = rates["bf16" if bf16 else "fp32"]
     return {"pipeline": name, "images_per_s": med, "min": min(ips), "max": max(ips), "batches": batches,
             "processes": 1, "gflops": flops * med / 1e9, "gemm_share": flops * med / rate,
-            "gemm_rate": "bf16" if bf16 else "fp32"}
+            "gemm_rate": "bf16" if bf16 else "fp32", "sgemm_share": flops * med / rates["fp32"]}
 
 
 def _parallel_row(name: str, n: int, model: str, split: Split, augment: str, mean, std, classes: int,
