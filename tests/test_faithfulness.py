@@ -202,8 +202,10 @@ def test_gradcam_equals_finite_differences(tmp_path):
     """Grad-CAM on the PyTorch model (the 'vs Grad-CAM' column): alpha_c = mean over h, w of d logit_k / d F_c,
     taken here without autograd: d logit / d pooled map by central finite differences through the model's own
     head (Linear, ReLU, Linear), routed by numpy to each 2x2 window's first maximum (max-pool's subgradient, as
-    torch takes it); map = relu(sum_c alpha_c F_c) / its max. Also: the asked class is used, and batches past 256
-    images give what the images give alone."""
+    torch takes it); map = relu(sum_c alpha_c F_c) / its max. What this pins: the per-channel weighting (pooled
+    gradients, not per-pixel ones), the layer, the ReLU and the scaling (a sum instead of the mean over h, w is
+    the same map after scaling). Also: the asked class is used, and batches past 256 images give what the images
+    give alone."""
     torch = pytest.importorskip("torch")
     import copy
     from sedeploy.checkpoint import make_checkpoint, save_checkpoint

@@ -425,6 +425,8 @@ def test_train_export_infer_bench_on_a_folder(tmp_path, run_cli):
     r = run_cli("export", "--ckpt", run / "best.pt", "--formats", "onnx")
     assert r.code == 0, r.err
     assert f"{len(split['splits']['test'])} folder test images" in r.out          # verified on the user's test split
+    n_val = len(split["splits"]["val"])                # 'unsure' set on the folder's own val split, labels checked
+    assert n_val > 0 and f"of {n_val} validation images" in r.out and "not calibrated" not in r.out + r.err
     meta = contract.decode_metadata({p.key: p.value for p in onnx.load(str(run / "model.onnx")).metadata_props})
     assert meta["classes"] == ["ant", "bee", "cow"] and meta["input_size"] == [3, 48, 48]
     assert meta["mean"] == pytest.approx(split["mean"]) and meta["std"] == pytest.approx(split["std"])

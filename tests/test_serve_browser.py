@@ -80,11 +80,7 @@ def test_page_classifies_picked_and_dropped_images(browser, fm_onnx, fmnist_dir,
     img = _image(tmp_path / "sample.png")
     pred = Predictor(model, "cpu")
     want = [(t.label, t.prob) for t in pred.predict([img], topk=5)[0].top]
-    # for the 'unsure' line: uniform noise (unsure) and an image like the tiny model's training data (not)
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)).save(tmp_path / "noise.png")
-    xs = read_fmnist(fmnist_dirs(fmnist_dir), "test", None)[0]
-    known = next(p for i in range(20) for p in [tmp_path / f"known{i}.png"]
-                 if not Image.fromarray(xs[i, 0]).save(p) and pred.predict([p])[0].unsure is False)
+
     with ServerProcess(["--model", f"fm={model}"]) as srv:
         browser.get(srv.url + "/")
         assert browser.title == "sedeploy serve"
@@ -119,7 +115,11 @@ def test_page_classifies_picked_and_dropped_images(browser, fm_onnx, fmnist_dir,
         _wait(browser, lambda d: d.find_element(By.ID, "error").is_displayed())
         assert "not an image" in browser.find_element(By.ID, "error").text
         # the calibrated 'unsure' flag: shown exactly when the runtime flags the image
-        if model == fm_onnx:
+        if model == fm_onnx:      # uniform noise (unsure) and an image like the tiny model's training data (not)
+            Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)).save(tmp_path / "noise.png")
+            xs = read_fmnist(fmnist_dirs(fmnist_dir), "test", None)[0]
+            known = next(p for i in range(20) for p in [tmp_path / f"known{i}.png"]
+                         if not Image.fromarray(xs[i, 0]).save(p) and pred.predict([p])[0].unsure is False)
             for path, flagged in ((tmp_path / "noise.png", True), (known, False)):
                 assert pred.predict([path])[0].unsure is flagged
                 browser.find_element(By.ID, "file").send_keys(str(path))

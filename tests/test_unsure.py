@@ -128,7 +128,7 @@ def test_a_run_without_validation_is_calibrated_on_test_images(fmnist_dir, tmp_p
     man = export_checkpoint(str(tmp_path / "r" / "best.pt"), str(tmp_path / "out"),
                             ExportOptions(formats=("onnx",), data_dir=str(fmnist_dir)), log=logs.append)
     assert man["unsure"]["calibrated_on"] == "300 training / 200 test images"
-    assert any("set on test images" in m for m in logs), logs
+    assert any("set on test images: the run held out no validation split" in m for m in logs), logs
 
 
 def _strip_unsure(model, dest):
@@ -390,3 +390,44 @@ def test_unsure_bench_script(trained_fm, fm_onnx, fmnist_dir, tmp_path):
                                        .get_modelmeta().custom_metadata_map)["unsure"]["threshold"]
     assert res["thresholds"]["maha"] == pytest.approx(shipped, rel=1e-4)     # onnxruntime here, torch at export
     assert "maha" in r.stdout and "digits" in r.stdout
+
+
+@pytest.mark.parametrize("change,calibrated,log", [
+    (lambda ck: ck.pop("recipe"), "test", "has no recipe"),
+    (lambda ck: ck.update(recipe_changed=True), "test", "recipe changed on resume"),
+    (lambda ck: ck["recipe"].update(seed="x"), None, "recipe is damaged"),
+    (lambda ck: ck["recipe"].update(limit_train=[3]), None, "recipe is damaged"),
+    (lambda ck: ck["recipe"].update(data=[1]), "validation", ""),           # no hash to check: drawn as recorded
+])
+def test_which_images_an_unusual_checkpoint_is_calibrated_on(trained_fm, fmnist_dir, tmp_path, change, calibrated, log):
+    """A checkpoint without a recipe (versions that selected on test), one resumed under another recipe (earlier
+    epochs may have trained on today's validation images): test images, said why. A damaged recipe: no flag and
+    a logged reason, never a traceback."""
+    import torch
+    from sedeploy.export.exporter import ExportOptions, export_checkpoint
+    ck = torch.load(trained_fm / "best.pt", weights_only=True)
+    change(ck)
+    torch.save(ck, tmp_path / "best.pt")
+    logs = []
+    man = export_checkpoint(str(tmp_path / "best.pt"), str(tmp_path / "out"),
+                            ExportOptions(formats=("onnx",), data_dir=str(fmnist_dir)), log=logs.append)
+    if calibrated is None:
+        assert man["unsure"] is None and any("not calibrated" in m and log in m for m in logs), logs
+    else:
+        assert man["unsure"]["calibrated_on"].endswith(f" {calibrated} images"), man["unsure"]
+        assert any(log in m for m in logs), logs
+
+
+def test_limit_train_validation_is_the_one_training_drew(fmnist_dir, tmp_path):
+    """--limit-train 300 with validation selection: the threshold's images are as many as training held out (its
+    own count, written by training), and their labels hash to what training recorded (else: not calibrated)."""
+    from sedeploy.checkpoint import load_checkpoint
+    from sedeploy.export.exporter import ExportOptions, export_checkpoint
+    from sedeploy.training import TrainConfig, fit
+    fit(TrainConfig(model="cnn", dataset="fashion-mnist", data_dir=str(fmnist_dir), epochs=1, out=str(tmp_path / "r"),
+                    limit_train=300, seed=3, log_every=0), progress=False)
+    data = load_checkpoint(str(tmp_path / "r" / "best.pt"))["recipe"]["data"]
+    man = export_checkpoint(str(tmp_path / "r" / "best.pt"), str(tmp_path / "out"),
+                            ExportOptions(formats=("onnx",), data_dir=str(fmnist_dir)), log=lambda m: None)
+    assert man["unsure"]["calibrated_on"] == f"{data['n_train']} training / {data['n_select']} validation images"
+    assert data["n_train"] + data["n_select"] == 300

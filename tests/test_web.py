@@ -155,19 +155,27 @@ def test_a_file_picked_in_the_page_shows_infers_top1_offline(page, web_set, fmni
            for li in d.find_elements(By.CSS_SELECTOR, "#top li.cls")]
     assert top[0][0] == want[0]["label"] and abs(top[0][1] - want[0]["prob"]) < 1e-4
     assert d.execute_script("const c = document.getElementById('heatmap'); return c.width > 0 && c.height > 0")
-    # the 'unsure' line shows exactly when infer flags the image: this one, then one that infer accepts
+    # the 'unsure' line shows exactly when infer flags the image: this one, uniform noise (flagged), and an image
+    # like the tiny model's training data that infer accepts
     assert d.find_element(By.ID, "unsure").is_displayed() is json.loads(r.out.splitlines()[0])["unsure"]
     from sedeploy.core.datasets import fmnist_dirs, read_fmnist
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)).save(tmp_path / "noise.png")
     xs = read_fmnist(fmnist_dirs(fmnist_dir), "test", None)[0]
     for i in range(20):
         Image.fromarray(xs[i, 0]).save(tmp_path / f"known{i}.png")
         rk = run_cli("infer", tmp_path / f"known{i}.png", "--model", web_set / "model.onnx", "--json")
         if json.loads(rk.out.splitlines()[0])["unsure"] is False:
+            known = tmp_path / f"known{i}.png"
             break
-    d.execute_script("document.body.dataset.state = ''")
-    d.find_element(By.ID, "file").send_keys(str(tmp_path / f"known{i}.png"))
-    WebDriverWait(d, 30).until(lambda d: d.execute_script("return document.body.dataset.state") == "done")
-    assert not d.find_element(By.ID, "unsure").is_displayed()
+    else:
+        pytest.fail("infer flagged all 20 in-distribution images as unsure")
+    rn = run_cli("infer", tmp_path / "noise.png", "--model", web_set / "model.onnx", "--json")
+    assert json.loads(rn.out.splitlines()[0])["unsure"] is True
+    for path, shown in ((tmp_path / "noise.png", True), (known, False)):
+        d.execute_script("document.body.dataset.state = ''")
+        d.find_element(By.ID, "file").send_keys(str(path))
+        WebDriverWait(d, 30).until(lambda d: d.execute_script("return document.body.dataset.state") == "done")
+        assert d.find_element(By.ID, "unsure").is_displayed() is shown, path.name
     # everything came from the loopback server: the page's own resource list and the server's log agree
     urls = d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert urls and all(u.startswith(page.server.url) or u.startswith("blob:") for u in urls), urls

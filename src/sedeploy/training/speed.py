@@ -124,12 +124,15 @@ def breakdown(step: Callable, batches: Iterator, n: int = 10) -> Dict[str, float
     if quiet:
         os.environ["KINETO_LOG_LEVEL"] = "6"
     from torch.profiler import ProfilerActivity, profile
+    sync = torch.cuda.synchronize if torch.cuda.is_available() and torch.cuda.is_initialized() else (lambda: None)
     try:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             t0, data = time.perf_counter(), 0.0
             for _ in range(n):
+                sync()                                          # the step's queued GPU work is not the data's
                 t1 = time.perf_counter()
                 x, y = next(batches)
+                sync()
                 data += time.perf_counter() - t1
                 step(x, y)
             wall = time.perf_counter() - t0
