@@ -373,3 +373,29 @@ def test_breakdown_times_the_data_path():
             yield torch.zeros(1), torch.zeros(1)
     res = breakdown(lambda x, y: time.sleep(0.01), batches(), n=5)
     assert 0.6 < res["data_share"] < 0.85, res
+
+
+def test_compare_cap_script_selects_within_the_cap(tmp_path):
+    """scripts/compare_cap.py (BENCHMARKS 15.2): each run's epoch chosen again among its first `cap` epochs (the
+    first highest validation accuracy), the paired difference of the test accuracies at those epochs."""
+    def run(seed, model, val, test):
+        d = tmp_path / f"seed{seed}" / model
+        d.mkdir(parents=True)
+        rows = [{"epoch": i + 1, "val_acc": v, "test_acc": t} for i, (v, t) in enumerate(zip(val, test))]
+        (d / "history.json").write_text(json.dumps({"epochs": rows}))
+    # cnn: best at epoch 2 (tie with 4: the first counts); se_cnn: better at epoch 4, past a cap of 3
+    for s, shift in ((0, 0.0), (1, 0.5)):
+        run(s, "cnn", [80, 90, 85, 90], [70 + shift, 80 + shift, 81, 99])
+        run(s, "se_cnn", [80, 88, 89, 95], [71, 79, 82 + 2 * shift, 90])
+    (tmp_path / "seed2" / "cnn").mkdir(parents=True)              # no se_cnn beside it: not a pair, skipped
+    out = tmp_path / "cap.json"
+    env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), os.pardir, "src")}
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "compare_cap.py")
+    r = subprocess.run([sys.executable, script, str(tmp_path), "--caps", "3,4", "--json", str(out)],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    rows = {x["cap"]: x for x in json.loads(out.read_text())}
+    assert rows[3]["seeds"] == [0, 1] and rows[3]["epochs"]["seed0 cnn"] == 2 and rows[3]["epochs"]["seed0 se_cnn"] == 3
+    assert rows[3]["diffs"] == pytest.approx([82 - 80, 83 - 80.5])
+    assert rows[4]["epochs"]["seed0 cnn"] == 2 and rows[4]["diffs"] == pytest.approx([90 - 80, 90 - 80.5])
+    assert rows[4]["mean"] == pytest.approx(9.75) and "cap   4: se_cnn - cnn +9.75 points" in r.stdout
