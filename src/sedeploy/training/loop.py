@@ -265,8 +265,11 @@ def compile_model(model: nn.Module):
     fallback_random keeps dropout on torch's own generator, so a compiled run draws the same masks as an
     eager one and resumes exactly. The first steps pay the compilation (about a minute on 2 cores).
     """
+    import logging
     import torch._inductor.config as inductor_config
     inductor_config.fallback_random = True
+    if not torch.cuda.is_available():   # inductor's C++ build finds a CUDA folder and warns of no CUDA runtime:
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)   # true, and beside the point on CPU
     return torch.compile(model, dynamic=False)
 
 
