@@ -89,7 +89,8 @@ def main() -> int:
                 outs[k].append(v)
         return {k: np.concatenate(v) for k, v in outs.items()}
 
-    xfit, yfit, xval, what, _ = unsure_images(load_checkpoint(a.ckpt), a.data_dir, a.n)
+    xfit, yfit, xval, why = unsure_images(load_checkpoint(a.ckpt), a.data_dir, a.n)
+    what = "test" if why else "validation"
     _, xte, _ = load_arrays(meta["dataset"], a.data_dir, "test", ref=meta.get("data"))
     fit, val, test = run(xfit), run(xval), run(xte)
     sets = {k: run(v[:, None] if v.ndim == 3 else v) for k, v in ood_sets(h, a.n_ood).items()}

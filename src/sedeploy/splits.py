@@ -41,13 +41,14 @@ def stratified_indices(labels: torch.Tensor, fraction: float, seed: int) -> Tupl
 
 def run_split(recipe: Dict[str, Any], labels: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """-> (trained_on, validation) indices into the full training split whose labels are given, as the
-    run with this recipe (a checkpoint's "recipe" or "train_config") drew them; validation None when the
-    run selected on the test split (no validation held out)."""
-    sub = subset_indices(len(labels), recipe.get("limit_train"), int(recipe.get("seed", 0)))
+    run with this recipe (a checkpoint's "recipe") drew them; validation None when the run selected on
+    the test split (no validation held out)."""
+    seed = int(recipe.get("seed", 0))
+    sub = subset_indices(len(labels), recipe.get("limit_train"), seed)
     idx = sub if sub is not None else torch.arange(len(labels))
     if recipe.get("select_on", "val") != "val":
         return idx, None
-    rest, held = stratified_indices(labels[idx], float(recipe.get("val_split", 0.1)), int(recipe.get("seed", 0)))
+    rest, held = stratified_indices(labels[idx], float(recipe.get("val_split", 0.1)), seed)
     return idx[rest], idx[held]
 
 

@@ -229,16 +229,15 @@ def plan(ckpt_path: Path, out_dir: Optional[str], opts: ExportOptions, log: Call
 
 
 def unsure_images(ckpt: dict, data_dir: Optional[str] = None, n: int = 2000
-                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str, str]:
-    """-> (fit images, their labels, held-out images, what the held-out ones are, why test images when they
-    are) for the 'unsure' score: the validation images the run selected best.pt on and never trained on, found
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """-> (fit images, their labels, held-out images, why they are test images: "" when they are the run's
+    validation images) for the 'unsure' score: the validation images the run selected best.pt on and never trained on, found
     again from the checkpoint's recipe (sedeploy.splits: the draw training made; a folder's own val split)
     and checked against the recipe's label hash; the parameters are fitted on images it trained on. Test
     images instead, with the reason, when the run held out no validation split (--select-on test), the
     checkpoint has no recipe (those versions selected on test) or its recipe changed on resume (earlier
     epochs may have trained on today's validation images). Raises UserError when the images are not on
     disk, do not fit the model, or are not the ones the run drew from. n: at most this many of each."""
-    import torch
     from ..core.arrays import load_arrays
     from ..splits import labels_sha256, run_split
     rng = np.random.default_rng(0)
@@ -252,14 +251,12 @@ def unsure_images(ckpt: dict, data_dir: Optional[str] = None, n: int = 2000
     def on_test(trained: np.ndarray, why: str):
         _, xte, _ = load_arrays(ckpt["dataset"], data_dir, "test", ref=ckpt.get("data"))
         fit = pick(trained)
-        return xtr[fit], ytr[fit], xte[pick(np.arange(len(xte)))], "test", why
+        return xtr[fit], ytr[fit], xte[pick(np.arange(len(xte)))], why
 
     if not isinstance(recipe, dict):
         return on_test(np.arange(len(ytr)), "the checkpoint has no recipe (its version selected on test images)")
     try:
         trained, val = run_split(recipe, labels)
-        subset = run_split({**recipe, "select_on": "test"}, labels)[0]
-        want = recipe.get("data", {}).get("labels_sha256") if isinstance(recipe.get("data"), dict) else None
     except (TypeError, ValueError, AttributeError, RuntimeError, IndexError) as e:
         raise UserError(f"the checkpoint's recipe is damaged ({type(e).__name__}: {str(e)[:80]})") from None
     if ckpt.get("recipe_changed"):
@@ -271,16 +268,18 @@ def unsure_images(ckpt: dict, data_dir: Optional[str] = None, n: int = 2000
     if ckpt["dataset"] == "folder":                             # a folder brings its own val split when it has one
         try:
             _, held_x, held_y = load_arrays("folder", data_dir, "val", ref=ckpt.get("data"))
-            trained = subset                                    # training used all of train (its --limit-train subset)
+            trained = run_split({**recipe, "select_on": "test"}, labels)[0]   # all of train (--limit-train's subset)
         except UserError as e:
             if "has no val images" not in str(e):
                 raise
     trained = trained.numpy()
+    data = recipe.get("data")
+    want = data.get("labels_sha256") if isinstance(data, dict) else None
     if want and labels_sha256(ytr[trained], held_y) != want:
         raise UserError("the training images on disk are not the ones this run drew its validation split from "
                         "(their labels differ from the checkpoint's); pass --data-dir with that copy")
     fit, held = pick(trained), pick(np.arange(len(held_y)))
-    return xtr[fit], ytr[fit], held_x[held], "validation", ""
+    return xtr[fit], ytr[fit], held_x[held], ""
 
 
 def calibrate_unsure(job: Job, wrapper: torch.nn.Module, log: Callable[[str], None]) -> Optional[dict]:
@@ -291,10 +290,11 @@ def calibrate_unsure(job: Job, wrapper: torch.nn.Module, log: Callable[[str], No
     from ..runtime import unsure
     opts, ckpt = job.opts, job.ckpt
     try:
-        xfit, yfit, xheld, what, why = unsure_images(ckpt, opts.data_dir, opts.unsure_n)
+        xfit, yfit, xheld, why = unsure_images(ckpt, opts.data_dir, opts.unsure_n)
     except UserError as e:
         log(f"unsure: not calibrated ({e})")
         return None
+    what = "test" if why else "validation"
     if why:
         log(f"unsure: the threshold is set on test images: {why}")
     norm = lambda u8: normalize_batch(u8, ckpt["mean"], ckpt["std"])
