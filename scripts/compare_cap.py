@@ -31,17 +31,30 @@ def main() -> int:
     ap.add_argument("--models", default="se_cnn,cnn", help="candidate,baseline")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    cand, base = a.models.split(",")
+    try:
+        caps = [int(c) for c in a.caps.split(",")]
+        assert all(c > 0 for c in caps)
+    except (ValueError, AssertionError):
+        ap.error(f"--caps takes positive epoch counts separated by commas, e.g. 30,40,50; got {a.caps!r}")
+    models = a.models.split(",")
+    if len(models) != 2 or not all(models):
+        ap.error(f"--models takes two model names, candidate,baseline, e.g. se_cnn,cnn; got {a.models!r}")
+    cand, base = models
     out = Path(a.out)
     seeds = sorted(int(p.name[4:]) for p in out.glob("seed*") if p.name[4:].isdigit()
                    and all((p / m / "history.json").is_file() for m in (cand, base)))
     if not seeds:
         print(f"error: no seed folder in {out} has both {cand}/history.json and {base}/history.json", file=sys.stderr)
         return 2
-    hist = {(s, m): json.loads((out / f"seed{s}" / m / "history.json").read_text())["epochs"]
-            for s in seeds for m in (cand, base)}
+    try:
+        hist = {(s, m): json.loads((out / f"seed{s}" / m / "history.json").read_text())["epochs"]
+                for s in seeds for m in (cand, base)}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"error: a history.json in {out} cannot be read ({type(e).__name__}: {e}); is it a compare folder?",
+              file=sys.stderr)
+        return 2
     rows = []
-    for cap in (int(c) for c in a.caps.split(",")):
+    for cap in caps:
         sel = {k: select(v, cap) for k, v in hist.items()}
         diffs = [sel[(s, cand)]["test_acc"] - sel[(s, base)]["test_acc"] for s in seeds]
         p = paired_ci(diffs)

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from sedeploy.core import contract
 from sedeploy.core.arrays import load_arrays
 from sedeploy.core.datasets import normalize_batch
+from sedeploy.core.errors import UserError
 from sedeploy.runtime import unsure as U
 
 
@@ -76,7 +77,11 @@ def main() -> int:
     a = ap.parse_args()
     from sedeploy.checkpoint import load_checkpoint
     from sedeploy.export.exporter import unsure_images
-    sess = ort.InferenceSession(a.model, providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(a.model, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own errors (no file, not a model): one line
+        raise UserError(f"{a.model}: onnxruntime cannot load it ({str(e).splitlines()[0][:160]}); pass an exported "
+                        f"model.onnx") from None
     meta = contract.decode_metadata(sess.get_modelmeta().custom_metadata_map)
     c, h, w = meta["input_size"]
     names = [o.name for o in sess.get_outputs()]
@@ -119,4 +124,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as e:                     # a missing or damaged checkpoint, model or dataset: one line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -399,3 +399,10 @@ def test_compare_cap_script_selects_within_the_cap(tmp_path):
     assert rows[3]["diffs"] == pytest.approx([82 - 80, 83 - 80.5])
     assert rows[4]["epochs"]["seed0 cnn"] == 2 and rows[4]["diffs"] == pytest.approx([90 - 80, 90 - 80.5])
     assert rows[4]["mean"] == pytest.approx(9.75) and "cap   4: se_cnn - cnn +9.75 points" in r.stdout
+    for bad, needle in ((["--caps", "x"], "--caps"), (["--caps", "0"], "--caps"), (["--models", "se_cnn"], "--models")):
+        r = subprocess.run([sys.executable, script, str(tmp_path), *bad], capture_output=True, text=True, timeout=120,
+                           env=env)
+        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    (tmp_path / "seed0" / "cnn" / "history.json").write_text("{not json")
+    r = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "cannot be read" in r.stderr and "Traceback" not in r.stderr, r.stderr

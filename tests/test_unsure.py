@@ -390,6 +390,11 @@ def test_unsure_bench_script(trained_fm, fm_onnx, fmnist_dir, tmp_path):
     shipped = contract.decode_metadata(ort.InferenceSession(str(fm_onnx), providers=["CPUExecutionProvider"])
                                        .get_modelmeta().custom_metadata_map)["unsure"]["threshold"]
     assert res["thresholds"]["maha"] == pytest.approx(shipped, rel=1e-4)     # onnxruntime here, torch at export
+    for bad in (["--ckpt", str(tmp_path / "none.pt"), "--model", str(fm_onnx)],
+                ["--ckpt", str(trained_fm / "best.pt"), "--model", str(tmp_path / "none.onnx")]):
+        rb = subprocess.run([sys.executable, str(root / "scripts" / "unsure_bench.py"), *bad], capture_output=True,
+                            text=True, timeout=300, env=env)
+        assert rb.returncode == 2 and rb.stderr.startswith("error:") and "Traceback" not in rb.stderr, rb.stderr
     assert "maha" in r.stdout and "digits" in r.stdout
 
 
